@@ -1,0 +1,68 @@
+# imgsearch -- the two commands a newcomer needs:
+#   make demo IMAGES=<folder>   set everything up and run the main job
+#   make test                   set everything up and run the tests
+# Each target installs only what is missing: Debian packages, a .venv, the package.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+APT_PACKAGES := libopenblas-dev pkg-config libstb-dev dataset-fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+C_SOURCES := $(shell find csrc -name '*.[ch]')
+IMAGES ?=
+
+.PHONY: demo test test-asan bench bench-flat build deps venv clean check-install
+
+demo: build
+	$(PY) -m imgsearch._demo $(if $(IMAGES),--images "$(IMAGES)")
+
+test: build
+	$(PY) -m pytest -q tests
+
+# The suite under AddressSanitizer + UBSan (slow: see README for the time).
+test-asan: deps venv
+	rm -rf build/asan && IMGSEARCH_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --build-temp build/asan --force
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  $(PY) -m pytest -q -x tests -p no:cacheprovider
+	rm -f imgsearch/_core*.so && $(MAKE) build
+
+bench: bench-flat
+
+bench-flat: build $(VENV)/.bench
+	$(PY) benchmarks/bench_flat.py
+
+# `pip install .` from a clean copy, with build isolation, into a scratch venv.
+check-install: deps
+	rm -rf /tmp/isx-install && $(PYTHON) -m venv /tmp/isx-install
+	/tmp/isx-install/bin/pip install -q . && cd /tmp && /tmp/isx-install/bin/python -c \
+	  "import imgsearch, numpy as np; i = imgsearch.FlatIndex.from_array(np.eye(4, dtype=np.float32)); print(i.search(np.eye(4, dtype=np.float32), k=1)[1].ravel(), imgsearch.capabilities()['simd'])"
+
+build: imgsearch/.built
+
+imgsearch/.built: $(VENV)/.stamp $(C_SOURCES) setup.py
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: pyproject.toml | deps
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "numpy>=2.0" "setuptools>=68" wheel pytest
+	touch $@
+
+$(VENV)/.bench: $(VENV)/.stamp
+	$(PIP) install -q faiss-cpu simsimd scipy threadpoolctl
+	touch $@
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+clean:
+	rm -rf build $(VENV) imgsearch/_core*.so imgsearch/.built *.egg-info

@@ -1,0 +1,191 @@
+"""Exact search and pairwise distances: imgsearch vs faiss-cpu vs NumPy vs simsimd.
+
+Fashion-MNIST (60,000 x 784 base, test images as queries, k=10), one run,
+same inputs for everyone, best of --repeat timings.  Prints a Markdown table
+and writes benchmarks/results/flat.json.
+
+    python benchmarks/bench_flat.py [--repeat 3] [--batch 2000] [--singles 200]
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import imgsearch  # noqa: E402
+from imgsearch.datasets import fashion_mnist  # noqa: E402
+
+
+def best_time(fn, repeat):
+    best = float("inf")
+    out = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def recall(I, gt, k):
+    return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(I, gt)]))
+
+
+def ground_truth(X, Q, k):
+    """Exact neighbours in float64, blocked to bound memory."""
+    X64 = X.astype(np.float64)
+    xn = (X64 * X64).sum(1)
+    out = np.empty((len(Q), k), np.int64)
+    for s in range(0, len(Q), 250):
+        q = Q[s:s + 250].astype(np.float64)
+        d = xn[None, :] - 2 * q @ X64.T
+        part = np.argpartition(d, k, axis=1)[:, :k]
+        order = np.take_along_axis(d, part, 1).argsort(1)
+        out[s:s + 250] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def blas_limits(n):
+    try:
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(limits=n)
+    except ImportError:  # numpy keeps its own thread count
+        import contextlib
+        return contextlib.nullcontext()
+
+
+def numpy_knn(X, xn, Q, k):
+    d = xn[None, :] - 2 * (Q @ X.T)
+    part = np.argpartition(d, k, axis=1)[:, :k]
+    order = np.take_along_axis(d, part, 1).argsort(1)
+    return np.take_along_axis(part, order, 1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--singles", type=int, default=200)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "flat.json"))
+    args = ap.parse_args()
+
+    import faiss
+    import simsimd
+
+    X, _, Qall, _ = fashion_mnist()
+    k = 10
+    Q = np.ascontiguousarray(Qall[: args.batch])
+    singles = np.ascontiguousarray(Qall[-args.singles:])
+    gt = ground_truth(X, Q, k)
+    gt_single = ground_truth(X, singles, k)
+    xn = (X * X).sum(1)
+    rows = []
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "imgsearch": imgsearch.__version__,
+        "simd": imgsearch.capabilities()["simd"],
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "simsimd": getattr(simsimd, "__version__", "?"),
+        "base": list(X.shape),
+        "k": k,
+    }
+
+    index = imgsearch.FlatIndex.from_array(X)
+    fidx = faiss.IndexFlatL2(X.shape[1])
+    fidx.add(X)
+
+    def add(task, lib, threads, nq, seconds, I, truth, **extra):
+        row = {"task": task, "library": lib, "threads": threads, "queries": nq,
+               "seconds": seconds, "qps": nq / seconds, "recall@10": recall(I, truth, k)}
+        row.update(extra)
+        rows.append(row)
+        print(f"{task:14s} {lib:10s} threads={threads} {nq / seconds:10.1f} QPS  recall={row['recall@10']:.4f}", flush=True)
+
+    # ---- batch of queries ---------------------------------------------------
+    for threads in (1, 2):
+        t, (D, I) = best_time(lambda: index.search(Q, k=k, threads=threads), args.repeat)
+        add("batch", "imgsearch", threads, len(Q), t, I, gt)
+        faiss.omp_set_num_threads(threads)
+        t, (D, I) = best_time(lambda: fidx.search(Q, k), args.repeat)
+        add("batch", "faiss", threads, len(Q), t, I, gt)
+        with blas_limits(threads):
+            t, I = best_time(lambda: numpy_knn(X, xn, Q, k), args.repeat)
+        add("batch", "numpy", threads, len(Q), t, I, gt)
+
+    # ---- one query per call ---------------------------------------------------
+    bytes_scanned = X.nbytes
+    for threads in (1, 2):
+        def ours():
+            return np.vstack([index.search(q, k=k, threads=threads)[1] for q in singles])
+        t, I = best_time(ours, args.repeat)
+        add("single", "imgsearch", threads, len(singles), t, I, gt_single,
+            gbps=bytes_scanned * len(singles) / t / 1e9)
+        faiss.omp_set_num_threads(threads)
+
+        def theirs():
+            return np.vstack([fidx.search(q[None], k)[1] for q in singles])
+        t, I = best_time(theirs, args.repeat)
+        add("single", "faiss", threads, len(singles), t, I, gt_single,
+            gbps=bytes_scanned * len(singles) / t / 1e9)
+        with blas_limits(threads):
+            t, I = best_time(lambda: np.vstack([numpy_knn(X, xn, q[None], k) for q in singles]), args.repeat)
+        add("single", "numpy", threads, len(singles), t, I, gt_single,
+            gbps=bytes_scanned * len(singles) / t / 1e9)
+
+    # ---- pairwise -------------------------------------------------------------
+    A = np.ascontiguousarray(Qall[:500])
+    B = np.ascontiguousarray(X[:10000])
+    pw = []
+    names = {"l2": "sqeuclidean", "cosine": "cosine", "ip": "inner", "l1": None}
+    for metric, sname in names.items():
+        for threads in (1, 2):
+            t, ours = best_time(lambda: imgsearch.distance.pairwise(A, B, metric, threads=threads), args.repeat)
+            entry = {"metric": metric, "threads": threads, "pairs": A.shape[0] * B.shape[0], "imgsearch_s": t}
+            if sname:
+                try:
+                    ts, theirs = best_time(lambda: np.asarray(simsimd.cdist(A, B, metric=sname, threads=threads)), args.repeat)
+                    entry["simsimd_s"] = ts
+                    ref = theirs if metric != "ip" else 1 - theirs
+                    entry["max_rel_diff_vs_simsimd"] = float(np.max(np.abs(ours - ref) / (np.abs(ref) + 1)))
+                except Exception as e:  # a metric this simsimd lacks
+                    entry["simsimd_error"] = str(e)
+            if metric == "l1":
+                from scipy.spatial.distance import cdist
+                ts, _ = best_time(lambda: cdist(A, B, "cityblock"), 1)
+                entry["scipy_s"] = ts
+            pw.append(entry)
+            print(f"pairwise {metric:6s} threads={threads} imgsearch {t * 1e3:8.1f} ms  "
+                  + "  ".join(f"{k2} {v * 1e3:8.1f} ms" for k2, v in entry.items() if k2.endswith("_s") and k2 != "imgsearch_s"),
+                  flush=True)
+
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"meta": meta, "search": rows, "pairwise": pw}, f, indent=2)
+
+    # ---- Markdown -------------------------------------------------------------
+    print("\n| task | threads | imgsearch QPS | faiss QPS | NumPy QPS | imgsearch / faiss | recall@10 (ours / faiss) |")
+    print("|---|---|---|---|---|---|---|")
+    for task in ("batch", "single"):
+        for threads in (1, 2):
+            r = {x["library"]: x for x in rows if x["task"] == task and x["threads"] == threads}
+            extra = f" ({r['imgsearch']['gbps']:.1f} GB/s)" if task == "single" else ""
+            print(f"| {task} ({r['imgsearch']['queries']} q) | {threads} | {r['imgsearch']['qps']:,.1f}{extra} | "
+                  f"{r['faiss']['qps']:,.1f} | {r['numpy']['qps']:,.1f} | "
+                  f"{r['imgsearch']['qps'] / r['faiss']['qps']:.2f}x | "
+                  f"{r['imgsearch']['recall@10']:.4f} / {r['faiss']['recall@10']:.4f} |")
+    print("\n| pairwise 500 x 10,000 x 784 | threads | imgsearch ms | simsimd ms | ratio (simsimd / imgsearch) |")
+    print("|---|---|---|---|---|")
+    for e in pw:
+        other = e.get("simsimd_s") or e.get("scipy_s")
+        who = "simsimd" if "simsimd_s" in e else "scipy cdist"
+        print(f"| {e['metric']} | {e['threads']} | {e['imgsearch_s'] * 1e3:.1f} | "
+              f"{other * 1e3:.1f} ({who}) | {other / e['imgsearch_s']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+/*
+ * module.c -- imgsearch._core: module set-up, distance functions, loading.
+ *
+ * At import the CPU is probed once and the kernel table filled, and
+ * OpenBLAS is fixed to one thread: our own workers call sgemm in parallel,
+ * one per core, so a second layer of BLAS threads would only oversubscribe
+ * the cores (see index/flat.c).
+ */
+#define ISX_MODULE_MAIN
+#include "py_common.h"
+#include "py_index.h"
+#include "../index/format.h"
+#include "../simd/simd.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+extern void openblas_set_num_threads(int num_threads);
+extern char *openblas_get_config(void);
+
+static PyObject *py_capabilities(PyObject *mod, PyObject *noargs)
+{
+    (void)mod;
+    (void)noargs;
+    const isx_cpu_features *c = isx_cpu();
+    return Py_BuildValue(
+        "{s:s,s:s,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:i,s:s}",
+        "simd", isx_isa_name(isx_simd_level()),
+        "simd_supported", isx_isa_name(isx_simd_supported()),
+        "sse4_2", c->sse42 ? Py_True : Py_False,
+        "popcnt", c->popcnt ? Py_True : Py_False,
+        "avx2", c->avx2 && c->os_avx ? Py_True : Py_False,
+        "fma", c->fma && c->os_avx ? Py_True : Py_False,
+        "f16c", c->f16c && c->os_avx ? Py_True : Py_False,
+        "avx512f", c->avx512f && c->os_avx512 ? Py_True : Py_False,
+        "avx512bw", c->avx512bw && c->os_avx512 ? Py_True : Py_False,
+        "avx512vpopcntdq", c->avx512vpopcntdq && c->os_avx512 ? Py_True : Py_False,
+        "avx512fp16", c->avx512fp16 && c->os_avx512 ? Py_True : Py_False,
+        "avx512vnni", c->avx512vnni && c->os_avx512 ? Py_True : Py_False,
+        "cpus", isx_cpu_count(),
+        "blas", openblas_get_config());
+}
+
+static int metric_dtype(isx_metric m)
+{
+    return m == ISX_METRIC_HAMMING ? NPY_UINT8 : NPY_FLOAT32;
+}
+
+static PyObject *py_pairwise(PyObject *mod, PyObject *args, PyObject *kw)
+{
+    (void)mod;
+    static char *kwlist[] = {"A", "B", "metric", "threads", NULL};
+    PyObject *a_obj, *b_obj, *metric_obj = NULL, *threads_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O$O:pairwise", kwlist, &a_obj, &b_obj, &metric_obj, &threads_obj))
+        return NULL;
+    isx_metric metric = ISX_METRIC_L2;
+    int threads;
+    if ((metric_obj && isx_py_metric(metric_obj, &metric) < 0) || isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    PyArrayObject *A = isx_py_matrix(a_obj, metric_dtype(metric), 0, 1, "A");
+    if (!A)
+        return NULL;
+    PyArrayObject *B = isx_py_matrix(b_obj, metric_dtype(metric), PyArray_DIM(A, 1), 1, "B");
+    if (!B) {
+        Py_DECREF(A);
+        return NULL;
+    }
+    npy_intp shape[2] = {PyArray_DIM(A, 0), PyArray_DIM(B, 0)};
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
+    int rc = 0;
+    if (out) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = isx_pairwise(metric, PyArray_DATA(A), (size_t)shape[0], PyArray_DATA(B), (size_t)shape[1],
+                          (size_t)PyArray_DIM(A, 1), threads, PyArray_DATA(out));
+        Py_END_ALLOW_THREADS
+    }
+    Py_DECREF(A);
+    Py_DECREF(B);
+    if (rc) {
+        Py_XDECREF(out);
+        return isx_py_raise(rc);
+    }
+    return (PyObject *)out;
+}
+
+/* _kernel(metric, isa, q, X): one query against rows with one ISA level's
+ * kernel, bypassing dispatch -- for the tests that check each level alone. */
+static PyObject *py_kernel(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    PyObject *metric_obj, *q_obj, *x_obj;
+    const char *isa_name;
+    if (!PyArg_ParseTuple(args, "OsOO:_kernel", &metric_obj, &isa_name, &q_obj, &x_obj))
+        return NULL;
+    isx_metric metric;
+    if (isx_py_metric(metric_obj, &metric) < 0)
+        return NULL;
+    int isa = -1;
+    for (int i = 0; i < ISX_ISA_COUNT; i++)
+        if (strcmp(isa_name, isx_isa_name((isx_isa)i)) == 0)
+            isa = i;
+    if (isa < 0)
+        return PyErr_Format(PyExc_ValueError, "unknown ISA level '%s'", isa_name);
+    const isx_kernels *k = isx_kernels_for((isx_isa)isa);
+    if (!k)
+        return PyErr_Format(PyExc_RuntimeError, "this CPU does not support the %s level", isa_name);
+    PyArrayObject *q = isx_py_matrix(q_obj, metric_dtype(metric), 0, 1, "q");
+    if (!q)
+        return NULL;
+    PyArrayObject *X = isx_py_matrix(x_obj, metric_dtype(metric), PyArray_DIM(q, 1), 1, "X");
+    if (!X) {
+        Py_DECREF(q);
+        return NULL;
+    }
+    npy_intp n = PyArray_DIM(X, 0);
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32);
+    if (out)
+        k->dist[metric](PyArray_DATA(q), PyArray_DATA(X), (size_t)n, (size_t)PyArray_DIM(X, 1), PyArray_DATA(out));
+    Py_DECREF(q);
+    Py_DECREF(X);
+    return (PyObject *)out;
+}
+
+/* Build the index a validated file describes; takes ownership of f. */
+static PyObject *index_from_file(isx_file *f)
+{
+    int rc;
+    switch (f->header.kind) {
+    case ISX_KIND_FLAT: {
+        isx_flat *flat;
+        Py_BEGIN_ALLOW_THREADS
+        rc = isx_flat_from_file(f, 0, &flat);
+        Py_END_ALLOW_THREADS
+        if (rc)
+            return isx_py_raise(rc);
+        return isx_py_flat_wrap(flat);
+    }
+    default: {
+        unsigned kind = f->header.kind;
+        isx_format_close(f);
+        free(f);
+        return PyErr_Format(isx_IndexFormatError,
+                            "index kind %u (%s) is not supported by this version of imgsearch", kind,
+                            kind == ISX_KIND_KDTREE ? "KD-tree" : kind == ISX_KIND_HNSW ? "HNSW" : "unknown");
+    }
+    }
+}
+
+static PyObject *py_load(PyObject *mod, PyObject *args, PyObject *kw)
+{
+    (void)mod;
+    static char *kwlist[] = {"path", "mmap", NULL};
+    PyObject *path = NULL;
+    int use_mmap = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|p:load", kwlist, PyUnicode_FSConverter, &path, &use_mmap))
+        return NULL;
+    isx_file *f = calloc(1, sizeof(*f));
+    if (!f) {
+        Py_DECREF(path);
+        return PyErr_NoMemory();
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_format_open_file(PyBytes_AS_STRING(path), use_mmap, f);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path);
+    if (rc) {
+        free(f);
+        return isx_py_raise(rc);
+    }
+    return index_from_file(f);
+}
+
+/* Unpickling: the bytes are copied into an aligned buffer the file owns. */
+static PyObject *py_from_bytes(PyObject *mod, PyObject *arg)
+{
+    (void)mod;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    isx_file *f = calloc(1, sizeof(*f));
+    uint8_t *buf = isx_aligned_alloc((size_t)view.len);
+    if (!f || !buf) {
+        free(f);
+        isx_aligned_free(buf);
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    memcpy(buf, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    int rc = isx_format_open_memory(buf, (size_t)view.len, f);
+    if (rc) {
+        isx_aligned_free(buf);
+        free(f);
+        return isx_py_raise(rc);
+    }
+    f->owned = 1; /* now isx_format_close frees buf */
+    return index_from_file(f);
+}
+
+static PyObject *py_read_meta(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    PyObject *path = NULL;
+    if (!PyArg_ParseTuple(args, "O&:read_meta", PyUnicode_FSConverter, &path))
+        return NULL;
+    isx_file f;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_format_open_file(PyBytes_AS_STRING(path), 1, &f);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path);
+    if (rc)
+        return isx_py_raise(rc);
+    const isx_section_in *s = isx_format_find(&f, ISX_SEC_META);
+    PyObject *r = s ? PyBytes_FromStringAndSize((const char *)s->data, (Py_ssize_t)s->size) : (Py_INCREF(Py_None), Py_None);
+    isx_format_close(&f);
+    return r;
+}
+
+static PyMethodDef module_methods[] = {
+    {"capabilities", py_capabilities, METH_NOARGS,
+     "capabilities()\n--\n\nThe CPU features found and the SIMD level in use."},
+    {"pairwise", (PyCFunction)(void (*)(void))py_pairwise, METH_VARARGS | METH_KEYWORDS,
+     "pairwise(A, B, metric=\"l2\", *, threads=None)\n--\n\nAll distances, float32 (len(A), len(B))."},
+    {"_kernel", py_kernel, METH_VARARGS, NULL},
+    {"load", (PyCFunction)(void (*)(void))py_load, METH_VARARGS | METH_KEYWORDS,
+     "load(path, mmap=False)\n--\n\nLoad any saved index.  mmap=True maps the vectors read-only\n"
+     "instead of reading them (the index copies them on its first change)."},
+    {"_from_bytes", py_from_bytes, METH_O, NULL},
+    {"read_meta", py_read_meta, METH_VARARGS,
+     "read_meta(path)\n--\n\nThe META section's bytes of a saved index, or None."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "imgsearch._core",
+                                        "imgsearch's C core.", -1, module_methods};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    import_array();
+    isx_simd_init();
+    openblas_set_num_threads(1);
+    PyObject *m = PyModule_Create(&module_def);
+    if (!m)
+        return NULL;
+    if (PyType_Ready(&isx_FlatType) < 0)
+        goto error;
+    Py_INCREF(&isx_FlatType);
+    if (PyModule_AddObject(m, "FlatIndex", (PyObject *)&isx_FlatType) < 0) {
+        Py_DECREF(&isx_FlatType);
+        goto error;
+    }
+    isx_IndexFormatError = PyErr_NewExceptionWithDoc(
+        "imgsearch.IndexFormatError",
+        "A saved index is corrupt, truncated, of a newer format, or not an imgsearch file.",
+        PyExc_ValueError, NULL);
+    if (!isx_IndexFormatError)
+        goto error;
+    Py_INCREF(isx_IndexFormatError);
+    if (PyModule_AddObject(m, "IndexFormatError", isx_IndexFormatError) < 0)
+        goto error;
+    return m;
+error:
+    Py_DECREF(m);
+    return NULL;
+}

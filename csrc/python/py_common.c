@@ -1,0 +1,274 @@
+/*
+ * py_common.c -- argument conversion and error mapping for the bindings.
+ */
+#include "py_common.h"
+
+#include <errno.h>
+
+PyObject *isx_IndexFormatError = NULL;
+
+PyObject *isx_py_raise(int status)
+{
+    const char *msg = isx_last_error();
+    switch (status) {
+    case ISX_ENOMEM:
+        PyErr_SetString(PyExc_MemoryError, msg[0] ? msg : "out of memory");
+        break;
+    case ISX_ETYPE:
+        PyErr_SetString(PyExc_TypeError, msg);
+        break;
+    case ISX_EFORMAT:
+        PyErr_SetString(isx_IndexFormatError, msg);
+        break;
+    case ISX_EKEY: {
+        PyObject *m = PyUnicode_FromString(msg);
+        if (m) {
+            PyErr_SetObject(PyExc_KeyError, m);
+            Py_DECREF(m);
+        }
+        break;
+    }
+    case ISX_EIO: {
+        /* OSError(errno, msg) picks FileNotFoundError, PermissionError, ... */
+        PyObject *e = PyObject_CallFunction(PyExc_OSError, "is", isx_last_errno(), msg);
+        if (e) {
+            PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+            Py_DECREF(e);
+        }
+        break;
+    }
+    default:
+        PyErr_SetString(PyExc_ValueError, msg[0] ? msg : "invalid argument");
+        break;
+    }
+    return NULL;
+}
+
+static const char *kind_name(PyArray_Descr *d)
+{
+    switch (d->kind) {
+    case 'f': return "floating";
+    case 'i': return "signed integer";
+    case 'u': return "unsigned integer";
+    case 'b': return "boolean";
+    case 'c': return "complex";
+    case 'O': return "object";
+    case 'U': case 'S': return "string";
+    default: return "non-numeric";
+    }
+}
+
+PyArrayObject *isx_py_matrix(PyObject *obj, int dtype, npy_intp ncols, int copy, const char *what)
+{
+    const char *want = dtype == NPY_FLOAT32 ? "float32" : "uint8";
+    PyArrayObject *arr = NULL, *out = NULL;
+    if (obj == Py_None) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a %s array, found None", what, want);
+        return NULL;
+    }
+    arr = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (!arr)
+        return NULL;
+    PyArray_Descr *d = PyArray_DESCR(arr);
+    int ok_kind = dtype == NPY_FLOAT32 ? (d->kind == 'f' || d->kind == 'i' || d->kind == 'u')
+                                       : (d->type_num == NPY_UINT8 || d->type_num == NPY_BOOL);
+    if (!ok_kind || (dtype == NPY_UINT8 && d->type_num == NPY_BOOL)) {
+        if (dtype == NPY_UINT8 && d->type_num == NPY_BOOL)
+            PyErr_Format(PyExc_TypeError,
+                         "%s: expected packed bits as uint8, found a boolean array "
+                         "(pack it with numpy.packbits(x, axis=-1))", what);
+        else
+            PyErr_Format(PyExc_TypeError, "%s: expected a %s array, found dtype %s (%s)", what, want,
+                         d->typeobj->tp_name, kind_name(d));
+        goto error;
+    }
+    int nd = PyArray_NDIM(arr);
+    if (nd != 1 && nd != 2) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a 2-D array (n, dim) or one 1-D vector, found %d dimensions",
+                     what, nd);
+        goto error;
+    }
+    npy_intp cols = PyArray_DIM(arr, nd - 1);
+    if (ncols > 0 && cols != ncols) {
+        if (dtype == NPY_UINT8)
+            PyErr_Format(PyExc_ValueError,
+                         "%s: expected %zd bytes per row (dim=%zd bits packed), found %zd",
+                         what, (Py_ssize_t)ncols, (Py_ssize_t)ncols * 8, (Py_ssize_t)cols);
+        else
+            PyErr_Format(PyExc_ValueError, "%s: expected vectors of dim %zd, found dim %zd", what,
+                         (Py_ssize_t)ncols, (Py_ssize_t)cols);
+        goto error;
+    }
+    int exact = d->type_num == dtype && PyArray_IS_C_CONTIGUOUS(arr) && PyArray_ISALIGNED(arr) &&
+                PyArray_ISNOTSWAPPED(arr);
+    if (!exact && !copy) {
+        if (d->type_num != dtype)
+            PyErr_Format(PyExc_TypeError,
+                         "%s: copy=False needs a %s array, found %s; convert it with "
+                         "x.astype(numpy.%s) or pass copy=True",
+                         what, want, d->typeobj->tp_name, want);
+        else
+            PyErr_Format(PyExc_ValueError,
+                         "%s: copy=False needs a C-contiguous, aligned array; make one with "
+                         "numpy.ascontiguousarray(x) or pass copy=True", what);
+        goto error;
+    }
+    npy_intp shape[2] = {nd == 2 ? PyArray_DIM(arr, 0) : 1, cols};
+    PyArray_Dims newshape = {shape, 2};
+    if (exact) {
+        if (nd == 2) {
+            out = arr;
+            arr = NULL;
+        } else {
+            out = (PyArrayObject *)PyArray_Newshape(arr, &newshape, NPY_CORDER);
+        }
+    } else {
+        PyArrayObject *conv = (PyArrayObject *)PyArray_FromArray(
+            arr, PyArray_DescrFromType(dtype), NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
+        if (!conv)
+            goto error;
+        if (nd == 2) {
+            out = conv;
+        } else {
+            out = (PyArrayObject *)PyArray_Newshape(conv, &newshape, NPY_CORDER);
+            Py_DECREF(conv);
+        }
+    }
+error:
+    Py_XDECREF(arr);
+    return out;
+}
+
+PyArrayObject *isx_py_ids(PyObject *obj, npy_intp n, const char *what)
+{
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (!arr)
+        return NULL;
+    PyArray_Descr *d = PyArray_DESCR(arr);
+    if (PyArray_SIZE(arr) > 0 && d->kind != 'i' && d->kind != 'u') {
+        PyErr_Format(PyExc_TypeError, "%s: expected integer ids, found dtype %s (%s)", what,
+                     d->typeobj->tp_name, kind_name(d));
+        Py_DECREF(arr);
+        return NULL;
+    }
+    if (PyArray_NDIM(arr) > 1) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a 1-D array of ids, found %d dimensions", what,
+                     PyArray_NDIM(arr));
+        Py_DECREF(arr);
+        return NULL;
+    }
+    if (d->kind == 'u' && PyDataType_ELSIZE(d) == 8 && PyArray_SIZE(arr) > 0) {
+        /* uint64 ids above INT64_MAX would wrap to negatives: check first */
+        PyObject *mx = PyArray_Max(arr, NPY_RAVEL_AXIS, NULL);
+        PyObject *limit = PyLong_FromLongLong(INT64_MAX);
+        int too_big = mx && limit ? PyObject_RichCompareBool(mx, limit, Py_GT) : -1;
+        Py_XDECREF(mx);
+        Py_XDECREF(limit);
+        if (too_big < 0) {
+            Py_DECREF(arr);
+            return NULL;
+        }
+        if (too_big) {
+            PyErr_Format(PyExc_ValueError, "%s: ids must fit in int64", what);
+            Py_DECREF(arr);
+            return NULL;
+        }
+    }
+    PyArrayObject *out = (PyArrayObject *)PyArray_FromArray(
+        arr, PyArray_DescrFromType(NPY_INT64), NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST);
+    Py_DECREF(arr);
+    if (!out)
+        return NULL;
+    if (PyArray_NDIM(out) == 0) {
+        npy_intp one = 1;
+        PyArray_Dims shape = {&one, 1};
+        PyArrayObject *r = (PyArrayObject *)PyArray_Newshape(out, &shape, NPY_CORDER);
+        Py_DECREF(out);
+        out = r;
+        if (!out)
+            return NULL;
+    }
+    if (n >= 0 && PyArray_SIZE(out) != n) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd ids (one per vector), found %zd", what,
+                     (Py_ssize_t)n, (Py_ssize_t)PyArray_SIZE(out));
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+int isx_py_filter(PyObject *obj, isx_filter *flt, PyArrayObject **keep)
+{
+    memset(flt, 0, sizeof(*flt));
+    *keep = NULL;
+    if (obj == NULL || obj == Py_None)
+        return 0;
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (!arr)
+        return -1;
+    if (PyArray_NDIM(arr) != 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "filter: expected a 1-D boolean mask over ids or a 1-D array of allowed ids, "
+                     "found %d dimensions", PyArray_NDIM(arr));
+        Py_DECREF(arr);
+        return -1;
+    }
+    if (PyArray_TYPE(arr) == NPY_BOOL) {
+        PyArrayObject *c = (PyArrayObject *)PyArray_FromArray(arr, PyArray_DescrFromType(NPY_BOOL),
+                                                              NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
+        Py_DECREF(arr);
+        if (!c)
+            return -1;
+        flt->mask = (const uint8_t *)PyArray_DATA(c);
+        flt->mask_len = (size_t)PyArray_SIZE(c);
+        *keep = c;
+        return 0;
+    }
+    Py_DECREF(arr);
+    PyArrayObject *ids = isx_py_ids(obj, -1, "filter");
+    if (!ids)
+        return -1;
+    flt->ids = (const int64_t *)PyArray_DATA(ids);
+    flt->n_ids = (size_t)PyArray_SIZE(ids);
+    static const int64_t no_ids[1] = {0};
+    if (flt->n_ids == 0)
+        flt->ids = no_ids; /* an empty allow-list still filters everything out */
+    *keep = ids;
+    return 0;
+}
+
+int isx_py_threads(PyObject *obj, int *out)
+{
+    *out = 0;
+    if (obj == NULL || obj == Py_None)
+        return 0;
+    long v = PyLong_AsLong(obj);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "threads: expected None or a positive int, found %s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (v < 1) {
+        PyErr_Format(PyExc_ValueError, "threads: expected None (all CPUs) or an int >= 1, found %ld", v);
+        return -1;
+    }
+    *out = v > ISX_MAX_THREADS ? ISX_MAX_THREADS : (int)v;
+    return 0;
+}
+
+int isx_py_metric(PyObject *obj, isx_metric *out)
+{
+    if (!PyUnicode_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "metric: expected a str such as \"l2\", found %s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    const char *s = PyUnicode_AsUTF8(obj);
+    if (!s)
+        return -1;
+    if (isx_metric_from_name(s, out) != ISX_OK) {
+        isx_py_raise(ISX_EINVAL);
+        return -1;
+    }
+    return 0;
+}

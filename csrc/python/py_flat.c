@@ -1,0 +1,548 @@
+/*
+ * py_flat.c -- imgsearch.FlatIndex, the Python face of index/flat.c.
+ *
+ * The object holds the C index and, while the index reads memory it does
+ * not own, the Python object that owns that memory (the caller's array for
+ * from_array(copy=False), or nothing for a loaded file, whose bytes the C
+ * index keeps itself).  Every method converts and checks its arguments with
+ * the GIL held, then releases the GIL for the C call: results are allocated
+ * before, so nothing in the released region touches Python objects.
+ */
+#include "py_common.h"
+#include "py_index.h"
+#include "../index/flat.h"
+
+typedef struct {
+    PyObject_HEAD
+    isx_flat *index;
+    PyObject *owner; /* keeps borrowed vectors alive */
+} FlatObject;
+
+static int flat_ready(FlatObject *self)
+{
+    if (!self->index) {
+        PyErr_SetString(PyExc_RuntimeError, "FlatIndex is not initialised (call FlatIndex(dim, metric))");
+        return 0;
+    }
+    return 1;
+}
+
+/* After a change the C index may have copied borrowed rows into its own
+ * memory: the owner is no longer needed unless a view of it escaped. */
+static void flat_drop_owner(FlatObject *self)
+{
+    if (self->owner && self->index->data_owned && !self->index->pinned)
+        Py_CLEAR(self->owner);
+}
+
+static int row_dtype(const isx_flat *f)
+{
+    return f->dtype == ISX_DTYPE_BITS ? NPY_UINT8 : NPY_FLOAT32;
+}
+
+static PyObject *flat_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    (void)args;
+    (void)kw;
+    FlatObject *self = (FlatObject *)type->tp_alloc(type, 0);
+    return (PyObject *)self;
+}
+
+static int flat_init(FlatObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"dim", "metric", NULL};
+    Py_ssize_t dim;
+    PyObject *metric_obj = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "n|O:FlatIndex", kwlist, &dim, &metric_obj))
+        return -1;
+    isx_metric metric = ISX_METRIC_L2;
+    if (metric_obj && isx_py_metric(metric_obj, &metric) < 0)
+        return -1;
+    if (dim < 1) {
+        PyErr_Format(PyExc_ValueError, "expected dim >= 1, found dim=%zd", dim);
+        return -1;
+    }
+    isx_flat *f;
+    int rc = isx_flat_create(metric, (size_t)dim, &f);
+    if (rc) {
+        isx_py_raise(rc);
+        return -1;
+    }
+    isx_flat_destroy(self->index);
+    Py_CLEAR(self->owner);
+    self->index = f;
+    return 0;
+}
+
+static void flat_dealloc(FlatObject *self)
+{
+    isx_flat_destroy(self->index);
+    Py_CLEAR(self->owner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyObject *isx_py_flat_wrap(isx_flat *f)
+{
+    FlatObject *self = (FlatObject *)isx_FlatType.tp_alloc(&isx_FlatType, 0);
+    if (!self) {
+        isx_flat_destroy(f);
+        return NULL;
+    }
+    self->index = f;
+    return (PyObject *)self;
+}
+
+static PyObject *flat_add(FlatObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"X", "ids", "threads", NULL};
+    PyObject *x_obj, *ids_obj = Py_None, *threads_obj = Py_None;
+    if (!flat_ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|O$O:add", kwlist, &x_obj, &ids_obj, &threads_obj))
+        return NULL;
+    int threads;
+    if (isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    isx_flat *f = self->index;
+    PyArrayObject *X = isx_py_matrix(x_obj, row_dtype(f), (npy_intp)f->row_elems, 1, "X");
+    if (!X)
+        return NULL;
+    PyArrayObject *ids = NULL;
+    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids"))) {
+        Py_DECREF(X);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_flat_add(f, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
+                      ids ? (const int64_t *)PyArray_DATA(ids) : NULL, threads);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(X);
+    Py_XDECREF(ids);
+    if (rc)
+        return isx_py_raise(rc);
+    flat_drop_owner(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *flat_from_array(PyObject *cls, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"X", "metric", "copy", "ids", NULL};
+    PyObject *x_obj, *metric_obj = NULL, *ids_obj = Py_None;
+    int copy = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$pO:from_array", kwlist, &x_obj, &metric_obj, &copy, &ids_obj))
+        return NULL;
+    isx_metric metric = ISX_METRIC_L2;
+    if (metric_obj && isx_py_metric(metric_obj, &metric) < 0)
+        return NULL;
+    int dtype = metric == ISX_METRIC_HAMMING ? NPY_UINT8 : NPY_FLOAT32;
+    PyArrayObject *X = isx_py_matrix(x_obj, dtype, 0, copy, "X");
+    if (!X)
+        return NULL;
+    PyArrayObject *ids = NULL;
+    FlatObject *self = NULL;
+    isx_flat *f = NULL;
+    size_t cols = (size_t)PyArray_DIM(X, 1);
+    int rc = isx_flat_create(metric, metric == ISX_METRIC_HAMMING ? cols * 8 : cols, &f);
+    if (rc) {
+        isx_py_raise(rc);
+        goto error;
+    }
+    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids")))
+        goto error;
+    Py_BEGIN_ALLOW_THREADS
+    if (copy)
+        rc = isx_flat_add(f, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
+                          ids ? (const int64_t *)PyArray_DATA(ids) : NULL, 0);
+    else
+        rc = isx_flat_borrow(f, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
+                             ids ? (const int64_t *)PyArray_DATA(ids) : NULL, 0);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        isx_py_raise(rc);
+        goto error;
+    }
+    self = (FlatObject *)((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
+    if (!self)
+        goto error;
+    self->index = f;
+    if (!copy) {
+        self->owner = (PyObject *)X;
+        X = NULL;
+    }
+    Py_XDECREF(X);
+    Py_XDECREF(ids);
+    return (PyObject *)self;
+error:
+    isx_flat_destroy(f);
+    Py_XDECREF(X);
+    Py_XDECREF(ids);
+    return NULL;
+}
+
+static int parse_k(PyObject *obj, Py_ssize_t *k)
+{
+    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "k: expected an int >= 1, found %s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *k = PyLong_AsSsize_t(obj);
+    if (*k == -1 && PyErr_Occurred())
+        return -1;
+    if (*k < 1 || (size_t)*k > ISX_MAX_K) {
+        PyErr_Format(PyExc_ValueError, "Expected 1 <= k <= %u. Got k=%zd", ISX_MAX_K, *k);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *flat_search(FlatObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"Q", "k", "threads", "filter", NULL};
+    PyObject *q_obj, *k_obj = NULL, *threads_obj = Py_None, *filter_obj = Py_None;
+    if (!flat_ready(self) ||
+        !PyArg_ParseTupleAndKeywords(args, kw, "O|O$OO:search", kwlist, &q_obj, &k_obj, &threads_obj, &filter_obj))
+        return NULL;
+    Py_ssize_t k = 10;
+    int threads;
+    if ((k_obj && parse_k(k_obj, &k) < 0) || isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    isx_flat *f = self->index;
+    PyArrayObject *Q = isx_py_matrix(q_obj, row_dtype(f), (npy_intp)f->row_elems, 1, "queries");
+    if (!Q)
+        return NULL;
+    isx_filter flt;
+    PyArrayObject *keep = NULL, *D = NULL, *L = NULL;
+    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
+        goto error;
+    npy_intp shape[2] = {PyArray_DIM(Q, 0), k};
+    D = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
+    L = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_INT64);
+    if (!D || !L)
+        goto error;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_flat_search(f, PyArray_DATA(Q), (size_t)shape[0], (size_t)k, &flt, threads,
+                         PyArray_DATA(D), PyArray_DATA(L));
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        isx_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(Q);
+    Py_XDECREF(keep);
+    return Py_BuildValue("(NN)", D, L);
+error:
+    Py_XDECREF(Q);
+    Py_XDECREF(keep);
+    Py_XDECREF(D);
+    Py_XDECREF(L);
+    return NULL;
+}
+
+static PyObject *copy_to_array(const void *src, npy_intp n, int type)
+{
+    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(1, &n, type);
+    if (a && n)
+        memcpy(PyArray_DATA(a), src, (size_t)n * (size_t)PyArray_ITEMSIZE(a));
+    return (PyObject *)a;
+}
+
+static PyObject *flat_range_search(FlatObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"Q", "radius", "threads", "filter", NULL};
+    PyObject *q_obj, *threads_obj = Py_None, *filter_obj = Py_None;
+    double radius;
+    if (!flat_ready(self) ||
+        !PyArg_ParseTupleAndKeywords(args, kw, "Od|$OO:range_search", kwlist, &q_obj, &radius, &threads_obj, &filter_obj))
+        return NULL;
+    int threads;
+    if (isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    isx_flat *f = self->index;
+    PyArrayObject *Q = isx_py_matrix(q_obj, row_dtype(f), (npy_intp)f->row_elems, 1, "queries");
+    if (!Q)
+        return NULL;
+    isx_filter flt;
+    PyArrayObject *keep = NULL, *lims = NULL;
+    PyObject *Dout = NULL, *Iout = NULL;
+    float *D = NULL;
+    int64_t *Ilist = NULL;
+    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
+        goto error;
+    npy_intp nl = PyArray_DIM(Q, 0) + 1;
+    lims = (PyArrayObject *)PyArray_SimpleNew(1, &nl, NPY_INT64);
+    if (!lims)
+        goto error;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_flat_range_search(f, PyArray_DATA(Q), (size_t)PyArray_DIM(Q, 0), (float)radius, &flt, threads,
+                               PyArray_DATA(lims), &D, &Ilist);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        isx_py_raise(rc);
+        goto error;
+    }
+    npy_intp total = ((int64_t *)PyArray_DATA(lims))[nl - 1];
+    Dout = copy_to_array(D, total, NPY_FLOAT32);
+    Iout = copy_to_array(Ilist, total, NPY_INT64);
+    free(D);
+    free(Ilist);
+    D = NULL;
+    Ilist = NULL;
+    if (!Dout || !Iout)
+        goto error;
+    Py_DECREF(Q);
+    Py_XDECREF(keep);
+    return Py_BuildValue("(NNN)", lims, Dout, Iout);
+error:
+    free(D);
+    free(Ilist);
+    Py_XDECREF(Q);
+    Py_XDECREF(keep);
+    Py_XDECREF(lims);
+    Py_XDECREF(Dout);
+    Py_XDECREF(Iout);
+    return NULL;
+}
+
+static PyObject *flat_remove(FlatObject *self, PyObject *ids_obj)
+{
+    if (!flat_ready(self))
+        return NULL;
+    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
+    if (!ids)
+        return NULL;
+    size_t removed;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_flat_remove(self->index, PyArray_DATA(ids), (size_t)PyArray_SIZE(ids), &removed);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(ids);
+    if (rc)
+        return isx_py_raise(rc);
+    flat_drop_owner(self);
+    return PyLong_FromSize_t(removed);
+}
+
+static PyObject *flat_get(FlatObject *self, PyObject *ids_obj)
+{
+    if (!flat_ready(self))
+        return NULL;
+    int scalar = PyLong_Check(ids_obj) || PyArray_IsScalar(ids_obj, Integer);
+    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
+    if (!ids)
+        return NULL;
+    isx_flat *f = self->index;
+    npy_intp shape[2] = {PyArray_SIZE(ids), (npy_intp)f->row_elems};
+    PyArrayObject *out = scalar ? (PyArrayObject *)PyArray_SimpleNew(1, shape + 1, row_dtype(f))
+                                : (PyArrayObject *)PyArray_SimpleNew(2, shape, row_dtype(f));
+    if (!out) {
+        Py_DECREF(ids);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_flat_get(f, PyArray_DATA(ids), (size_t)shape[0], PyArray_DATA(out));
+    Py_END_ALLOW_THREADS
+    Py_DECREF(ids);
+    if (rc) {
+        Py_DECREF(out);
+        return isx_py_raise(rc);
+    }
+    return (PyObject *)out;
+}
+
+/* Serialise under the read lock, to a file or (path == NULL) to bytes. */
+static PyObject *flat_serialise(FlatObject *self, const char *path, PyObject *meta)
+{
+    isx_header h;
+    isx_section_out secs[ISX_FLAT_SECTIONS + 1];
+    uint32_t nsecs;
+    uint8_t parm[256];
+    Py_buffer mb = {0};
+    if (meta && meta != Py_None && PyObject_GetBuffer(meta, &mb, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint8_t *buf = NULL;
+    size_t size = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    isx_flat_lock_read(self->index);
+    rc = isx_flat_describe(self->index, &h, secs, &nsecs, parm, sizeof(parm));
+    if (rc == ISX_OK && mb.buf)
+        secs[nsecs++] = (isx_section_out){ISX_SEC_META, mb.buf, (uint64_t)mb.len};
+    if (rc == ISX_OK)
+        rc = path ? isx_format_write_file(path, &h, secs, nsecs) : isx_format_write_memory(&h, secs, nsecs, &buf, &size);
+    isx_flat_unlock(self->index);
+    Py_END_ALLOW_THREADS
+    if (mb.buf)
+        PyBuffer_Release(&mb);
+    if (rc)
+        return isx_py_raise(rc);
+    if (path)
+        Py_RETURN_NONE;
+    PyObject *b = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)size);
+    free(buf);
+    return b;
+}
+
+static PyObject *flat_save(FlatObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"path", "meta", NULL};
+    PyObject *path_bytes = NULL, *meta = Py_None;
+    if (!flat_ready(self) ||
+        !PyArg_ParseTupleAndKeywords(args, kw, "O&|$O:save", kwlist, PyUnicode_FSConverter, &path_bytes, &meta))
+        return NULL;
+    PyObject *r = flat_serialise(self, PyBytes_AS_STRING(path_bytes), meta);
+    Py_DECREF(path_bytes);
+    return r;
+}
+
+static PyObject *flat_to_bytes(FlatObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!flat_ready(self))
+        return NULL;
+    return flat_serialise(self, NULL, NULL);
+}
+
+static PyObject *flat_reduce(FlatObject *self, PyObject *noargs)
+{
+    PyObject *b = flat_to_bytes(self, noargs);
+    if (!b)
+        return NULL;
+    PyObject *mod = PyImport_ImportModule("imgsearch._core");
+    PyObject *fn = mod ? PyObject_GetAttrString(mod, "_from_bytes") : NULL;
+    Py_XDECREF(mod);
+    if (!fn) {
+        Py_DECREF(b);
+        return NULL;
+    }
+    return Py_BuildValue("(N(N))", fn, b);
+}
+
+static PyObject *flat_get_vectors(FlatObject *self, void *closure)
+{
+    (void)closure;
+    if (!flat_ready(self))
+        return NULL;
+    isx_flat *f = self->index;
+    isx_flat_pin(f); /* from now on no buffer of this index is ever freed early */
+    isx_flat_lock_read(f);
+    npy_intp shape[2] = {(npy_intp)f->count, (npy_intp)f->row_elems};
+    void *data = f->data;
+    isx_flat_unlock(f);
+    PyArray_Descr *descr = PyArray_DescrFromType(row_dtype(f));
+    PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, descr, 2, shape, NULL, data, 0, NULL);
+    if (!arr)
+        return NULL;
+    Py_INCREF(self);
+    if (PyArray_SetBaseObject((PyArrayObject *)arr, (PyObject *)self) < 0) {
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+static PyObject *flat_get_ids(FlatObject *self, void *closure)
+{
+    (void)closure;
+    if (!flat_ready(self))
+        return NULL;
+    isx_flat_lock_read(self->index);
+    npy_intp n = (npy_intp)self->index->count;
+    PyObject *out = copy_to_array(self->index->ids, n, NPY_INT64);
+    isx_flat_unlock(self->index);
+    return out;
+}
+
+static PyObject *flat_get_dim(FlatObject *self, void *c)
+{
+    (void)c;
+    return flat_ready(self) ? PyLong_FromSize_t(self->index->dim) : NULL;
+}
+
+static PyObject *flat_get_metric(FlatObject *self, void *c)
+{
+    (void)c;
+    return flat_ready(self) ? PyUnicode_FromString(isx_metric_name(self->index->metric)) : NULL;
+}
+
+static PyObject *flat_get_borrowed(FlatObject *self, void *c)
+{
+    (void)c;
+    return flat_ready(self) ? PyBool_FromLong(!self->index->data_owned) : NULL;
+}
+
+static Py_ssize_t flat_len(FlatObject *self)
+{
+    return flat_ready(self) ? (Py_ssize_t)self->index->count : -1;
+}
+
+static PyObject *flat_repr(FlatObject *self)
+{
+    if (!self->index)
+        return PyUnicode_FromString("FlatIndex(<uninitialised>)");
+    return PyUnicode_FromFormat("FlatIndex(dim=%zu, metric=\"%s\", count=%zu)", self->index->dim,
+                                isx_metric_name(self->index->metric), self->index->count);
+}
+
+static PyMethodDef flat_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))flat_add, METH_VARARGS | METH_KEYWORDS,
+     "add(X, ids=None, *, threads=None)\n--\n\n"
+     "Add vectors X (n, dim) float32 (or packed uint8 for hamming).  ids default to\n"
+     "the next unused ids (0, 1, ... for a new index); an id already present has\n"
+     "its vector replaced.  Other numeric dtypes are converted (a copy).\n"
+     "Raises ValueError for NaN/Inf, negative ids or an id repeated in X."},
+    {"search", (PyCFunction)(void (*)(void))flat_search, METH_VARARGS | METH_KEYWORDS,
+     "search(Q, k=10, *, threads=None, filter=None)\n--\n\n"
+     "Exact k nearest neighbours of each query row.  Returns (D, I): float32 and\n"
+     "int64 arrays of shape (nq, k), nearest first; rows are padded with inf / -1\n"
+     "when fewer than k vectors (or allowed ids) exist.  filter is a boolean mask\n"
+     "over ids (id i allowed iff i < len(mask) and mask[i]) or an array of allowed\n"
+     "ids.  Thread-safe: many searches may run at once, also during add/remove."},
+    {"range_search", (PyCFunction)(void (*)(void))flat_range_search, METH_VARARGS | METH_KEYWORDS,
+     "range_search(Q, radius, *, threads=None, filter=None)\n--\n\n"
+     "All vectors with distance < radius.  Returns (lims, D, I) as faiss does: the\n"
+     "hits of query i are D[lims[i]:lims[i+1]], I[lims[i]:lims[i+1]], sorted by distance."},
+    {"remove", (PyCFunction)flat_remove, METH_O,
+     "remove(ids)\n--\n\nRemove these ids (absent ids are ignored); returns how many were removed."},
+    {"get", (PyCFunction)flat_get, METH_O,
+     "get(ids)\n--\n\nCopies of the stored vectors of ids (one row for a scalar id); KeyError if absent."},
+    {"save", (PyCFunction)(void (*)(void))flat_save, METH_VARARGS | METH_KEYWORDS,
+     "save(path)\n--\n\nWrite the index atomically (temporary file, fsync, rename); see docs/FORMAT.md."},
+    {"to_bytes", (PyCFunction)flat_to_bytes, METH_NOARGS, "to_bytes()\n--\n\nThe saved file's bytes."},
+    {"__reduce__", (PyCFunction)flat_reduce, METH_NOARGS, NULL},
+    {"from_array", (PyCFunction)(void (*)(void))flat_from_array, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "from_array(X, metric=\"l2\", *, copy=False, ids=None)\n--\n\n"
+     "An index over X.  With copy=False (the default) nothing is copied: the index\n"
+     "keeps a reference to X and searches it in place, so X must be C-contiguous\n"
+     "float32 (uint8 for hamming); the first add/remove copies the rows into the\n"
+     "index's own memory, and X itself is never written."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef flat_getset[] = {
+    {"dim", (getter)flat_get_dim, NULL, "dimension (bits for hamming)", NULL},
+    {"metric", (getter)flat_get_metric, NULL, "metric name", NULL},
+    {"vectors", (getter)flat_get_vectors, NULL,
+     "read-only view (no copy) of the stored vectors, in storage order; its base is the index", NULL},
+    {"ids", (getter)flat_get_ids, NULL, "ids in storage order (a copy)", NULL},
+    {"borrowed", (getter)flat_get_borrowed, NULL,
+     "True while the vectors live in memory the index does not own (from_array, mmap)", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PySequenceMethods flat_as_sequence = {.sq_length = (lenfunc)flat_len};
+
+PyTypeObject isx_FlatType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "imgsearch.FlatIndex",
+    .tp_basicsize = sizeof(FlatObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "FlatIndex(dim, metric=\"l2\")\n--\n\n"
+              "Exact nearest-neighbour index.  metric: l2 (squared Euclidean), ip (1 - dot),\n"
+              "cosine (1 - cos), l1, hamming (dim in bits, rows packed as uint8).",
+    .tp_new = flat_new,
+    .tp_init = (initproc)flat_init,
+    .tp_dealloc = (destructor)flat_dealloc,
+    .tp_methods = flat_methods,
+    .tp_getset = flat_getset,
+    .tp_as_sequence = &flat_as_sequence,
+    .tp_repr = (reprfunc)flat_repr,
+};

@@ -1,0 +1,12 @@
+/* py_index.h -- the index types, for module.c's loader. */
+#ifndef ISX_PY_INDEX_H
+#define ISX_PY_INDEX_H
+
+#include "py_common.h"
+#include "../index/flat.h"
+
+extern PyTypeObject isx_FlatType;
+/* A new FlatIndex object owning f (destroyed on failure). */
+PyObject *isx_py_flat_wrap(isx_flat *f);
+
+#endif

@@ -1,0 +1,239 @@
+/*
+ * kernels_avx2.c -- AVX2 + FMA + POPCNT kernels.
+ *
+ * Every function carries a target attribute instead of the file being built
+ * with -mavx2, so the rest of the library (and this file's table) stays
+ * runnable on any x86-64; dispatch.c only calls in here after CPUID/XGETBV.
+ *
+ * The float kernels are one generic block, rows_f32(), specialised by
+ * always_inline with constant metric, rows-per-block R and unroll U.  Blocks
+ * of R = 4 rows share each query load between four rows (the scan is bound
+ * by loads and memory bandwidth, not arithmetic); with U = 2 that is eight
+ * independent FMA chains, enough to hide FMA latency.  Cosine keeps two sums
+ * per row, so it uses U = 1 to stay within the 16 YMM registers.  Leftover
+ * rows go one at a time with U = 4.  The last dim % 8 floats are read with
+ * VMASKMOVPS, which never touches (or faults on) the masked-out bytes, so no
+ * kernel reads past the end of a row.  Sums are float32 in many lanes and
+ * accumulators, which keeps the rounding error near float32 resolution.
+ */
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "simd.h"
+
+#define AVX2 __attribute__((target("avx2,fma,popcnt")))
+#define INLINE static inline __attribute__((always_inline))
+
+enum kind { K_L2, K_IP, K_COS, K_L1, K_SQ, K_DOT };
+
+/* mask_window + 8 - n: the first n lanes are set */
+static const int32_t mask_window[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+INLINE AVX2 void step(enum kind k, __m256 qv, __m256 xv, __m256 *a, __m256 *b)
+{
+    switch (k) {
+    case K_L2: {
+        __m256 d = _mm256_sub_ps(qv, xv);
+        *a = _mm256_fmadd_ps(d, d, *a);
+        break;
+    }
+    case K_L1:
+        *a = _mm256_add_ps(*a, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(qv, xv)));
+        break;
+    case K_IP:
+    case K_DOT:
+        *a = _mm256_fmadd_ps(qv, xv, *a);
+        break;
+    case K_SQ:
+        *a = _mm256_fmadd_ps(xv, xv, *a);
+        break;
+    case K_COS:
+        *a = _mm256_fmadd_ps(qv, xv, *a);
+        *b = _mm256_fmadd_ps(xv, xv, *b);
+        break;
+    }
+}
+
+/* K_SQ ignores the query, which may be NULL. */
+INLINE AVX2 __m256 load_q(enum kind k, const float *q)
+{
+    return k == K_SQ ? _mm256_setzero_ps() : _mm256_loadu_ps(q);
+}
+
+INLINE AVX2 __m256 load_q_masked(enum kind k, const float *q, __m256i m)
+{
+    return k == K_SQ ? _mm256_setzero_ps() : _mm256_maskload_ps(q, m);
+}
+
+INLINE AVX2 float hsum(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* The row's distance from its sums; qq = |q|^2 for cosine.  The final
+ * 1 - ... is in double so that near-identical vectors keep their digits. */
+INLINE float finish(enum kind k, float a, float xx, float qq)
+{
+    switch (k) {
+    case K_IP:
+        return (float)(1.0 - (double)a);
+    case K_COS:
+        if (qq == 0 || xx == 0)
+            return 1.0f;
+        return (float)(1.0 - (double)a / sqrt((double)qq * (double)xx));
+    default:
+        return a;
+    }
+}
+
+INLINE AVX2 void rows_f32(enum kind k, int R, int U, const float *q, const float *x, size_t dim, float qq,
+                          float *out)
+{
+    __m256 a[4][4], b[4][4];
+    for (int r = 0; r < R; r++)
+        for (int u = 0; u < U; u++)
+            a[r][u] = b[r][u] = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 * (size_t)U <= dim; i += 8 * (size_t)U)
+        for (int u = 0; u < U; u++) {
+            __m256 qv = load_q(k, q + i + 8 * (size_t)u);
+            for (int r = 0; r < R; r++)
+                step(k, qv, _mm256_loadu_ps(x + (size_t)r * dim + i + 8 * (size_t)u), &a[r][u], &b[r][u]);
+        }
+    for (; i + 8 <= dim; i += 8) {
+        __m256 qv = load_q(k, q + i);
+        for (int r = 0; r < R; r++)
+            step(k, qv, _mm256_loadu_ps(x + (size_t)r * dim + i), &a[r][0], &b[r][0]);
+    }
+    if (i < dim) {
+        __m256i m = _mm256_loadu_si256((const __m256i *)(mask_window + 8 - (dim - i)));
+        __m256 qv = load_q_masked(k, q + i, m);
+        for (int r = 0; r < R; r++)
+            step(k, qv, _mm256_maskload_ps(x + (size_t)r * dim + i, m), &a[r][0], &b[r][0]);
+    }
+    for (int r = 0; r < R; r++) {
+        for (int u = 1; u < U; u++) {
+            a[r][0] = _mm256_add_ps(a[r][0], a[r][u]);
+            b[r][0] = _mm256_add_ps(b[r][0], b[r][u]);
+        }
+        out[r] = finish(k, hsum(a[r][0]), k == K_COS ? hsum(b[r][0]) : 0, qq);
+    }
+}
+
+INLINE AVX2 void scan(enum kind k, const void *qv, const void *xv, size_t nrows, size_t dim, float *out)
+{
+    const float *q = qv, *x = xv;
+    float qq = 0;
+    if (k == K_COS)
+        rows_f32(K_SQ, 1, 4, NULL, q, dim, 0, &qq);
+    size_t r = 0;
+    for (; r + 4 <= nrows; r += 4) {
+        if (k == K_COS)
+            rows_f32(k, 4, 1, q, x + r * dim, dim, qq, out + r);
+        else
+            rows_f32(k, 4, 2, q, x + r * dim, dim, qq, out + r);
+    }
+    for (; r < nrows; r++)
+        rows_f32(k, 1, 4, q, x + r * dim, dim, qq, out + r);
+}
+
+static AVX2 void l2sq_f32_avx2(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+{
+    scan(K_L2, q, x, nrows, dim, out);
+}
+
+static AVX2 void ip_f32_avx2(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+{
+    scan(K_IP, q, x, nrows, dim, out);
+}
+
+static AVX2 void cosine_f32_avx2(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+{
+    scan(K_COS, q, x, nrows, dim, out);
+}
+
+static AVX2 void l1_f32_avx2(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+{
+    scan(K_L1, q, x, nrows, dim, out);
+}
+
+static AVX2 void sqnorm_f32_avx2(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+{
+    scan(K_SQ, q, x, nrows, dim, out);
+}
+
+static AVX2 void dot_f32_avx2(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+{
+    scan(K_DOT, q, x, nrows, dim, out);
+}
+
+INLINE uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+/* Per-byte popcount by two 16-entry table lookups (one per nibble): AVX2 has
+ * no vector popcount, and this does 32 bytes in five cheap instructions. */
+INLINE AVX2 __m256i popcount_bytes(__m256i v)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low));
+    __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+    return _mm256_add_epi8(lo, hi);
+}
+
+static AVX2 void hamming_u8_avx2(const void *qv, const void *xv, size_t nrows, size_t dim, float *out)
+{
+    const uint8_t *q = qv, *x = xv;
+    if (dim == 8) { /* 64-bit perceptual hashes: the common case */
+        uint64_t qc = load64(q);
+        for (size_t r = 0; r < nrows; r++)
+            out[r] = (float)_mm_popcnt_u64(qc ^ load64(x + r * 8));
+        return;
+    }
+    for (size_t r = 0; r < nrows; r++) {
+        const uint8_t *xr = x + r * dim;
+        __m256i acc = _mm256_setzero_si256();
+        size_t i = 0;
+        for (; i + 32 <= dim; i += 32) {
+            __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + i)),
+                                         _mm256_loadu_si256((const __m256i *)(xr + i)));
+            /* SAD against zero sums the byte counts into four 64-bit lanes */
+            acc = _mm256_add_epi64(acc, _mm256_sad_epu8(popcount_bytes(v), _mm256_setzero_si256()));
+        }
+        __m128i s = _mm_add_epi64(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+        uint64_t n = (uint64_t)_mm_cvtsi128_si64(s) + (uint64_t)_mm_extract_epi64(s, 1);
+        for (; i + 8 <= dim; i += 8)
+            n += (uint64_t)_mm_popcnt_u64(load64(q + i) ^ load64(xr + i));
+        for (; i < dim; i++)
+            n += (uint64_t)_mm_popcnt_u32((uint32_t)(q[i] ^ xr[i]));
+        out[r] = (float)n;
+    }
+}
+
+const isx_kernels isx_kernels_avx2 = {
+    .dist = {
+        [ISX_METRIC_L2] = l2sq_f32_avx2,
+        [ISX_METRIC_IP] = ip_f32_avx2,
+        [ISX_METRIC_COSINE] = cosine_f32_avx2,
+        [ISX_METRIC_L1] = l1_f32_avx2,
+        [ISX_METRIC_HAMMING] = hamming_u8_avx2,
+    },
+    .sqnorm = sqnorm_f32_avx2,
+    .dot = dot_f32_avx2,
+};
+
+#else
+/* Not x86-64: dispatch.c never selects this level.  ISO C wants a declaration. */
+typedef int isx_kernels_avx2_unavailable;
+#endif

@@ -1,0 +1,158 @@
+/*
+ * kernels_serial.c -- portable kernels: the fallback for CPUs without AVX2.
+ *
+ * One generic scan, specialised per metric by inlining with a constant
+ * `kind`, so the seven kernels share a single loop that cannot drift apart.
+ * Sums are kept in double over four independent accumulators: the latency
+ * chains overlap, and the rounding error stays far below float32 resolution.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "simd.h"
+
+enum kind { K_L2, K_IP, K_COS, K_L1, K_SQ, K_DOT };
+
+/* Adds element i's contribution; K_SQ never touches q, which may be NULL. */
+static inline void accumulate(enum kind k, const float *q, const float *x, size_t i, double *a, double *b)
+{
+    double xi = x[i];
+    switch (k) {
+    case K_L2: {
+        double d = (double)q[i] - xi;
+        *a += d * d;
+        break;
+    }
+    case K_L1:
+        *a += fabs((double)q[i] - xi);
+        break;
+    case K_IP:
+    case K_DOT:
+        *a += (double)q[i] * xi;
+        break;
+    case K_SQ:
+        *a += xi * xi;
+        break;
+    case K_COS:
+        *a += (double)q[i] * xi;
+        *b += xi * xi;
+        break;
+    }
+}
+
+/* Sum over one row: a = main sum, *b = |x|^2 for cosine. */
+static inline double row_sum(enum kind k, const float *q, const float *x, size_t dim, double *b)
+{
+    double a4[4] = {0, 0, 0, 0}, b4[4] = {0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 4 <= dim; i += 4)
+        for (int j = 0; j < 4; j++)
+            accumulate(k, q, x, i + (size_t)j, &a4[j], &b4[j]);
+    for (; i < dim; i++)
+        accumulate(k, q, x, i, &a4[0], &b4[0]);
+    *b = (b4[0] + b4[1]) + (b4[2] + b4[3]);
+    return (a4[0] + a4[1]) + (a4[2] + a4[3]);
+}
+
+static inline void scan(enum kind k, const void *qv, const void *xv, size_t nrows, size_t dim, float *out)
+{
+    const float *q = qv, *x = xv;
+    double qq = 0, unused;
+    if (k == K_COS)
+        qq = row_sum(K_SQ, NULL, q, dim, &unused);
+    for (size_t r = 0; r < nrows; r++) {
+        double xx;
+        double s = row_sum(k, q, x + r * dim, dim, &xx);
+        switch (k) {
+        case K_IP:
+            out[r] = (float)(1.0 - s);
+            break;
+        case K_COS:
+            out[r] = qq == 0 || xx == 0 ? 1.0f : (float)(1.0 - s / sqrt(qq * xx));
+            break;
+        default:
+            out[r] = (float)s;
+            break;
+        }
+    }
+}
+
+static void l2sq_f32_serial(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+{
+    scan(K_L2, q, x, nrows, dim, out);
+}
+
+static void ip_f32_serial(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+{
+    scan(K_IP, q, x, nrows, dim, out);
+}
+
+static void cosine_f32_serial(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+{
+    scan(K_COS, q, x, nrows, dim, out);
+}
+
+static void l1_f32_serial(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+{
+    scan(K_L1, q, x, nrows, dim, out);
+}
+
+static void sqnorm_f32_serial(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+{
+    scan(K_SQ, q, x, nrows, dim, out);
+}
+
+static void dot_f32_serial(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+{
+    scan(K_DOT, q, x, nrows, dim, out);
+}
+
+/* SWAR popcount: __builtin_popcountll would become a libgcc call without
+ * -mpopcnt, and this file must run on any x86-64. */
+static inline unsigned popcount64(uint64_t v)
+{
+    v = v - ((v >> 1) & 0x5555555555555555ull);
+    v = (v & 0x3333333333333333ull) + ((v >> 2) & 0x3333333333333333ull);
+    v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0full;
+    return (unsigned)((v * 0x0101010101010101ull) >> 56);
+}
+
+static inline uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static void hamming_u8_serial(const void *qv, const void *xv, size_t nrows, size_t dim, float *out)
+{
+    const uint8_t *q = qv, *x = xv;
+    if (dim == 8) { /* 64-bit perceptual hashes: the common case */
+        uint64_t qc = load64(q);
+        for (size_t r = 0; r < nrows; r++)
+            out[r] = (float)popcount64(qc ^ load64(x + r * 8));
+        return;
+    }
+    for (size_t r = 0; r < nrows; r++) {
+        const uint8_t *xr = x + r * dim;
+        uint64_t n = 0;
+        size_t i = 0;
+        for (; i + 8 <= dim; i += 8)
+            n += popcount64(load64(q + i) ^ load64(xr + i));
+        for (; i < dim; i++)
+            n += popcount64((uint64_t)(q[i] ^ xr[i]));
+        out[r] = (float)n;
+    }
+}
+
+const isx_kernels isx_kernels_serial = {
+    .dist = {
+        [ISX_METRIC_L2] = l2sq_f32_serial,
+        [ISX_METRIC_IP] = ip_f32_serial,
+        [ISX_METRIC_COSINE] = cosine_f32_serial,
+        [ISX_METRIC_L1] = l1_f32_serial,
+        [ISX_METRIC_HAMMING] = hamming_u8_serial,
+    },
+    .sqnorm = sqnorm_f32_serial,
+    .dot = dot_f32_serial,
+};

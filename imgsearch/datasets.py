@@ -1,0 +1,49 @@
+"""Local datasets for demos, benchmarks and evaluation (never downloaded).
+
+Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` package, which
+puts the original IDX files under /usr/share/datasets/fashion-mnist/.
+"""
+import gzip
+import os
+import struct
+
+import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def read_idx(path):
+    """Read an IDX file (optionally gzip-compressed) into a NumPy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (bad magic)")
+    types = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in types:
+        raise ValueError(f"{path}: unknown IDX element type 0x{raw[2]:02x}")
+    ndim = raw[3]
+    shape = struct.unpack_from(">" + "I" * ndim, raw, 4)
+    data = np.frombuffer(raw, dtype=types[raw[2]], offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: expected {int(np.prod(shape))} values for shape {shape}, found {data.size}")
+    return data.reshape(shape)
+
+
+def fashion_mnist(directory=FASHION_MNIST_DIR):
+    """(X_train (60000, 784) float32, y_train, X_test (10000, 784) float32, y_test).
+
+    Pixels stay in 0..255 (as in ann-benchmarks' fashion-mnist-784-euclidean).
+    """
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {directory}: install it with "
+            "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu)"
+        )
+
+    def part(name):
+        return read_idx(os.path.join(directory, name))
+
+    X_train = part("train-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32)
+    X_test = part("t10k-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32)
+    return X_train, part("train-labels-idx1-ubyte.gz"), X_test, part("t10k-labels-idx1-ubyte.gz")

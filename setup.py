@@ -1,0 +1,78 @@
+"""Build imgsearch._core, the C extension.
+
+Everything about the package lives in pyproject.toml; this file only knows
+how to compile the C core: which sources, which flags, and where OpenBLAS
+is (pkg-config first, then the usual places).  No -march flag is used: the
+SIMD kernels carry per-function target attributes and are chosen at run
+time, so one build runs on any x86-64 CPU.
+
+Environment:
+  IMGSEARCH_SANITIZE=1   build with AddressSanitizer + UBSan (make test-asan)
+  IMGSEARCH_DEBUG=1      -O0 -g
+  OPENBLAS_CFLAGS / OPENBLAS_LIBS   override pkg-config
+"""
+import os
+import shlex
+import subprocess
+import sys
+from glob import glob
+
+import numpy
+from setuptools import Extension, setup
+
+
+def pkg_config(package, fallback_cflags, fallback_libs):
+    cflags = os.environ.get("OPENBLAS_CFLAGS")
+    libs = os.environ.get("OPENBLAS_LIBS")
+    if cflags is not None and libs is not None:
+        return shlex.split(cflags), shlex.split(libs)
+    for name in (package, "openblas64", "blas-openblas"):
+        try:
+            cflags = subprocess.check_output(["pkg-config", "--cflags", name], text=True, stderr=subprocess.DEVNULL)
+            libs = subprocess.check_output(["pkg-config", "--libs", name], text=True, stderr=subprocess.DEVNULL)
+            return shlex.split(cflags), shlex.split(libs)
+        except (OSError, subprocess.CalledProcessError):
+            continue
+    for inc in ("/usr/include/x86_64-linux-gnu/openblas-pthread", "/usr/include/openblas", "/opt/homebrew/opt/openblas/include", "/usr/local/opt/openblas/include"):
+        if os.path.exists(os.path.join(inc, "cblas.h")):
+            lib = inc.replace("include", "lib")
+            return ["-I" + inc], ["-L" + lib, "-lopenblas"]
+    sys.stderr.write(
+        "imgsearch: OpenBLAS not found by pkg-config.  Install it first:\n"
+        "  Debian/Ubuntu: apt-get install libopenblas-dev pkg-config\n"
+        "  Fedora: dnf install openblas-devel   macOS: brew install openblas\n"
+        "or set OPENBLAS_CFLAGS and OPENBLAS_LIBS.\n"
+    )
+    return fallback_cflags, fallback_libs
+
+
+blas_cflags, blas_libs = pkg_config("openblas", [], ["-lopenblas"])
+sources = sorted(
+    glob("csrc/common/*.c") + glob("csrc/simd/*.c") + glob("csrc/index/*.c") + glob("csrc/python/*.c")
+)
+compile_args = ["-std=c11", "-O3", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                "-Wno-missing-field-initializers", "-fvisibility=hidden", "-pthread"]
+link_args = ["-pthread"]
+if os.environ.get("IMGSEARCH_DEBUG"):
+    compile_args = [a for a in compile_args if a != "-O3"] + ["-O0", "-g"]
+if os.environ.get("IMGSEARCH_SANITIZE"):
+    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined", "-g"]
+    compile_args = [a for a in compile_args if a != "-O3"] + ["-O1"] + san
+    link_args += san
+
+# rpath so that a library found outside the default search path still loads
+rpath = [a[2:] for a in blas_libs if a.startswith("-L")]
+
+setup(
+    ext_modules=[
+        Extension(
+            "imgsearch._core",
+            sources=sources,
+            include_dirs=[numpy.get_include(), "csrc"],
+            extra_compile_args=compile_args + blas_cflags,
+            extra_link_args=link_args + [a for a in blas_libs if not a.startswith("-l")],
+            libraries=[a[2:] for a in blas_libs if a.startswith("-l")] + ["m"],
+            runtime_library_dirs=rpath,
+        )
+    ],
+)
