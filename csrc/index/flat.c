@@ -41,11 +41,13 @@
 
 #include "../simd/simd.h"
 #include "flat.h"
+#include "fused.h"
 #include "topk.h"
 
 #define FLAT_GEMM_MIN_QUERIES 16      /* fewer float queries use a scan */
 #define FLAT_GEMM_QUERY_BLOCK 256     /* sgemm M */
 #define FLAT_GEMM_TILE_ROWS 1024      /* sgemm N: product tile 1 MiB */
+#define FLAT_FUSED_CHUNK_BYTES (384 * 1024) /* database rows kept in L2 by the fused kernel */
 #define FLAT_SCAN_CHUNK_BYTES (192 * 1024) /* database chunk kept in L2 */
 #define FLAT_SUBSET_RATIO 16          /* filter allows < n/16 rows: scan only those */
 #define FLAT_GROWTH_MIN 1024          /* rows of the first allocation */
@@ -506,7 +508,8 @@ typedef struct {
     /* GEMM plan */
     float alpha;
     const float *scale, *bias;
-    float **cbuf;          /* per worker: qblock x tile product */
+    int fused;             /* the AVX-512 fused kernel instead of sgemm */
+    float **cbuf;          /* per worker: packed queries, or qblock x tile product */
 } search_ctx;
 
 /* Write query qi's sorted heap to the outputs, padding with inf / -1. */
@@ -642,27 +645,42 @@ static void select_row_avx512(const float *row, const float *scale, const float 
     }
 }
 
-/* GEMM: one task = a block of queries against every database tile. */
+/* GEMM: one task = a block of queries against the whole database, through
+ * the fused AVX-512 kernel (fused.h) or, without AVX-512, OpenBLAS sgemm on
+ * product tiles followed by the vectorised select. */
 static int task_gemm(void *ctx, size_t task, int worker)
 {
     search_ctx *c = ctx;
     isx_flat *f = c->f;
     size_t q0 = task * c->qblock, q1 = q0 + c->qblock < c->nq ? q0 + c->qblock : c->nq;
     size_t m = q1 - q0, d = f->dim;
-    float *C = c->cbuf[worker];
     const float *Q = (const float *)c->Q + q0 * d;
-    int wide = isx_simd_level() >= ISX_ISA_AVX512;
-    for (size_t t0 = 0; t0 < f->count; t0 += FLAT_GEMM_TILE_ROWS) {
-        size_t tn = t0 + FLAT_GEMM_TILE_ROWS < f->count ? FLAT_GEMM_TILE_ROWS : f->count - t0;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)tn, (int)d, c->alpha, Q,
-                    (int)d, (const float *)f->data + t0 * d, (int)d, 0.0f, C, (int)tn);
-        const float *scale = c->scale ? c->scale + t0 : NULL;
-        const float *bias = c->bias ? c->bias + t0 : NULL;
-        for (size_t i = 0; i < m; i++) {
-            if (wide)
-                select_row_avx512(C + i * tn, scale, bias, tn, t0, c->sel, &c->heaps[q0 + i]);
-            else
-                select_row_serial(C + i * tn, scale, bias, tn, t0, c->sel, &c->heaps[q0 + i]);
+    const float *X = (const float *)f->data;
+    if (c->fused) {
+        float *packed = c->cbuf[worker];
+        isx_fused_pack(Q, m, d, c->alpha, packed);
+        size_t chunk = FLAT_FUSED_CHUNK_BYTES / f->row_bytes / 12 * 12;
+        if (chunk < 12)
+            chunk = 12;
+        for (size_t t0 = 0; t0 < f->count; t0 += chunk) {
+            size_t t1 = t0 + chunk < f->count ? t0 + chunk : f->count;
+            isx_fused_knn_avx512(packed, m, d, X, t0, t1, c->scale, c->bias, c->sel->bits, &c->heaps[q0]);
+        }
+    } else {
+        float *C = c->cbuf[worker];
+        int wide = isx_simd_level() >= ISX_ISA_AVX512;
+        for (size_t t0 = 0; t0 < f->count; t0 += FLAT_GEMM_TILE_ROWS) {
+            size_t tn = t0 + FLAT_GEMM_TILE_ROWS < f->count ? FLAT_GEMM_TILE_ROWS : f->count - t0;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)tn, (int)d, c->alpha, Q,
+                        (int)d, X + t0 * d, (int)d, 0.0f, C, (int)tn);
+            const float *scale = c->scale ? c->scale + t0 : NULL;
+            const float *bias = c->bias ? c->bias + t0 : NULL;
+            for (size_t i = 0; i < m; i++) {
+                if (wide)
+                    select_row_avx512(C + i * tn, scale, bias, tn, t0, c->sel, &c->heaps[q0 + i]);
+                else
+                    select_row_serial(C + i * tn, scale, bias, tn, t0, c->sel, &c->heaps[q0 + i]);
+            }
         }
     }
     /* Exact distances for the kept candidates. */
@@ -787,7 +805,9 @@ int isx_flat_search(isx_flat *f, const void *Q, size_t nq, size_t k, const isx_f
         if (c.qblock > FLAT_GEMM_QUERY_BLOCK)
             c.qblock = FLAT_GEMM_QUERY_BLOCK;
         nbuf = nthreads;
-        c.cbuf = alloc_buffers(nbuf, c.qblock * FLAT_GEMM_TILE_ROWS);
+        c.fused = isx_simd_level() >= ISX_ISA_AVX512 && !getenv("IMGSEARCH_FLAT_BLAS");
+        c.cbuf = alloc_buffers(nbuf, c.fused ? isx_fused_packed_size(c.qblock, f->dim)
+                                             : c.qblock * FLAT_GEMM_TILE_ROWS);
         if (!c.cbuf) {
             rc = isx_error(ISX_ENOMEM, "cannot allocate product tiles");
             goto cleanup;
