@@ -50,7 +50,7 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "numpy>=2.0" "setuptools>=68" wheel pytest
+	$(PIP) install -q "numpy>=2.0" "setuptools>=77" wheel pytest
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.stamp

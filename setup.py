@@ -48,7 +48,7 @@ def pkg_config(package, fallback_cflags, fallback_libs):
 
 blas_cflags, blas_libs = pkg_config("openblas", [], ["-lopenblas"])
 sources = sorted(
-    glob("csrc/common/*.c") + glob("csrc/simd/*.c") + glob("csrc/index/*.c") + glob("csrc/python/*.c")
+    glob("csrc/**/*.c", recursive=True)
 )
 compile_args = ["-std=c11", "-O3", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter",
                 "-Wno-missing-field-initializers", "-fvisibility=hidden", "-pthread"]
