@@ -19,14 +19,14 @@ def dim_for(metric):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_search_matches_brute_force(metric, nq, threads, rng):
     dim = dim_for(metric)
-    X = make_data(metric, 1500, dim, rng, clustered=True)
+    X = make_data(metric, 1501, dim, rng, clustered=True)
     Q = make_data(metric, nq, dim, rng, clustered=True)
     index = FlatIndex(dim, metric)
     index.add(X)
-    assert len(index) == 1500 and index.dim == dim and index.metric == metric
+    assert len(index) == 1501 and index.dim == dim and index.metric == metric
     D, I = index.search(Q, k=7, threads=threads)
     assert D.shape == (nq, 7) and D.dtype == np.float32 and I.dtype == np.int64
-    check_knn(D, I, X, np.arange(1500), Q, 7, metric)
+    check_knn(D, I, X, np.arange(1501), Q, 7, metric)
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])

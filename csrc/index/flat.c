@@ -508,7 +508,8 @@ typedef struct {
     /* GEMM plan */
     float alpha;
     const float *scale, *bias;
-    int fused;             /* the AVX-512 fused kernel instead of sgemm */
+    isx_fused_fn fused;    /* the fused kernel (fused.h) instead of sgemm, or NULL */
+    size_t fused_width, fused_rows; /* its panel width and rows per call */
     float **cbuf;          /* per worker: packed queries, or qblock x tile product */
 } search_ctx;
 
@@ -646,8 +647,9 @@ static void select_row_avx512(const float *row, const float *scale, const float 
 }
 
 /* GEMM: one task = a block of queries against the whole database, through
- * the fused AVX-512 kernel (fused.h) or, without AVX-512, OpenBLAS sgemm on
- * product tiles followed by the vectorised select. */
+ * the fused kernel (fused.h; AVX-512 or AVX2) or, on older CPUs or when
+ * IMGSEARCH_FLAT_BLAS is set, OpenBLAS sgemm on product tiles followed by
+ * the vectorised select. */
 static int task_gemm(void *ctx, size_t task, int worker)
 {
     search_ctx *c = ctx;
@@ -658,13 +660,13 @@ static int task_gemm(void *ctx, size_t task, int worker)
     const float *X = (const float *)f->data;
     if (c->fused) {
         float *packed = c->cbuf[worker];
-        isx_fused_pack(Q, m, d, c->alpha, packed);
-        size_t chunk = FLAT_FUSED_CHUNK_BYTES / f->row_bytes / 12 * 12;
-        if (chunk < 12)
-            chunk = 12;
+        isx_fused_pack(Q, m, d, c->alpha, c->fused_width, packed);
+        size_t chunk = FLAT_FUSED_CHUNK_BYTES / f->row_bytes / c->fused_rows * c->fused_rows;
+        if (chunk < c->fused_rows)
+            chunk = c->fused_rows;
         for (size_t t0 = 0; t0 < f->count; t0 += chunk) {
             size_t t1 = t0 + chunk < f->count ? t0 + chunk : f->count;
-            isx_fused_knn_avx512(packed, m, d, X, t0, t1, c->scale, c->bias, c->sel->bits, &c->heaps[q0]);
+            c->fused(packed, m, d, X, t0, t1, c->scale, c->bias, c->sel->bits, &c->heaps[q0]);
         }
     } else {
         float *C = c->cbuf[worker];
@@ -805,8 +807,18 @@ int isx_flat_search(isx_flat *f, const void *Q, size_t nq, size_t k, const isx_f
         if (c.qblock > FLAT_GEMM_QUERY_BLOCK)
             c.qblock = FLAT_GEMM_QUERY_BLOCK;
         nbuf = nthreads;
-        c.fused = isx_simd_level() >= ISX_ISA_AVX512 && !getenv("IMGSEARCH_FLAT_BLAS");
-        c.cbuf = alloc_buffers(nbuf, c.fused ? isx_fused_packed_size(c.qblock, f->dim)
+        if (!getenv("IMGSEARCH_FLAT_BLAS")) {
+            if (isx_simd_level() >= ISX_ISA_AVX512) {
+                c.fused = isx_fused_knn_avx512;
+                c.fused_width = ISX_FUSED_PANEL_AVX512;
+                c.fused_rows = ISX_FUSED_ROWS_AVX512;
+            } else if (isx_simd_level() >= ISX_ISA_AVX2) {
+                c.fused = isx_fused_knn_avx2;
+                c.fused_width = ISX_FUSED_PANEL_AVX2;
+                c.fused_rows = ISX_FUSED_ROWS_AVX2;
+            }
+        }
+        c.cbuf = alloc_buffers(nbuf, c.fused ? isx_fused_packed_size(c.qblock, f->dim, c.fused_width)
                                              : c.qblock * FLAT_GEMM_TILE_ROWS);
         if (!c.cbuf) {
             rc = isx_error(ISX_ENOMEM, "cannot allocate product tiles");
