@@ -1,0 +1,220 @@
+"""The `imgsearch` command.
+
+    imgsearch index DIR -o photos.isx [--extractor NAME|PATH] [--weights PATH] [--mean ..] [--std ..] [--index hnsw|flat|kdtree]
+    imgsearch search photos.isx QUERY... [-k K] [--json] [--html results.html]
+    imgsearch dups DIR [--threshold T] [--extractor ...] [--json]
+    imgsearch eval DIR --labels labels.csv [--extractor ...] [--index ...] [--json]
+    imgsearch info photos.isx
+
+Results go to stdout, progress and messages to stderr.  Exit status: 0 on
+success, 1 when the command ran but something failed (e.g. unreadable files
+while indexing, with --strict), 2 for usage errors and unusable inputs.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+
+__all__ = ["main"]
+
+
+def _floats(text):
+    try:
+        vals = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 0.5,0.5,0.5; found {text!r}")
+    if len(vals) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 numbers, found {len(vals)}")
+    return vals * 3 if len(vals) == 1 else vals
+
+
+def _extractor_args(p):
+    p.add_argument("--extractor", default="colorhist",
+                   help="colorhist, phash, dhash, a model name (mobilenet_v2, resnet50, ...) or a TorchScript file")
+    p.add_argument("--weights", help="weights file for a named model (nothing is downloaded)")
+    p.add_argument("--mean", type=_floats, help="normalisation mean, e.g. 0.485,0.456,0.406 (torch models)")
+    p.add_argument("--std", type=_floats, help="normalisation std, e.g. 0.229,0.224,0.225 (torch models)")
+    p.add_argument("--size", type=int, help="input size of a torch model (default 224)")
+    p.add_argument("--batch-size", type=int, help="images per model call (torch models)")
+    p.add_argument("--index", default="hnsw", choices=["hnsw", "flat", "kdtree"], help="index type (default hnsw)")
+    p.add_argument("--threads", type=int, help="decoding threads (default: all CPUs)")
+
+
+def _engine(args):
+    from .engine import ImageSearch
+    params = {}
+    for key in ("mean", "std", "size", "batch_size"):
+        v = getattr(args, key, None)
+        if v is not None:
+            params[key] = v
+    return ImageSearch(extractor=args.extractor, index=args.index, weights=args.weights,
+                       extractor_params=params, threads=args.threads)
+
+
+def _say(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def _add(engine, folder):
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder!r} is not a folder")
+    report = engine.add(folder)
+    _say(f"indexed {report.added + report.updated} images in {report.seconds:.1f} s "
+         f"({(report.added + report.updated) / max(report.seconds, 1e-9):.1f} images/s)"
+         + (f"; {len(report.failed)} unreadable:" if report.failed else ""))
+    for path, reason in report.failed:
+        _say(f"  skipped {path}: {reason}")
+    return report
+
+
+def cmd_index(args):
+    engine = _engine(args)
+    report = _add(engine, args.dir)
+    if len(engine) == 0:
+        _say(f"error: no readable images under {args.dir}")
+        return 1
+    engine.save(args.output)
+    _say(f"saved {len(engine)} images ({engine.extractor.name}, {engine.extractor.dim}-d, {args.index}) to {args.output}")
+    return 1 if (report.failed and args.strict) else 0
+
+
+def cmd_search(args):
+    from .engine import ImageSearch
+    engine = ImageSearch.load(args.index_file)
+    kw = {"ef": args.ef} if args.ef else {}
+    res = engine.search(args.queries, k=args.k, **kw)
+    if args.html:
+        res.save_html(args.html, title=f"imgsearch: {len(args.queries)} queries")
+        _say(f"wrote {args.html}")
+    if args.json:
+        json.dump(res.to_json(), sys.stdout, indent=1)
+        print()
+    else:
+        for q, query in enumerate(args.queries):
+            print(f"# {query}")
+            for h in res[q]:
+                print(f"{h['rank'] + 1}\t{h['distance']:.6g}\t{h['path'] if h['path'] is not None else h['id']}")
+    return 0
+
+
+def cmd_dups(args):
+    engine = _engine(args)
+    _add(engine, args.dir)
+    groups = engine.duplicates(threshold=args.threshold, k=args.k)
+    if args.json:
+        json.dump({"groups": groups}, sys.stdout, indent=1)
+        print()
+    else:
+        for g in groups:
+            print("\t".join(str(p) for p in g))
+        _say(f"{len(groups)} groups of near-duplicates ({sum(len(g) for g in groups)} images)")
+    return 0
+
+
+def read_labels(path, root):
+    """labels.csv with columns path,label (paths relative to root) -> {abs path: label}."""
+    out = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "path" not in reader.fieldnames or "label" not in reader.fieldnames:
+            raise ValueError(f"{path}: expected a CSV header with 'path' and 'label' columns, "
+                             f"found {reader.fieldnames}")
+        for row in reader:
+            out[os.path.abspath(os.path.join(root, row["path"]))] = row["label"]
+    if not out:
+        raise ValueError(f"{path}: no rows")
+    return out
+
+
+def cmd_eval(args):
+    labels = read_labels(args.labels, args.dir) if args.labels else "folders"
+    engine = _engine(args)
+    _add(engine, args.dir)
+    res = engine.evaluate(labels, k=args.k)
+    res["extractor"] = engine.extractor.name
+    res["index"] = args.index
+    if args.json:
+        json.dump(res, sys.stdout, indent=1)
+        print()
+    else:
+        for key, v in res.items():
+            print(f"{key}\t{v:.4f}" if isinstance(v, float) else f"{key}\t{v}")
+    return 0
+
+
+def cmd_info(args):
+    from .engine import ImageSearch
+    engine = ImageSearch.load(args.index_file)
+    info = engine.info()
+    if args.json:
+        json.dump(info, sys.stdout, indent=1)
+        print()
+    else:
+        ex = info.pop("extractor")
+        for key, v in info.items():
+            print(f"{key}\t{v}")
+        print(f"extractor\t{ex.get('name')} ({json.dumps(ex)})")
+    return 0
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="imgsearch", description="Content-based image search.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="index a folder of images into a file")
+    p.add_argument("dir")
+    p.add_argument("-o", "--output", required=True, help="the engine file to write (e.g. photos.isx)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 if any file was unreadable")
+    _extractor_args(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search an indexed file with query images")
+    p.add_argument("index_file")
+    p.add_argument("queries", nargs="+")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--ef", type=int, help="HNSW search breadth")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", help="also write an HTML page with thumbnails")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("dups", help="find groups of near-duplicate images in a folder")
+    p.add_argument("dir")
+    p.add_argument("--threshold", type=float, help="largest distance counted as a duplicate")
+    p.add_argument("-k", type=int, default=10, help="neighbours examined per image")
+    p.add_argument("--json", action="store_true")
+    _extractor_args(p)
+    p.set_defaults(func=cmd_dups, extractor="phash")
+
+    p = sub.add_parser("eval", help="retrieval quality (mAP, precision@k) on a labelled folder")
+    p.add_argument("dir")
+    p.add_argument("--labels", help="CSV with path,label columns (paths relative to DIR); default: folder names")
+    p.add_argument("-k", type=int, help="ranks for mAP (default: all)")
+    p.add_argument("--json", action="store_true")
+    _extractor_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="describe an indexed file")
+    p.add_argument("index_file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+    return ap
+
+
+def main(argv=None):
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if getattr(args, "k", None) is not None and args.k <= 0:
+        ap.error(f"-k: expected a positive number, found {args.k}")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except (FileNotFoundError, ValueError, TypeError, ImportError, OSError) as e:
+        _say(f"imgsearch {args.command}: error: {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,458 @@
+"""Feature extractors: pretrained PyTorch backbones, and the classic C features.
+
+torch is imported only when a torch extractor is built.  Every extractor
+follows the ``imgsearch.features.Extractor`` protocol: ``extract(images)``,
+``extract_files(paths)``, ``dim``, ``metric``, ``name``, ``config()``.
+
+    >>> ex = TorchExtractor.from_torchscript("mobilenet_v2_features.ts.pt", mean=0.5, std=0.5)
+    >>> feats, failed = ex.extract_files(paths)        # (n_ok, 1280) float32, L2-normalised
+
+How a batch flows: ``imgsearch.image.iter_batches`` decodes, resizes, crops
+and normalises the next batch on native threads (no GIL) while torch runs the
+current one, so on a CPU the model is the only cost left; the tensor handed
+to torch is the loader's buffer (``torch.from_numpy``, no copy).
+
+Weights are never downloaded: they come from a local file (``weights=``) or
+from the torch hub cache (``torch.hub.get_dir()/checkpoints``) when a file
+with the torchvision name is already there.  Without weights the builders
+raise, saying where to put the file; random weights only with
+``weights="random"``.
+"""
+import os
+import time
+
+import numpy as np
+
+from . import image as _image
+from . import features as _features
+from .features import Extractor
+
+__all__ = ["TorchExtractor", "build_extractor", "get_extractor", "from_config", "MODELS", "MissingWeightsError"]
+
+
+class MissingWeightsError(FileNotFoundError):
+    """No weights for a pretrained model were found locally (nothing is downloaded)."""
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "this extractor needs PyTorch: pip install 'imgsearch[torch]' (or pip install torch)"
+        ) from e
+    return torch
+
+
+CLASSIC = ("colorhist", "phash", "dhash")
+
+
+def as_loadable(item):
+    """What the C loader takes: a path, bytes or a uint8 (H, W, 3) array; PIL images
+    are converted to RGB arrays (Pillow itself is never imported here)."""
+    if hasattr(item, "convert") and hasattr(item, "size") and hasattr(item, "mode"):
+        return np.ascontiguousarray(np.asarray(item.convert("RGB")))
+    if isinstance(item, os.PathLike):
+        return os.fspath(item)
+    return item
+
+
+def _triple(v, name):
+    if isinstance(v, (int, float)):
+        return (float(v),) * 3
+    t = tuple(float(x) for x in v)
+    if len(t) != 3:
+        raise ValueError(f"{name}: expected one number or three (R, G, B), found {len(t)}: {v!r}")
+    return t
+
+
+# ----------------------------------------------------------------------------
+# Pooling of the last feature map
+# ----------------------------------------------------------------------------
+
+POOLINGS = ("avg", "max", "gem")
+
+
+def _pool(t, pooling, gem_p=3.0):
+    """(N, C, H, W) -> (N, C); (N, C) passes through; (N, T, C) tokens -> first (class) token."""
+    if t.ndim == 2:
+        return t
+    if t.ndim == 3:
+        return t[:, 0]
+    if t.ndim != 4:
+        raise ValueError(f"the model returned a tensor of shape {tuple(t.shape)}: expected (N, C, H, W) or (N, C)")
+    if pooling == "avg":
+        return t.mean(dim=(2, 3))
+    if pooling == "max":
+        return t.amax(dim=(2, 3))
+    # generalised mean (Radenovic et al.): (mean x^p)^(1/p) over positive activations
+    return t.clamp(min=1e-6).pow(gem_p).mean(dim=(2, 3)).pow(1.0 / gem_p)
+
+
+# ----------------------------------------------------------------------------
+# TorchExtractor
+# ----------------------------------------------------------------------------
+
+
+class TorchExtractor(Extractor):
+    """Pooled, L2-normalised features from any ``torch.nn.Module`` (TorchScript too).
+
+    model       the network; its output (or the output of ``layer``) is a feature
+                map (N, C, H, W), pooled with ``pooling``, or already a vector (N, C).
+    size        crop size fed to the model; resize: shorter side before the
+                centre crop (``resize=None``: the whole image resized to size x size).
+    mean, std   per-channel normalisation of [0, 1] RGB (ImageNet's by default;
+                e.g. 0.5 / 0.5 for TF-trained models).
+    pooling     "avg", "max" or "gem" (generalised mean, p=3).
+    normalize   L2-normalise each vector (then metric "cosine" and "l2" rank alike).
+    layer       name of a sub-module whose output to take (a forward hook),
+                e.g. "features" or "layer4"; None: the model's output.
+    channels_last  run with NHWC memory layout (faster for many CNNs on CPU);
+                None: on for 4-D convolutional models on the CPU.
+    threads     torch intra-op threads (None: leave torch's setting).
+    """
+
+    kind = "torch"
+
+    def __init__(self, model, *, size=224, resize=256, mean=_image.IMAGENET_MEAN, std=_image.IMAGENET_STD,
+                 pooling="avg", normalize=True, layer=None, device="cpu", batch_size=32,
+                 channels_last=None, threads=None, name=None, source=None, loader_threads=None):
+        torch = _torch()
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module (or TorchScript module), found {type(model).__name__}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling: expected one of {POOLINGS}, found {pooling!r}")
+        if not isinstance(size, int) or size <= 0:
+            raise ValueError(f"size: expected a positive int, found {size!r}")
+        if resize is not None and (not isinstance(resize, int) or resize < size):
+            raise ValueError(f"resize: expected None or an int >= size ({size}), found {resize!r}")
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size: expected a positive int, found {batch_size!r}")
+        self.model = model.eval().to(device)
+        self.size, self.resize = size, resize
+        self.mean, self.std = _triple(mean, "mean"), _triple(std, "std")
+        self.pooling, self.normalize, self.layer = pooling, bool(normalize), layer
+        self.device, self.batch_size = torch.device(device), batch_size
+        self.threads, self.loader_threads = threads, loader_threads
+        self.name = name or type(model).__name__
+        self.source = source  # how to rebuild it: {"torchscript": path} or {"builder": name, "weights": path}
+        self.metric = "cosine" if self.normalize else "l2"
+        self.dtype = np.float32
+        self._hooked = None
+        if layer is not None:
+            modules = dict(self.model.named_modules())
+            if layer not in modules:
+                some = ", ".join(list(modules)[1:12])
+                raise ValueError(f"layer: no sub-module named {layer!r}; some names: {some}")
+            if isinstance(self.model, torch.jit.ScriptModule):
+                raise ValueError("layer= needs an nn.Module: TorchScript modules take no forward hooks; "
+                                 "script the trunk you want instead")
+            modules[layer].register_forward_hook(self._hook)
+        self.channels_last = channels_last
+        self.stats = {"model_seconds": 0.0, "images": 0}
+        self.dim = self._probe_dim()
+
+    def _hook(self, module, inputs, output):
+        self._hooked = output
+
+    # -- running the model ------------------------------------------------
+    def _forward(self, batch):
+        """float32 NCHW numpy batch -> (n, dim) float32 numpy features."""
+        torch = _torch()
+        t0 = time.perf_counter()
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        with torch.inference_mode():
+            x = torch.from_numpy(batch)
+            if self.device.type != "cpu":
+                x = x.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = self.model(x)
+            if self.layer is not None:
+                out = self._hooked
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            if isinstance(out, dict):
+                out = next(iter(out.values()))
+            v = _pool(out, self.pooling).float()
+            if self.normalize:
+                v = torch.nn.functional.normalize(v, dim=1)
+            res = v.cpu().numpy()
+        self.stats["model_seconds"] += time.perf_counter() - t0
+        self.stats["images"] += len(batch)
+        return np.ascontiguousarray(res, dtype=np.float32)
+
+    def _probe_dim(self):
+        torch = _torch()
+        x = np.zeros((1, 3, self.size, self.size), dtype=np.float32)
+        if self.channels_last is None:
+            has_conv = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules()) or isinstance(
+                self.model, torch.jit.ScriptModule)
+            self.channels_last = self.device.type == "cpu" and has_conv
+        try:
+            v = self._forward(x)
+        except Exception as e:
+            raise ValueError(f"the model failed on a (1, 3, {self.size}, {self.size}) input: {e}") from e
+        self.stats = {"model_seconds": 0.0, "images": 0}
+        if v.ndim != 2 or v.shape[0] != 1:
+            raise ValueError(f"the pooled features have shape {v.shape}: expected (1, dim)")
+        return int(v.shape[1])
+
+    def _loader_kwargs(self):
+        return dict(size=self.size, resize=self.resize, mean=self.mean, std=self.std)
+
+    # -- the Extractor protocol ------------------------------------------
+    def extract(self, images):
+        """Features of paths, bytes, uint8 (H, W, 3) arrays or PIL images; a bad one raises."""
+        items = [as_loadable(im) for im in images]
+        out = []
+        for i in range(0, len(items), self.batch_size):
+            chunk = items[i:i + self.batch_size]
+            batch, failed = _image.load_batch(chunk, threads=self.loader_threads, **self._loader_kwargs())
+            if failed:
+                idx, path, reason = failed[0]
+                raise _image.ImageDecodeError(f"{path}: {reason}" if isinstance(path, str) else reason)
+            out.append(self._forward(batch))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def extract_files(self, paths, threads=None, progress=None):
+        """(features (n_ok, dim), failed [(index, path, reason)]).  The next batch is
+        decoded on native threads while the model runs on the current one."""
+        paths = list(paths)
+        feats, failed = [], []
+        for start, batch, bad in _image.iter_batches(paths, batch_size=self.batch_size,
+                                                      threads=threads or self.loader_threads,
+                                                      **self._loader_kwargs()):
+            failed.extend(bad)
+            if len(batch):
+                feats.append(self._forward(batch))
+            if progress is not None:
+                progress(min(start + self.batch_size, len(paths)) - start)
+        X = np.concatenate(feats) if feats else np.zeros((0, self.dim), np.float32)
+        return X, failed
+
+    def config(self):
+        return {
+            "kind": "torch", "name": self.name, "dim": self.dim, "metric": self.metric,
+            "size": self.size, "resize": self.resize, "mean": list(self.mean), "std": list(self.std),
+            "pooling": self.pooling, "normalize": self.normalize, "layer": self.layer,
+            "source": self.source,
+        }
+
+    def __repr__(self):
+        return (f"TorchExtractor({self.name!r}, dim={self.dim}, pooling={self.pooling!r}, size={self.size}, "
+                f"resize={self.resize}, mean={self.mean}, std={self.std})")
+
+    # -- constructors ------------------------------------------------------
+    @classmethod
+    def from_torchscript(cls, path, *, size=224, resize=256, mean=_image.IMAGENET_MEAN, std=_image.IMAGENET_STD,
+                         **kwargs):
+        """A TorchScript file as a complete backbone (needs torch only, not torchvision)."""
+        torch = _torch()
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"TorchScript model {path!r} does not exist")
+        try:
+            model = torch.jit.load(path, map_location="cpu")
+        except Exception as e:
+            raise ValueError(f"{path}: not a TorchScript file torch.jit.load can read ({e})") from e
+        kwargs.setdefault("name", os.path.basename(path))
+        return cls(model, size=size, resize=resize, mean=mean, std=std,
+                   source={"torchscript": os.path.abspath(path)}, **kwargs)
+
+
+# ----------------------------------------------------------------------------
+# MobileNetV2, defined here so the named builder needs torch only
+# ----------------------------------------------------------------------------
+# torchvision's MobileNetV2 does not import beside every torch build (its
+# compiled ops must match torch's), so the architecture is written out here
+# with torchvision's parameter names: its state_dicts load unchanged.
+
+def _mobilenet_v2(num_classes=1000, width=1.0):
+    torch = _torch()
+    nn = torch.nn
+
+    def make_divisible(v, divisor=8):
+        new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+        return new_v + divisor if new_v < 0.9 * v else new_v
+
+    def conv_bn(inp, out, kernel, stride, groups=1, act=True):
+        layers = [nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                  nn.BatchNorm2d(out)]
+        if act:
+            layers.append(nn.ReLU6(inplace=True))
+        return nn.Sequential(*layers)
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, inp, out, stride, expand):
+            super().__init__()
+            hidden = int(round(inp * expand))
+            self.use_res = stride == 1 and inp == out
+            layers = []
+            if expand != 1:
+                layers.append(conv_bn(inp, hidden, 1, 1))
+            layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden),
+                       nn.Conv2d(hidden, out, 1, 1, 0, bias=False), nn.BatchNorm2d(out)]
+            self.conv = nn.Sequential(*layers)
+
+        def forward(self, x):
+            return x + self.conv(x) if self.use_res else self.conv(x)
+
+    class MobileNetV2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+            inp = make_divisible(32 * width)
+            self.last_channel = make_divisible(1280 * max(1.0, width))
+            feats = [conv_bn(3, inp, 3, 2)]
+            for t, c, n, s in settings:
+                out = make_divisible(c * width)
+                for i in range(n):
+                    feats.append(InvertedResidual(inp, out, s if i == 0 else 1, t))
+                    inp = out
+            feats.append(conv_bn(inp, self.last_channel, 1, 1))
+            self.features = nn.Sequential(*feats)
+            self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(self.last_channel, num_classes))
+
+        def forward(self, x):
+            return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+    return MobileNetV2()
+
+
+# name -> (constructor(torch), trunk getter, torchvision hub file prefix)
+def _tv(name):
+    def build():
+        try:
+            import torchvision
+        except Exception as e:
+            raise ImportError(
+                f"the {name!r} builder needs torchvision, which does not import here ({e}). "
+                "Install a torchvision that matches your torch, or export the model to TorchScript "
+                "and use TorchExtractor.from_torchscript / --extractor path.ts.pt") from e
+        return getattr(torchvision.models, name)(weights=None)
+    return build
+
+
+def _strip_head(name, model):
+    """The part of a classifier whose output is the last feature map (or embedding)."""
+    torch = _torch()
+    if hasattr(model, "features") and name.startswith(("mobilenet", "efficientnet", "vgg", "densenet", "convnext")):
+        return model.features
+    if name.startswith(("resnet", "resnext", "wide_resnet", "regnet")):
+        return torch.nn.Sequential(*[m for n, m in model.named_children() if n not in ("avgpool", "fc")])
+    if name.startswith("vit"):
+        model.heads = torch.nn.Identity()
+        return model
+    return model
+
+
+MODELS = {
+    "mobilenet_v2": {"build": lambda: _mobilenet_v2(), "hub": "mobilenet_v2-"},
+    "resnet18": {"build": _tv("resnet18"), "hub": "resnet18-"},
+    "resnet50": {"build": _tv("resnet50"), "hub": "resnet50-"},
+    "efficientnet_b0": {"build": _tv("efficientnet_b0"), "hub": "efficientnet_b0_"},
+    "vit_b_16": {"build": _tv("vit_b_16"), "hub": "vit_b_16-"},
+}
+
+
+def _find_weights(name, prefix):
+    torch = _torch()
+    ckpt = os.path.join(torch.hub.get_dir(), "checkpoints")
+    if os.path.isdir(ckpt):
+        for f in sorted(os.listdir(ckpt)):
+            if f.startswith(prefix) and f.endswith((".pth", ".pt")):
+                return os.path.join(ckpt, f)
+    raise MissingWeightsError(
+        f"no weights for {name!r}: nothing is downloaded. Pass weights='path/to/{name}.pth' "
+        f"(a state_dict for torchvision's {name}), or put torchvision's file ({prefix}*.pth) in {ckpt}, "
+        f"or use a TorchScript file (TorchExtractor.from_torchscript). weights='random' gives an "
+        f"untrained network (for tests only).")
+
+
+def _load_state_dict(model, path):
+    torch = _torch()
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read a state_dict ({e})") from e
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path}: expected a state_dict (a dict of tensors), found {type(sd).__name__}")
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: the weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+def build_extractor(name, weights=None, **kwargs):
+    """A named pretrained backbone as a TorchExtractor.
+
+    name     one of MODELS, or a timm model name when timm is importable.
+    weights  a state_dict file, None (look in the torch hub cache), or "random".
+    """
+    torch = _torch()
+    if name in MODELS:
+        spec = MODELS[name]
+        model = spec["build"]()
+        if weights is None:
+            weights = _find_weights(name, spec["hub"])
+        if weights != "random":
+            _load_state_dict(model, os.fspath(weights))
+        trunk = _strip_head(name, model)
+    else:
+        try:
+            import timm
+        except ImportError:
+            raise ValueError(f"unknown model {name!r}: expected one of {sorted(MODELS)} "
+                             "(or a timm model name, with timm installed)") from None
+        model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+        if weights is None:
+            raise MissingWeightsError(f"timm model {name!r}: pass weights='file.pth' (nothing is downloaded), "
+                                      "or weights='random'")
+        if weights != "random":
+            _load_state_dict(model, os.fspath(weights))
+        trunk = model
+    src = {"builder": name, "weights": os.path.abspath(os.fspath(weights)) if weights != "random" else "random"}
+    kwargs.setdefault("name", name)
+    with torch.no_grad():
+        return TorchExtractor(trunk, source=src, **kwargs)
+
+
+def get_extractor(spec, **kwargs):
+    """An extractor from a name ("colorhist", "phash", "dhash", "mobilenet_v2", ...),
+    a TorchScript path (``*.pt`` / ``*.ts``), or an Extractor (returned as is)."""
+    if isinstance(spec, Extractor):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"extractor: expected a name, a TorchScript path or an Extractor, found {type(spec).__name__}")
+    spec = os.fspath(spec)
+    if spec in CLASSIC:
+        return _features.get_extractor(spec, **kwargs)
+    if spec.endswith((".pt", ".pth", ".ts", ".torchscript")) or os.sep in spec:
+        kwargs.pop("weights", None)
+        return TorchExtractor.from_torchscript(spec, **kwargs)
+    return build_extractor(spec, **kwargs)
+
+
+def from_config(config, **overrides):
+    """Rebuild an extractor from its ``config()`` (as saved with an index)."""
+    config = dict(config)
+    if config.get("kind") != "torch":
+        return _features.from_config(config)
+    src = config.get("source") or {}
+    kw = {k: config[k] for k in ("size", "resize", "mean", "std", "pooling", "normalize") if k in config}
+    kw.update(overrides)
+    if "torchscript" in src:
+        ex = TorchExtractor.from_torchscript(src["torchscript"], name=config.get("name"), **kw)
+    elif "builder" in src:
+        ex = build_extractor(src["builder"], weights=src.get("weights"), **kw)
+    else:
+        raise ValueError("this torch extractor was built from a Python nn.Module; pass the same extractor "
+                         "object again (ImageSearch.load(path, extractor=...))")
+    if ex.dim != config.get("dim", ex.dim):
+        raise ValueError(f"the rebuilt extractor gives {ex.dim}-d features, the saved one gave {config['dim']}")
+    return ex

@@ -1,0 +1,80 @@
+"""The imgsearch command, run in-process and as a console script."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("PIL")
+
+from imgsearch.cli import main
+from imgfolder import make_folder
+
+
+@pytest.fixture
+def folder(tmp_path, rng):
+    root = str(tmp_path / "photos")
+    good, labels, bad = make_folder(root, rng, per_class=4)
+    return root, good, labels, bad
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_index_search_info(folder, tmp_path, capsys):
+    root, good, labels, bad = folder
+    out_file = str(tmp_path / "p.isx")
+    code, out, err = run(capsys, "index", root, "-o", out_file, "--index", "flat")
+    assert code == 0 and os.path.exists(out_file)
+    assert f"indexed {len(good)} images" in err and "skipped" in err and out == ""
+    code, out, err = run(capsys, "search", out_file, good[0], "-k", "3", "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res[0]["results"][0]["path"] == os.path.abspath(good[0]) and len(res[0]["results"]) == 3
+    html = str(tmp_path / "r.html")
+    code, out, err = run(capsys, "search", out_file, good[0], good[5], "--html", html)
+    assert code == 0 and out.count("# ") == 2 and "<img" in open(html).read()
+    code, out, err = run(capsys, "info", out_file, "--json")
+    info = json.loads(out)
+    assert info["count"] == len(good) and info["index"] == "flat" and info["extractor"]["name"] == "colorhist"
+    code, out, err = run(capsys, "index", root, "-o", out_file, "--index", "flat", "--strict")
+    assert code == 1
+
+
+def test_eval_with_labels_csv(folder, tmp_path, capsys):
+    root, good, labels, bad = folder
+    csv_path = str(tmp_path / "labels.csv")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        for p in good:
+            w.writerow([os.path.relpath(p, root), labels[p]])
+    code, out, err = run(capsys, "eval", root, "--labels", csv_path, "--index", "flat", "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert 0.8 < res["mAP"] <= 1 and "precision@10" in res and res["queries"] == len(good)
+
+
+def test_dups_and_errors(folder, tmp_path, capsys):
+    root, good, labels, bad = folder
+    code, out, err = run(capsys, "dups", root, "--json", "--index", "flat")
+    assert code == 0 and isinstance(json.loads(out)["groups"], list)
+    code, out, err = run(capsys, "search", str(tmp_path / "missing.isx"), good[0])
+    assert code == 2 and "error" in err
+    with pytest.raises(SystemExit) as e:
+        main(["search"])
+    assert e.value.code == 2
+    code, out, err = run(capsys, "index", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.isx"))
+    assert code == 2 and "not a folder" in err
+
+
+def test_python_dash_m(folder, tmp_path):
+    root, good, labels, bad = folder
+    proc = subprocess.run([sys.executable, "-m", "imgsearch", "info", "--help"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0 and "index_file" in proc.stdout

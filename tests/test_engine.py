@@ -1,0 +1,191 @@
+"""ImageSearch end to end on folders the tests write, against NumPy/Flat oracles."""
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PIL")
+
+import imgsearch
+from imgsearch import ImageSearch
+from imgsearch.evaluate import average_precision
+from imgfolder import make_folder
+
+
+@pytest.fixture
+def folder(tmp_path, rng):
+    root = tmp_path / "photos"
+    good, labels, bad = make_folder(str(root), rng)
+    return str(root), good, labels, bad
+
+
+def test_add_folder_reports_every_unreadable_file(folder):
+    root, good, labels, bad = folder
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    report = engine.add(root)
+    assert report.added == len(good) and report.updated == 0
+    assert sorted(p for p, _ in report.failed) == sorted(os.path.abspath(p) for p in bad)
+    assert all(reason for _, reason in report.failed)
+    assert len(engine) == len(good)
+    assert sorted(engine.paths) == sorted(os.path.abspath(p) for p in good)
+
+
+def test_search_by_path_matches_brute_force_over_the_features(folder):
+    root, good, labels, bad = folder
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    engine.add(root)
+    feats = engine.extractor.extract(good)
+    res = engine.search(good[:4], k=5)
+    assert res.ids.shape == (4, 5)
+    for q in range(4):
+        d = np.abs(feats - feats[q]).sum(1)  # l1, the histogram's metric
+        assert res.paths[q][0] == os.path.abspath(good[q]) and res.distances[q, 0] == pytest.approx(0, abs=1e-6)
+        ref = np.sort(d)[:5]
+        np.testing.assert_allclose(res.distances[q], ref, rtol=1e-4, atol=1e-5)
+    # same colour class comes first
+    assert all(labels[good[q]] in p for q in range(4) for p in res.paths[q][:3])
+
+
+def test_query_images_from_arrays_and_pil(folder):
+    from PIL import Image
+    root, good, labels, bad = folder
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    engine.add(root)
+    arr = imgsearch.image.load(good[0])
+    r1 = engine.search(arr, k=3)
+    r2 = engine.search(Image.open(good[0]), k=3)
+    r3 = engine.search(good[0], k=3)
+    assert r1.ids.tolist() == r3.ids.tolist() == r2.ids.tolist()
+
+
+def test_adding_a_path_again_updates_it_and_remove_forgets_it(folder):
+    root, good, labels, bad = folder
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    engine.add(root)
+    n = len(engine)
+    first_id = engine.search(good[0], k=1).ids[0, 0]
+    rep = engine.add(good[:2])
+    assert rep.updated == 2 and rep.added == 0 and len(engine) == n
+    assert engine.search(good[0], k=1).ids[0, 0] == first_id
+    assert engine.remove(good[0]) == 1 and len(engine) == n - 1
+    res = engine.search(good[1], k=len(good))
+    assert os.path.abspath(good[0]) not in res.paths[0]
+    assert engine.remove(good[0]) == 0
+
+
+def test_arrays_get_ids_and_metadata_and_filters(folder):
+    root, good, labels, bad = folder
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    engine.add(good, metadata=lambda p: {"label": labels[p]})
+    arr = imgsearch.image.load(good[0])
+    rep = engine.add(np.stack([arr, arr[::-1]]))
+    assert rep.added == 2 and len(engine) == len(good) + 2
+    res = engine.search(good[0], k=len(engine), filter=lambda path, meta: meta is not None and meta["label"] == "blue")
+    hits = [p for p in res.paths[0] if p is not None]
+    assert hits and all("blue" in p for p in hits)
+    assert all(m["label"] == "blue" for m in res.metadata[0] if m is not None)
+    res = engine.search(good[0], k=4, filter=[good[5], good[6]])
+    assert sorted(p for p in res.paths[0] if p) == sorted(os.path.abspath(p) for p in (good[5], good[6]))
+    assert res.ids[0, 2:].tolist() == [-1, -1] and np.isinf(res.distances[0, 2:]).all()
+
+
+@pytest.mark.parametrize("index", ["flat", "hnsw", "kdtree"])
+def test_save_and_load_give_the_same_results(folder, tmp_path, index):
+    if not hasattr(imgsearch, {"flat": "FlatIndex", "hnsw": "HNSWIndex", "kdtree": "KDTreeIndex"}[index]):
+        pytest.skip(f"{index} index not in this build")
+    root, good, labels, bad = folder
+    engine = ImageSearch(extractor="colorhist", index=index)
+    engine.add(root, metadata={good[0]: {"note": "first"}})
+    path = str(tmp_path / "e.isx")
+    engine.save(path)
+    again = ImageSearch.load(path)
+    assert len(again) == len(engine) and again.paths == engine.paths
+    a, b = engine.search(good[:5], k=4), again.search(good[:5], k=4)
+    assert a.ids.tolist() == b.ids.tolist()
+    np.testing.assert_array_equal(a.distances, b.distances)
+    assert again._meta[a.ids[0, 0]] == {"note": "first"}
+    # further adds continue the ids
+    rep = again.add(np.zeros((8, 8, 3), np.uint8))
+    assert rep.ids[0] == max(engine._paths) + 1
+    # a different extractor configuration is refused, saying why
+    with pytest.raises(ValueError, match="different extractor"):
+        ImageSearch.load(path, extractor=imgsearch.features.ColorHistogram(bins=(4, 4, 4)))
+    info = again.info()
+    assert info["count"] == len(again) and info["extractor"]["name"] == "colorhist"
+
+
+def test_bare_index_file_is_not_an_engine(tmp_path):
+    idx = imgsearch.FlatIndex(4)
+    idx.add(np.eye(4, dtype=np.float32))
+    idx.save(str(tmp_path / "i.isx"))
+    with pytest.raises(ValueError, match="bare index"):
+        ImageSearch.load(str(tmp_path / "i.isx"))
+
+
+def test_evaluate_matches_an_independent_computation(folder):
+    root, good, labels, bad = folder
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    engine.add(root)
+    res = engine.evaluate("folders")
+    feats = engine.extractor.extract(good)
+    labs = np.array([labels[p] for p in good])
+    aps, p1 = [], []
+    for q in range(len(good)):
+        d = np.abs(feats - feats[q]).sum(1)
+        d[q] = np.inf
+        order = np.argsort(d, kind="stable")[:-1]
+        rel = labs[order] == labs[q]
+        aps.append(average_precision(rel, (labs == labs[q]).sum() - 1))
+        p1.append(rel[0])
+    assert res["mAP"] == pytest.approx(np.mean(aps), abs=0.02)  # ties may order differently
+    assert res["precision@1"] == pytest.approx(np.mean(p1), abs=0.1)
+    assert res["mAP"] > 0.8  # colour classes are easy for a colour histogram
+
+
+def test_duplicates_groups_resized_copies(tmp_path, rng):
+    from PIL import Image
+    from imgfolder import make_image
+    root = tmp_path / "d"
+    root.mkdir()
+    groups = []
+    for g in range(3):
+        base = Image.fromarray(make_image(rng, tuple(int(c) for c in rng.integers(0, 255, 3)), size=(96, 96)))
+        a, b = str(root / f"g{g}_a.png"), str(root / f"g{g}_b.jpg")
+        base.save(a)
+        base.resize((80, 80)).save(b, quality=85)
+        groups.append(sorted([os.path.abspath(a), os.path.abspath(b)]))
+    for i in range(4):  # unrelated noise images
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(str(root / f"noise{i}.png"))
+    engine = ImageSearch(extractor="phash", index="flat")
+    engine.add(str(root))
+    found = engine.duplicates()
+    assert sorted(sorted(g) for g in found) == sorted(groups)
+
+
+def test_bad_arguments_say_what_was_expected(folder):
+    root, good, labels, bad = folder
+    with pytest.raises(ValueError, match="expected one of"):
+        ImageSearch(extractor="colorhist", index="nope")
+    with pytest.raises(FileNotFoundError):
+        ImageSearch(extractor="colorhist", index="flat").add(os.path.join(root, "missing_dir"))
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    engine.add(root)
+    with pytest.raises(imgsearch.ImageDecodeError):
+        engine.search(bad[0])
+    with pytest.raises(ValueError, match="metadata"):
+        engine.add(good[:3], metadata=[1, 2])
+
+
+def test_results_table_and_html(folder):
+    pd = pytest.importorskip("pandas")
+    root, good, labels, bad = folder
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    engine.add(root)
+    res = engine.search(good[:2], k=3)
+    df = res.to_pandas()
+    assert isinstance(df, pd.DataFrame) and len(df) == 6
+    assert df["rank"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert df["id"].tolist() == res.ids.ravel().tolist()
+    html = res._repr_html_()
+    assert html.count("<img") == 2 + 6 and "data:image/jpeg;base64," in html
+    assert "<script>" not in html

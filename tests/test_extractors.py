@@ -1,0 +1,140 @@
+"""Torch extractors: the loading code on weights the tests make, and real weights when present."""
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("PIL")
+
+import imgsearch
+from imgsearch import extractors
+from imgsearch.extractors import TorchExtractor
+from imgfolder import make_folder
+
+MODELS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "models")
+
+
+def small_cnn(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU())
+
+
+def pillow_batch(paths, size, resize, mean, std):
+    """The Pillow + NumPy preprocessing our peers use: an independent oracle."""
+    from PIL import Image
+    out = []
+    for p in paths:
+        im = Image.open(p).convert("RGB")
+        w, h = im.size
+        s = resize / min(w, h)
+        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        a = np.asarray(im.crop((left, top, left + size, top + size)), np.float32) / 255.0
+        out.append(((a - mean) / std).transpose(2, 0, 1))
+    return np.stack(out).astype(np.float32)
+
+
+@pytest.fixture
+def folder(tmp_path, rng):
+    return make_folder(str(tmp_path / "imgs"), rng, per_class=3)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max", "gem"])
+def test_features_match_torch_run_by_hand(folder, pooling):
+    good, labels, bad = folder
+    model = small_cnn()
+    ex = TorchExtractor(model, size=32, resize=40, pooling=pooling, batch_size=4)
+    assert ex.dim == 16 and ex.metric == "cosine"
+    feats, failed = ex.extract_files(good + bad)
+    assert sorted(p for _, p, _ in failed) == sorted(bad)
+    assert feats.shape == (len(good), 16) and feats.dtype == np.float32
+    mean, std = np.array(imgsearch.image.IMAGENET_MEAN), np.array(imgsearch.image.IMAGENET_STD)
+    x = torch.from_numpy(pillow_batch(good, 32, 40, mean, std))
+    with torch.no_grad():
+        fm = model(x)
+    ref = {"avg": fm.mean((2, 3)), "max": fm.amax((2, 3)),
+           "gem": fm.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)}[pooling]
+    ref = torch.nn.functional.normalize(ref, dim=1).numpy()
+    cos = (feats * ref).sum(1)
+    assert cos.min() > 0.98, cos  # resampling differs slightly from Pillow's
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1, rtol=1e-5)
+    # extract() on the same files gives the same vectors; a bad file raises
+    np.testing.assert_allclose(ex.extract(good[:3]), feats[:3], rtol=1e-5, atol=1e-6)
+    with pytest.raises(imgsearch.ImageDecodeError):
+        ex.extract([bad[0]])
+
+
+def test_named_layer_and_errors():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    ex = TorchExtractor(model, size=16, resize=None, layer="1", normalize=False)
+    assert ex.dim == 4 and ex.metric == "l2"
+    with pytest.raises(ValueError, match="no sub-module named"):
+        TorchExtractor(model, size=16, layer="nope")
+    with pytest.raises(ValueError, match="pooling"):
+        TorchExtractor(model, pooling="median")
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        TorchExtractor(lambda x: x)
+
+
+def test_torchscript_file_round_trip(tmp_path, folder):
+    good, labels, bad = folder
+    model = small_cnn(1)
+    path = str(tmp_path / "m.ts.pt")
+    torch.jit.script(model).save(path)
+    ex = TorchExtractor.from_torchscript(path, size=32, resize=40, mean=0.5, std=0.5)
+    direct = TorchExtractor(model, size=32, resize=40, mean=0.5, std=0.5)
+    np.testing.assert_allclose(ex.extract(good[:4]), direct.extract(good[:4]), rtol=1e-4, atol=1e-5)
+    again = extractors.from_config(ex.config())
+    np.testing.assert_allclose(again.extract(good[:2]), ex.extract(good[:2]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(FileNotFoundError):
+        TorchExtractor.from_torchscript(str(tmp_path / "missing.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="TorchScript"):
+        TorchExtractor.from_torchscript(str(tmp_path / "junk.pt"))
+
+
+def test_named_builder_loads_a_state_dict_and_refuses_to_guess(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(extractors.MissingWeightsError, match="nothing is downloaded"):
+        extractors.build_extractor("mobilenet_v2", size=64, resize=64)
+    torch.manual_seed(0)
+    net = extractors._mobilenet_v2()
+    path = str(tmp_path / "mnv2.pth")
+    torch.save(net.state_dict(), path)
+    ex = extractors.build_extractor("mobilenet_v2", weights=path, size=64, resize=64)
+    assert ex.dim == 1280
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(net.eval().features(torch.from_numpy(x)).mean((2, 3)), dim=1).numpy()
+    np.testing.assert_allclose(ex._forward(x), ref, rtol=1e-4, atol=1e-5)
+    # the hub cache is searched when no weights are given
+    os.makedirs(tmp_path / "hub" / "checkpoints")
+    os.rename(path, tmp_path / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth")
+    assert extractors.build_extractor("mobilenet_v2", size=64, resize=64).dim == 1280
+    bad = str(tmp_path / "bad.pth")
+    torch.save({"x": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="do not fit"):
+        extractors.build_extractor("mobilenet_v2", weights=bad)
+    assert extractors.build_extractor("mobilenet_v2", weights="random", size=64, resize=64).dim == 1280
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(MODELS, "mobilenet_v2_coral_classifier.ts.pt")),
+                    reason="real MobileNetV2 weights not present in ../shared/data/models")
+def test_real_mobilenet_v2_recognises_the_cat():
+    labels = open(os.path.join(MODELS, "imagenet_labels.txt")).read().splitlines()
+    clf = TorchExtractor.from_torchscript(os.path.join(MODELS, "mobilenet_v2_coral_classifier.ts.pt"),
+                                          size=224, resize=None, mean=0.5, std=0.5, normalize=False)
+    logits = clf.extract([os.path.join(MODELS, "cat.bmp"), os.path.join(MODELS, "grace_hopper.bmp")])
+    assert labels[int(np.argmax(logits[0])) + 1] == "Egyptian cat"
+    assert labels[int(np.argmax(logits[1])) + 1] == "military uniform"
+    # the torchvision-named state_dict through the named builder: same architecture family
+    sd = os.path.join(MODELS, "mobilenet_v2_coral_imagenet.pt")
+    ex = extractors.build_extractor("mobilenet_v2", weights=sd, size=224, resize=None, mean=0.5, std=0.5)
+    ts = TorchExtractor.from_torchscript(os.path.join(MODELS, "mobilenet_v2_coral_features.ts.pt"),
+                                         size=224, resize=None, mean=0.5, std=0.5)
+    a = ex.extract([os.path.join(MODELS, "cat.bmp")])
+    b = ts.extract([os.path.join(MODELS, "cat.bmp")])
+    assert float((a * b).sum()) > 0.8  # symmetric vs TF padding: README says about 0.90
