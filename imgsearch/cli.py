@@ -56,9 +56,12 @@ def _say(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def _add(engine, folder):
+def _check_dir(folder):
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{folder!r} is not a folder")
+
+
+def _add(engine, folder):
     report = engine.add(folder)
     _say(f"indexed {report.added + report.updated} images in {report.seconds:.1f} s "
          f"({(report.added + report.updated) / max(report.seconds, 1e-9):.1f} images/s)"
@@ -69,6 +72,7 @@ def _add(engine, folder):
 
 
 def cmd_index(args):
+    _check_dir(args.dir)
     engine = _engine(args)
     report = _add(engine, args.dir)
     if len(engine) == 0:
@@ -99,6 +103,7 @@ def cmd_search(args):
 
 
 def cmd_dups(args):
+    _check_dir(args.dir)
     engine = _engine(args)
     _add(engine, args.dir)
     groups = engine.duplicates(threshold=args.threshold, k=args.k)
@@ -128,6 +133,7 @@ def read_labels(path, root):
 
 
 def cmd_eval(args):
+    _check_dir(args.dir)
     labels = read_labels(args.labels, args.dir) if args.labels else "folders"
     engine = _engine(args)
     _add(engine, args.dir)

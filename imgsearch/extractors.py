@@ -93,6 +93,25 @@ def _pool(t, pooling, gem_p=3.0):
 # TorchExtractor
 # ----------------------------------------------------------------------------
 
+def _load_squashed(items, size, mean, std):
+    """The whole image resized to size x size (aspect ratio not kept), normalised,
+    NCHW -- the preprocessing of models trained that way (resize=None).  Decoding
+    and resizing are the C pipeline's; this path is per image, not threaded."""
+    out, failed = [], []
+    m = np.asarray(mean, np.float32) * 255.0
+    inv = 1.0 / (np.asarray(std, np.float32) * 255.0)
+    for i, it in enumerate(items):
+        try:
+            img = it if isinstance(it, np.ndarray) else _image.load(it)
+            img = _image.resize(img, size, size)
+        except (ValueError, OSError, TypeError) as e:
+            failed.append((i, it if isinstance(it, str) else None, str(e)))
+            continue
+        out.append(((img.astype(np.float32) - m) * inv).transpose(2, 0, 1))
+    batch = np.ascontiguousarray(np.stack(out)) if out else np.zeros((0, 3, size, size), np.float32)
+    return batch, failed
+
+
 
 class TorchExtractor(Extractor):
     """Pooled, L2-normalised features from any ``torch.nn.Module`` (TorchScript too).
@@ -202,6 +221,20 @@ class TorchExtractor(Extractor):
     def _loader_kwargs(self):
         return dict(size=self.size, resize=self.resize, mean=self.mean, std=self.std)
 
+    def _load_batch(self, items, threads=None):
+        if self.resize is not None:
+            return _image.load_batch(items, threads=threads, **self._loader_kwargs())
+        return _load_squashed(items, self.size, self.mean, self.std)
+
+    def _iter_batches(self, items, threads=None):
+        if self.resize is not None:
+            yield from _image.iter_batches(items, batch_size=self.batch_size, threads=threads,
+                                           **self._loader_kwargs())
+            return
+        for start in range(0, len(items), self.batch_size):
+            batch, failed = _load_squashed(items[start:start + self.batch_size], self.size, self.mean, self.std)
+            yield start, batch, [(start + i, p, r) for i, p, r in failed]
+
     # -- the Extractor protocol ------------------------------------------
     def extract(self, images):
         """Features of paths, bytes, uint8 (H, W, 3) arrays or PIL images; a bad one raises."""
@@ -209,7 +242,7 @@ class TorchExtractor(Extractor):
         out = []
         for i in range(0, len(items), self.batch_size):
             chunk = items[i:i + self.batch_size]
-            batch, failed = _image.load_batch(chunk, threads=self.loader_threads, **self._loader_kwargs())
+            batch, failed = self._load_batch(chunk, threads=self.loader_threads)
             if failed:
                 idx, path, reason = failed[0]
                 raise _image.ImageDecodeError(f"{path}: {reason}" if isinstance(path, str) else reason)
@@ -221,9 +254,7 @@ class TorchExtractor(Extractor):
         decoded on native threads while the model runs on the current one."""
         paths = list(paths)
         feats, failed = [], []
-        for start, batch, bad in _image.iter_batches(paths, batch_size=self.batch_size,
-                                                      threads=threads or self.loader_threads,
-                                                      **self._loader_kwargs()):
+        for start, batch, bad in self._iter_batches(paths, threads=threads or self.loader_threads):
             failed.extend(bad)
             if len(batch):
                 feats.append(self._forward(batch))
