@@ -204,6 +204,21 @@ class ImageSearch:
         report.seconds = time.perf_counter() - t0
         return report
 
+    def add_vectors(self, X, paths=None, metadata=None):
+        """Add feature vectors computed elsewhere (by this engine's extractor, or one
+        configured the same), optionally with the paths they came from."""
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != (self.index.dim if self.index.metric != "hamming" else self.index.dim // 8):
+            raise ValueError(f"X: expected shape (n, {self.extractor.dim}) features, found {X.shape}")
+        n = len(X)
+        paths = [None] * n if paths is None else [os.path.abspath(os.fspath(p)) for p in paths]
+        metas = [None] * n if metadata is None else list(metadata)
+        if len(paths) != n or len(metas) != n:
+            raise ValueError(f"{n} vectors but {len(paths)} paths and {len(metas)} metadata entries")
+        report = AddReport()
+        self._insert(X, paths, metas, report)
+        return report
+
     def _extract(self, chunk, paths, report):
         """Features of the readable items of a chunk, and their positions in it."""
         ex = self.extractor
