@@ -12,12 +12,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 C_SOURCES := $(shell find csrc -name '*.[ch]')
 IMAGES ?=
 
-.PHONY: demo test test-asan bench bench-flat build deps venv clean check-install
+.PHONY: demo test test-asan bench bench-flat bench-engine build deps venv clean check-install
 
-demo: build
+demo: build $(VENV)/.torch
 	$(PY) -m imgsearch._demo $(if $(IMAGES),--images "$(IMAGES)")
 
-test: build
+test: build $(VENV)/.torch
 	$(PY) -m pytest -q tests
 
 # The suite under AddressSanitizer + UBSan (slow: see README for the time).
@@ -28,10 +28,13 @@ test-asan: deps venv
 	  $(PY) -m pytest -q -x tests -p no:cacheprovider
 	rm -f imgsearch/_core*.so && $(MAKE) build
 
-bench: bench-flat
+bench: bench-flat bench-engine
 
 bench-flat: build $(VENV)/.bench
 	$(PY) benchmarks/bench_flat.py
+
+bench-engine: build $(VENV)/.bench $(VENV)/.torch
+	$(PY) benchmarks/bench_engine.py
 
 # `pip install .` from a clean copy, with build isolation, into a scratch venv.
 check-install: deps
@@ -50,7 +53,13 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "numpy>=2.0" "setuptools>=77" wheel pytest
+	$(PIP) install -q "numpy>=2.0" "setuptools>=77" wheel pytest pillow pandas matplotlib tqdm nbclient nbformat ipykernel
+	touch $@
+
+# PyTorch for the CNN extractors: pinned, so pip takes the CPU build (an
+# unpinned torch would pull gigabytes of CUDA packages).
+$(VENV)/.torch: $(VENV)/.stamp
+	$(PIP) install -q torch==2.13.0
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.stamp
