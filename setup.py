@@ -47,6 +47,30 @@ def pkg_config(package, fallback_cflags, fallback_libs):
 
 
 blas_cflags, blas_libs = pkg_config("openblas", [], ["-lopenblas"])
+
+
+def find_header(name, dirs):
+    for d in dirs:
+        if os.path.exists(os.path.join(d, name)):
+            return d
+    return None
+
+
+# stb_image (Debian libstb-dev: /usr/include/stb/stb_image.h) decodes PNG, BMP,
+# GIF, TGA, PSD, PNM; libjpeg-turbo (Debian libjpeg-dev) decodes JPEG when it
+# is found, with DCT-domain downscaling -- without it stb decodes JPEG too.
+include_search = ["/usr/include", "/usr/local/include", "/opt/homebrew/include"] + [
+    d for d in os.environ.get("CPATH", "").split(os.pathsep) if d]
+stb_dir = find_header(os.path.join("stb", "stb_image.h"), include_search)
+if stb_dir is None:
+    sys.stderr.write(
+        "imgsearch: stb_image.h not found (expected <include>/stb/stb_image.h).  Install it first:\n"
+        "  Debian/Ubuntu: apt-get install libstb-dev\n"
+        "or put stb_image.h under <dir>/stb/ and set CPATH=<dir>.\n")
+    sys.exit(1)
+image_cflags, image_libs = [], []
+if os.environ.get("IMGSEARCH_NO_LIBJPEG") is None and find_header("jpeglib.h", include_search):
+    image_cflags, image_libs = ["-DISX_HAVE_LIBJPEG"], ["jpeg"]
 sources = sorted(
     glob("csrc/**/*.c", recursive=True)
 )
@@ -69,9 +93,9 @@ setup(
             "imgsearch._core",
             sources=sources,
             include_dirs=[numpy.get_include(), "csrc"],
-            extra_compile_args=compile_args + blas_cflags,
+            extra_compile_args=compile_args + blas_cflags + image_cflags + ["-I" + stb_dir],
             extra_link_args=link_args + [a for a in blas_libs if not a.startswith("-l")],
-            libraries=[a[2:] for a in blas_libs if a.startswith("-l")] + ["m"],
+            libraries=[a[2:] for a in blas_libs if a.startswith("-l")] + image_libs + ["m"],
             runtime_library_dirs=rpath,
         )
     ],

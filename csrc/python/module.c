@@ -9,6 +9,7 @@
 #define ISX_MODULE_MAIN
 #include "py_common.h"
 #include "py_index.h"
+#include "py_image.h"
 #include "../index/format.h"
 #include "../simd/simd.h"
 
@@ -258,6 +259,8 @@ PyMODINIT_FUNC PyInit__core(void)
         goto error;
     Py_INCREF(isx_IndexFormatError);
     if (PyModule_AddObject(m, "IndexFormatError", isx_IndexFormatError) < 0)
+        goto error;
+    if (isx_py_image_init(m) < 0)
         goto error;
     return m;
 error:

@@ -1,0 +1,574 @@
+/*
+ * py_image.c -- bindings of the image pipeline (csrc/image/): load, resize,
+ * batch preprocessing and classic features, and imgsearch.ImageDecodeError.
+ *
+ * Items of a batch may be paths (str, os.PathLike), encoded bytes (bytes,
+ * bytearray, memoryview: the data of an image file, not a path) or uint8
+ * arrays (H, W), (H, W, 1|3|4) -- anything NumPy can view as one, so a PIL
+ * image works too.  They are turned into isx_image_source records while the
+ * GIL is held (references and buffer exports are kept until the end, so
+ * nothing moves), then the batch runs on native threads with the GIL
+ * released.  An item that cannot be used at all (an int, a float array)
+ * becomes a failed item like a corrupt file: one bad item never stops a
+ * batch.  Failures come back as (index, status, reason); imgsearch/image.py
+ * turns them into the public (index, path, reason) tuples and exceptions.
+ */
+#include "py_common.h"
+#include "py_image.h"
+#include "../image/image.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+PyObject *isx_ImageDecodeError = NULL;
+
+/* Raise for a failed image operation: decode problems are ImageDecodeError,
+ * the rest (I/O, memory, arguments) as isx_py_raise maps them. */
+static PyObject *raise_image(int status, const char *what)
+{
+    if (status == ISX_EFORMAT) {
+        if (what)
+            PyErr_Format(isx_ImageDecodeError, "cannot decode %s: %s", what, isx_last_error());
+        else
+            PyErr_SetString(isx_ImageDecodeError, isx_last_error());
+        return NULL;
+    }
+    return isx_py_raise(status);
+}
+
+/* ======================================================================== */
+/* Items -> sources                                                          */
+/* ======================================================================== */
+
+typedef struct {
+    size_t n;
+    isx_image_source *src;
+    PyObject **keep;     /* a reference per item (path bytes or array), or NULL */
+    Py_buffer *views;    /* buffer exports of bytes-like items */
+    char *viewed;        /* 1 where views[i] must be released */
+    char **errors;       /* messages of unusable items */
+} item_list;
+
+static void items_free(item_list *l)
+{
+    if (!l->src)
+        return;
+    for (size_t i = 0; i < l->n; i++) {
+        Py_XDECREF(l->keep[i]);
+        if (l->viewed[i])
+            PyBuffer_Release(&l->views[i]);
+        free(l->errors[i]);
+    }
+    free(l->src);
+    free(l->keep);
+    free(l->views);
+    free(l->viewed);
+    free(l->errors);
+    l->src = NULL;
+}
+
+static void item_invalid(item_list *l, size_t i, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    PyOS_vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    l->errors[i] = strdup(buf);
+    l->src[i].kind = ISX_SRC_INVALID;
+    l->src[i].error = l->errors[i] ? l->errors[i] : "unusable item";
+}
+
+static int is_array_like(PyObject *o)
+{
+    return PyArray_Check(o) || PyObject_HasAttrString(o, "__array_interface__") ||
+           PyObject_HasAttrString(o, "__array_struct__") || PyObject_HasAttrString(o, "__array__");
+}
+
+/* The message of the pending exception, for an item failure. */
+static void item_from_exception(item_list *l, size_t i, const char *prefix)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *s = value ? PyObject_Str(value) : NULL;
+    const char *text = s ? PyUnicode_AsUTF8(s) : NULL;
+    if (!text)
+        PyErr_Clear();
+    item_invalid(l, i, "%s%s", prefix, text ? text : "unusable item");
+    Py_XDECREF(s);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+static void item_path(item_list *l, size_t i, PyObject *obj)
+{
+    PyObject *encoded = NULL;
+    if (!PyUnicode_FSConverter(obj, &encoded)) {
+        item_from_exception(l, i, "unusable path: ");
+        return;
+    }
+    l->keep[i] = encoded;
+    l->src[i].kind = ISX_SRC_PATH;
+    l->src[i].path = PyBytes_AS_STRING(encoded);
+}
+
+static void item_array(item_list *l, size_t i, PyObject *obj)
+{
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (!arr) {
+        item_from_exception(l, i, "not an array: ");
+        return;
+    }
+    int nd = PyArray_NDIM(arr);
+    npy_intp c = nd == 3 ? PyArray_DIM(arr, 2) : 1;
+    if (PyArray_TYPE(arr) != NPY_UINT8 || (nd != 2 && nd != 3) || (c != 1 && c != 3 && c != 4)) {
+        char shape[96] = "";
+        size_t used = 0;
+        for (int d = 0; d < nd && d < 4 && used < sizeof(shape) - 24; d++)
+            used += (size_t)PyOS_snprintf(shape + used, sizeof(shape) - used, d ? ", %zd" : "%zd",
+                                          (Py_ssize_t)PyArray_DIM(arr, d));
+        item_invalid(l, i,
+                     "expected a uint8 array of shape (H, W, 3), (H, W, 4) or (H, W), found %s array of shape "
+                     "(%s); convert with numpy.clip(x, 0, 255).astype(numpy.uint8)",
+                     PyArray_DESCR(arr)->typeobj->tp_name, shape);
+        Py_DECREF(arr);
+        return;
+    }
+    PyArrayObject *contig = PyArray_GETCONTIGUOUS(arr);
+    Py_DECREF(arr);
+    if (!contig) {
+        item_from_exception(l, i, "");
+        return;
+    }
+    l->keep[i] = (PyObject *)contig;
+    l->src[i].kind = ISX_SRC_PIXELS;
+    l->src[i].data = PyArray_DATA(contig);
+    l->src[i].height = (size_t)PyArray_DIM(contig, 0);
+    l->src[i].width = (size_t)PyArray_DIM(contig, 1);
+    l->src[i].channels = (int)c;
+}
+
+/* Fill l from a sequence; -1 with an exception only for a non-sequence or
+ * out of memory (bad items are recorded, not raised). */
+static int items_from(PyObject *seq_obj, item_list *l)
+{
+    memset(l, 0, sizeof(*l));
+    PyObject *seq = PySequence_Fast(seq_obj, "expected a list of paths, bytes or uint8 arrays");
+    if (!seq)
+        return -1;
+    size_t n = (size_t)PySequence_Fast_GET_SIZE(seq);
+    l->n = n;
+    size_t alloc = n ? n : 1;
+    l->src = calloc(alloc, sizeof(*l->src));
+    l->keep = calloc(alloc, sizeof(*l->keep));
+    l->views = calloc(alloc, sizeof(*l->views));
+    l->viewed = calloc(alloc, 1);
+    l->errors = calloc(alloc, sizeof(*l->errors));
+    if (!l->src || !l->keep || !l->views || !l->viewed || !l->errors) {
+        free(l->src);
+        free(l->keep);
+        free(l->views);
+        free(l->viewed);
+        free(l->errors);
+        l->src = NULL;
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        PyObject *o = PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)i);
+        if (PyUnicode_Check(o)) {
+            item_path(l, i, o);
+        } else if (PyBytes_Check(o) || PyByteArray_Check(o) || PyMemoryView_Check(o)) {
+            if (PyObject_GetBuffer(o, &l->views[i], PyBUF_SIMPLE) < 0) {
+                item_from_exception(l, i, "unusable buffer: ");
+                continue;
+            }
+            l->viewed[i] = 1;
+            l->src[i].kind = ISX_SRC_BYTES;
+            l->src[i].data = l->views[i].buf;
+            l->src[i].len = (size_t)l->views[i].len;
+        } else if (is_array_like(o)) {
+            item_array(l, i, o);
+        } else if (PyObject_HasAttrString(o, "__fspath__")) {
+            item_path(l, i, o);
+        } else {
+            item_invalid(l, i,
+                         "expected a path (str or os.PathLike), the bytes of an image file, or a uint8 array "
+                         "(H, W, 3); found %s",
+                         Py_TYPE(o)->tp_name);
+        }
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+/* ======================================================================== */
+/* Running a batch                                                           */
+/* ======================================================================== */
+
+/* Run `b` over the items; returns the list of (index, status, reason) and
+ * sets *n_ok, or NULL with an exception. */
+static PyObject *run_batch(isx_image_batch *b, item_list *l, int threads, size_t *n_ok)
+{
+    size_t alloc = l->n ? l->n : 1;
+    b->sources = l->src;
+    b->n = l->n;
+    b->status = calloc(alloc, sizeof(int));
+    b->messages = calloc(alloc, sizeof(char *));
+    PyObject *failed = NULL;
+    if (!b->status || !b->messages) {
+        PyErr_NoMemory();
+        goto cleanup;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_image_batch_run(b, threads);
+    if (rc == ISX_OK)
+        *n_ok = isx_image_batch_compact(b);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        isx_py_raise(rc);
+        goto cleanup;
+    }
+    failed = PyList_New(0);
+    if (!failed)
+        goto cleanup;
+    for (size_t i = 0; i < l->n; i++) {
+        if (b->status[i] == ISX_OK)
+            continue;
+        PyObject *t = Py_BuildValue("(nis)", (Py_ssize_t)i, b->status[i],
+                                    b->messages[i] ? b->messages[i] : "out of memory recording the error");
+        if (!t || PyList_Append(failed, t) < 0) {
+            Py_XDECREF(t);
+            Py_CLEAR(failed);
+            goto cleanup;
+        }
+        Py_DECREF(t);
+    }
+cleanup:
+    if (b->messages)
+        for (size_t i = 0; i < l->n; i++)
+            free(b->messages[i]);
+    free(b->messages);
+    free(b->status);
+    b->messages = NULL;
+    b->status = NULL;
+    return failed;
+}
+
+/* Shrink a freshly made (n, ...) array to its first n_ok rows, in place. */
+static int shrink_rows(PyArrayObject **arr, size_t n_ok)
+{
+    if ((npy_intp)n_ok == PyArray_DIM(*arr, 0))
+        return 0;
+    int nd = PyArray_NDIM(*arr);
+    npy_intp dims[4];
+    for (int d = 0; d < nd; d++)
+        dims[d] = PyArray_DIM(*arr, d);
+    dims[0] = (npy_intp)n_ok;
+    PyArray_Dims shape = {dims, nd};
+    PyObject *r = PyArray_Resize(*arr, &shape, 0, NPY_CORDER);
+    if (!r)
+        return -1;
+    Py_DECREF(r); /* None */
+    return 0;
+}
+
+static int preprocess_item(void *ctx, const isx_image *img, void *out)
+{
+    return isx_image_preprocess(img, ctx, out);
+}
+
+static int parse_triple(PyObject *obj, float out[3], const char *what)
+{
+    PyObject *seq = PySequence_Fast(obj, "");
+    if (!seq || PySequence_Fast_GET_SIZE(seq) != 3) {
+        Py_XDECREF(seq);
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s: expected 3 numbers (one per RGB channel)", what);
+        return -1;
+    }
+    for (int i = 0; i < 3; i++) {
+        double v = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (v == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        out[i] = (float)v;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+/* _image_batch(items, size, resize, mean, std, threads) -> (batch, failed) */
+static PyObject *py_image_batch(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    PyObject *items_obj, *mean_obj, *std_obj, *threads_obj;
+    Py_ssize_t size, resize;
+    if (!PyArg_ParseTuple(args, "OnnOOO:_image_batch", &items_obj, &size, &resize, &mean_obj, &std_obj, &threads_obj))
+        return NULL;
+    isx_preprocess p;
+    int threads;
+    if (size < 1 || (size_t)size > ISX_IMAGE_MAX_OUT_SIDE)
+        return PyErr_Format(PyExc_ValueError, "size: expected 1..%u, found %zd", ISX_IMAGE_MAX_OUT_SIDE, size);
+    if (resize < size || (size_t)resize > ISX_IMAGE_MAX_OUT_SIDE)
+        return PyErr_Format(PyExc_ValueError,
+                            "resize: expected size <= resize <= %u (the shorter side is resized to it, then the "
+                            "centre size x size is cropped), found resize=%zd size=%zd",
+                            ISX_IMAGE_MAX_OUT_SIDE, resize, size);
+    if (parse_triple(mean_obj, p.mean, "mean") < 0 || parse_triple(std_obj, p.std, "std") < 0 ||
+        isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    for (int c = 0; c < 3; c++)
+        if (!(p.std[c] > 0) || p.mean[c] != p.mean[c])
+            return PyErr_Format(PyExc_ValueError, "std: expected positive numbers and a finite mean, found std[%d]=%g",
+                                c, (double)p.std[c]);
+    p.size = (size_t)size;
+    p.resize = (size_t)resize;
+    item_list l;
+    if (items_from(items_obj, &l) < 0)
+        return NULL;
+    npy_intp dims[4] = {(npy_intp)l.n, 3, size, size};
+    PyArrayObject *batch = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+    PyObject *failed = NULL;
+    if (!batch)
+        goto error;
+    isx_image_batch b = {0};
+    b.decode.min_side = (size_t)resize;
+    b.fn = preprocess_item;
+    b.ctx = &p;
+    b.out = PyArray_DATA(batch);
+    b.row_bytes = 3 * (size_t)size * (size_t)size * sizeof(float);
+    size_t n_ok = 0;
+    failed = run_batch(&b, &l, threads, &n_ok);
+    if (!failed || shrink_rows(&batch, n_ok) < 0)
+        goto error;
+    items_free(&l);
+    PyObject *r = Py_BuildValue("(NN)", batch, failed);
+    return r;
+error:
+    items_free(&l);
+    Py_XDECREF(batch);
+    Py_XDECREF(failed);
+    return NULL;
+}
+
+static int feature_item(void *ctx, const isx_image *img, void *out)
+{
+    return isx_feature_compute(ctx, img, out);
+}
+
+/* _image_features(kind, bins, items, threads) -> (features, failed) */
+static PyObject *py_image_features(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    PyObject *items_obj, *threads_obj;
+    int kind, b0, b1, b2;
+    if (!PyArg_ParseTuple(args, "i(iii)OO:_image_features", &kind, &b0, &b1, &b2, &items_obj, &threads_obj))
+        return NULL;
+    isx_feature f = {(isx_feature_kind)kind, {b0, b1, b2}};
+    size_t row_bytes, min_side;
+    int threads;
+    int rc = isx_feature_check(&f, &row_bytes, &min_side);
+    if (rc)
+        return isx_py_raise(rc);
+    if (isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    item_list l;
+    if (items_from(items_obj, &l) < 0)
+        return NULL;
+    int hist = f.kind == ISX_FEATURE_COLORHIST;
+    npy_intp dims[2] = {(npy_intp)l.n, (npy_intp)(hist ? row_bytes / sizeof(float) : row_bytes)};
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, dims, hist ? NPY_FLOAT32 : NPY_UINT8);
+    PyObject *failed = NULL;
+    if (!out)
+        goto error;
+    isx_image_batch b = {0};
+    b.decode.min_side = min_side;
+    b.fn = feature_item;
+    b.ctx = &f;
+    b.out = PyArray_DATA(out);
+    b.row_bytes = row_bytes;
+    size_t n_ok = 0;
+    failed = run_batch(&b, &l, threads, &n_ok);
+    if (!failed || shrink_rows(&out, n_ok) < 0)
+        goto error;
+    items_free(&l);
+    return Py_BuildValue("(NN)", out, failed);
+error:
+    items_free(&l);
+    Py_XDECREF(out);
+    Py_XDECREF(failed);
+    return NULL;
+}
+
+/* ======================================================================== */
+/* One image                                                                 */
+/* ======================================================================== */
+
+static void free_capsule(PyObject *cap)
+{
+    free(PyCapsule_GetPointer(cap, "imgsearch.pixels"));
+}
+
+/* A (H, W, 3) uint8 array that takes ownership of img's pixels. */
+static PyObject *wrap_image(isx_image *img)
+{
+    npy_intp dims[3] = {(npy_intp)img->height, (npy_intp)img->width, 3};
+    if (!img->owned) { /* borrowed pixels: copy */
+        PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_UINT8);
+        if (a)
+            memcpy(PyArray_DATA(a), img->pixels, img->width * img->height * 3);
+        return (PyObject *)a;
+    }
+    PyObject *cap = PyCapsule_New(img->owned, "imgsearch.pixels", free_capsule);
+    if (!cap) {
+        isx_image_free(img);
+        return NULL;
+    }
+    img->owned = NULL;
+    PyObject *arr = PyArray_SimpleNewFromData(3, dims, NPY_UINT8, (void *)img->pixels);
+    if (!arr || PyArray_SetBaseObject((PyArrayObject *)arr, cap) < 0) {
+        Py_XDECREF(arr);
+        Py_DECREF(cap);
+        return NULL;
+    }
+    return arr;
+}
+
+/* _image_load(path_or_bytes) -> uint8 (H, W, 3) */
+static PyObject *py_image_load(PyObject *mod, PyObject *arg)
+{
+    (void)mod;
+    item_list l;
+    PyObject *one = PyTuple_Pack(1, arg);
+    if (!one)
+        return NULL;
+    int r = items_from(one, &l);
+    Py_DECREF(one);
+    if (r < 0)
+        return NULL;
+    isx_image_source *src = &l.src[0];
+    if (src->kind == ISX_SRC_PIXELS || src->kind == ISX_SRC_INVALID) {
+        PyErr_Format(PyExc_TypeError,
+                     "load: expected a path (str or os.PathLike) or the bytes of an image file, found %s",
+                     Py_TYPE(arg)->tp_name);
+        items_free(&l);
+        return NULL;
+    }
+    isx_image img;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_image_from_source(src, NULL, &img);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        char what[600];
+        if (src->kind == ISX_SRC_PATH)
+            PyOS_snprintf(what, sizeof(what), "'%.500s'", src->path);
+        else
+            PyOS_snprintf(what, sizeof(what), "<%zu bytes>", src->len);
+        PyObject *e = raise_image(rc, what);
+        items_free(&l);
+        return e;
+    }
+    items_free(&l);
+    return wrap_image(&img);
+}
+
+/* _image_resize(array, width, height) -> uint8 (height, width, 3) */
+static PyObject *py_image_resize(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    PyObject *arr_obj;
+    Py_ssize_t w, h;
+    if (!PyArg_ParseTuple(args, "Onn:_image_resize", &arr_obj, &w, &h))
+        return NULL;
+    if (w < 1 || h < 1 || (size_t)w > ISX_IMAGE_MAX_OUT_SIDE || (size_t)h > ISX_IMAGE_MAX_OUT_SIDE)
+        return PyErr_Format(PyExc_ValueError, "resize: expected a size between 1 and %u per side, found %zd x %zd",
+                            ISX_IMAGE_MAX_OUT_SIDE, w, h);
+    item_list l;
+    PyObject *one = PyTuple_Pack(1, arr_obj);
+    if (!one)
+        return NULL;
+    int r = items_from(one, &l);
+    Py_DECREF(one);
+    if (r < 0)
+        return NULL;
+    if (l.src[0].kind != ISX_SRC_PIXELS) {
+        PyErr_Format(PyExc_TypeError, "resize: %s",
+                     l.src[0].kind == ISX_SRC_INVALID ? l.src[0].error
+                                                      : "expected a uint8 array (H, W, 3), (H, W, 4) or (H, W)");
+        items_free(&l);
+        return NULL;
+    }
+    npy_intp dims[3] = {h, w, 3};
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_UINT8);
+    if (!out) {
+        items_free(&l);
+        return NULL;
+    }
+    isx_image img;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_image_from_source(&l.src[0], NULL, &img);
+    if (rc == ISX_OK) {
+        rc = isx_image_resize(&img, (size_t)w, (size_t)h, PyArray_DATA(out));
+        isx_image_free(&img);
+    }
+    Py_END_ALLOW_THREADS
+    items_free(&l);
+    if (rc) {
+        Py_DECREF(out);
+        return raise_image(rc, NULL);
+    }
+    return (PyObject *)out;
+}
+
+/* _exif_orientation(bytes) -> int: for tests and for callers that decode elsewhere */
+static PyObject *py_exif_orientation(PyObject *mod, PyObject *arg)
+{
+    (void)mod;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int o = isx_exif_orientation(view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(o);
+}
+
+static PyMethodDef image_methods[] = {
+    {"_image_load", py_image_load, METH_O, NULL},
+    {"_image_resize", py_image_resize, METH_VARARGS, NULL},
+    {"_image_batch", py_image_batch, METH_VARARGS, NULL},
+    {"_image_features", py_image_features, METH_VARARGS, NULL},
+    {"_exif_orientation", py_exif_orientation, METH_O, NULL},
+    {NULL, NULL, 0, NULL}};
+
+int isx_py_image_init(PyObject *m)
+{
+    if (PyModule_AddFunctions(m, image_methods) < 0)
+        return -1;
+    isx_ImageDecodeError = PyErr_NewExceptionWithDoc(
+        "imgsearch.ImageDecodeError",
+        "An image file is not an image, or is corrupt, truncated, or larger than the decoder's limits.\n"
+        "The message names the file and the reason.",
+        PyExc_ValueError, NULL);
+    if (!isx_ImageDecodeError)
+        return -1;
+    Py_INCREF(isx_ImageDecodeError);
+    if (PyModule_AddObject(m, "ImageDecodeError", isx_ImageDecodeError) < 0) {
+        Py_DECREF(isx_ImageDecodeError);
+        return -1;
+    }
+    PyModule_AddIntConstant(m, "_HAVE_LIBJPEG",
+#ifdef ISX_HAVE_LIBJPEG
+                            1
+#else
+                            0
+#endif
+    );
+    return 0;
+}

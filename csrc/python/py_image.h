@@ -1,0 +1,15 @@
+/*
+ * py_image.h -- the image bindings' entry point for module.c.
+ */
+#ifndef ISX_PY_IMAGE_H
+#define ISX_PY_IMAGE_H
+
+#include "py_common.h"
+
+extern PyObject *isx_ImageDecodeError;
+
+/* Add the image functions, imgsearch.ImageDecodeError and _HAVE_LIBJPEG to
+ * the module; -1 with an exception on failure. */
+int isx_py_image_init(PyObject *m);
+
+#endif
