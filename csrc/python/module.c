@@ -135,6 +135,15 @@ static PyObject *index_from_file(isx_file *f)
             return isx_py_raise(rc);
         return isx_py_flat_wrap(flat);
     }
+    case ISX_KIND_HNSW: {
+        isx_hnsw *hnsw;
+        Py_BEGIN_ALLOW_THREADS
+        rc = isx_hnsw_from_file(f, &hnsw);
+        Py_END_ALLOW_THREADS
+        if (rc)
+            return isx_py_raise(rc);
+        return isx_py_hnsw_wrap(hnsw);
+    }
     default: {
         unsigned kind = f->header.kind;
         isx_format_close(f);
@@ -248,6 +257,13 @@ PyMODINIT_FUNC PyInit__core(void)
     Py_INCREF(&isx_FlatType);
     if (PyModule_AddObject(m, "FlatIndex", (PyObject *)&isx_FlatType) < 0) {
         Py_DECREF(&isx_FlatType);
+        goto error;
+    }
+    if (PyType_Ready(&isx_HNSWType) < 0)
+        goto error;
+    Py_INCREF(&isx_HNSWType);
+    if (PyModule_AddObject(m, "HNSWIndex", (PyObject *)&isx_HNSWType) < 0) {
+        Py_DECREF(&isx_HNSWType);
         goto error;
     }
     isx_IndexFormatError = PyErr_NewExceptionWithDoc(
