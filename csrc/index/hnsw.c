@@ -31,6 +31,12 @@
  *     on the first batch), and distances are computed from a float32 query
  *     against the compressed rows: true = dist_mul * kernel + offset(query).
  *
+ * For float32 l2 and l1 the walk uses distances that stop early once they
+ * cannot beat the current ef-th best (hnsw_dist.c), and the elements of
+ * every vector are stored in order of decreasing variance (measured on the
+ * first batch), so the partial sums grow fast and rejected rows are cut
+ * short early; queries are permuted alike, results are unchanged.
+ *
  * The search inner loop collects a node's unvisited neighbours first, with
  * a prefetch of each one's row, then computes their distances while the
  * next row is prefetched in full, so DRAM latency overlaps arithmetic.
@@ -102,12 +108,13 @@ static int random_level(isx_hnsw *h)
     return l >= ISX_HNSW_MAX_LEVEL ? ISX_HNSW_MAX_LEVEL : (int)l;
 }
 
+static size_t xp_lines = HNSW_PREFETCH_LINES;
 static inline void prefetch_lines(const void *p, size_t bytes)
 {
     const char *c = p;
     size_t n = (bytes + 63) / 64;
-    if (n > HNSW_PREFETCH_LINES)
-        n = HNSW_PREFETCH_LINES;
+    if (n > xp_lines)
+        n = xp_lines;
     for (size_t i = 0; i < n; i++)
         _mm_prefetch(c + 64 * i, _MM_HINT_T0);
 }
@@ -314,7 +321,12 @@ static void encode(isx_hnsw *h, const void *x, size_t slot, float *tmp)
         memcpy(dst, x, h->code_bytes);
         return;
     }
-    memcpy(tmp, x, h->dim * sizeof(float));
+    const float *xf = x;
+    if (h->perm)
+        for (size_t i = 0; i < h->dim; i++)
+            tmp[i] = xf[h->perm[i]];
+    else
+        memcpy(tmp, x, h->dim * sizeof(float));
     if (h->metric == ISX_METRIC_COSINE)
         normalise(tmp, h->dim);
     if (h->dtype == ISX_DTYPE_F32) {
@@ -336,7 +348,11 @@ static void encode(isx_hnsw *h, const void *x, size_t slot, float *tmp)
 static void decode(const isx_hnsw *h, size_t slot, void *out)
 {
     const uint8_t *src = code_of(h, slot);
-    if (h->dtype == ISX_DTYPE_F32 || h->dtype == ISX_DTYPE_BITS) {
+    if (h->perm) {
+        const float *s = (const float *)src;
+        for (size_t i = 0; i < h->dim; i++)
+            ((float *)out)[h->perm[i]] = s[i];
+    } else if (h->dtype == ISX_DTYPE_F32 || h->dtype == ISX_DTYPE_BITS) {
         memcpy(out, src, h->code_bytes);
     } else if (h->dtype == ISX_DTYPE_F16) {
         const uint16_t *s = (const uint16_t *)src;
@@ -361,6 +377,12 @@ typedef struct {
 static void query_prepare(const isx_hnsw *h, const void *x, float *buf, int stored, query *q)
 {
     q->add = 0;
+    if (h->perm && !stored) {
+        for (size_t i = 0; i < h->dim; i++)
+            buf[i] = ((const float *)x)[h->perm[i]];
+        q->vec = buf;
+        return;
+    }
     if (h->dtype == ISX_DTYPE_BITS || (h->dtype == ISX_DTYPE_F32 && (stored || h->metric != ISX_METRIC_COSINE))) {
         q->vec = x;
         return;
@@ -396,8 +418,21 @@ static void query_from_slot(const isx_hnsw *h, size_t slot, float *buf, query *q
     query_prepare(h, buf, buf, 1, q);
 }
 
+/* The distance, or (l2 / l1 float32) any value >= bound once it is clear
+ * that the distance is not below bound. */
+static inline float dist_below(const isx_hnsw *h, const query *q, size_t slot, float bound)
+{
+    if (h->bounded)
+        return h->bounded(q->vec, (const float *)code_of(h, slot), h->dim, bound);
+    float d;
+    h->dist(q->vec, code_of(h, slot), 1, h->kernel_dim, &d);
+    return h->dist_mul * d + q->add;
+}
+
 static inline float dist_to(const isx_hnsw *h, const query *q, size_t slot)
 {
+    if (h->bounded)
+        return h->bounded(q->vec, (const float *)code_of(h, slot), h->dim, INFINITY);
     float d;
     h->dist(q->vec, code_of(h, slot), 1, h->kernel_dim, &d);
     return h->dist_mul * d + q->add;
@@ -431,6 +466,7 @@ static int choose_kernel(isx_hnsw *h)
         h->dist_mul = m == ISX_METRIC_L2 ? h->quant_scale * h->quant_scale : h->quant_scale;
         break;
     }
+    h->bounded = h->dtype == ISX_DTYPE_F32 && !getenv("XP_NOBOUND") ? isx_hnsw_bounded_kernel(h->metric) : NULL;
     if (!h->dist)
         return isx_error(ISX_EINVAL, "no kernel for metric %s with this dtype", isx_metric_name(h->metric));
     return ISX_OK;
@@ -524,6 +560,7 @@ void isx_hnsw_destroy(isx_hnsw *h)
     free(h->ids);
     free((void *)h->locks);
     free(h->free_slots);
+    free(h->perm);
     isx_idmap_free(&h->map);
     while (h->pool) {
         isx_hnsw_visited *v = h->pool;
@@ -691,7 +728,7 @@ static int search_level(isx_hnsw *h, worker *w, const query *q, uint32_t ep, flo
             if (j + 1 < nt)
                 prefetch_lines(code_of(h, todo[j + 1]), h->code_bytes);
             uint32_t v = todo[j];
-            float d = dist_to(h, q, v);
+            float d = dist_below(h, q, v, bound);
             if (res->n < ef || d < bound) {
                 heap_push(cand, 0, (pair){d, v});
                 if (!allow || ((allow[v >> 6] >> (v & 63)) & 1)) {
@@ -1138,6 +1175,52 @@ static void train_quantiser(isx_hnsw *h, const float *X, size_t n, float *tmp)
 }
 
 typedef struct {
+    double var;
+    uint32_t i;
+} ranked;
+
+static int cmp_ranked(const void *a, const void *b)
+{
+    const ranked *x = a, *y = b;
+    return x->var > y->var ? -1 : x->var < y->var ? 1 : (x->i > y->i) - (x->i < y->i);
+}
+
+/* Element order for early-stopping distances: decreasing variance over
+ * the first batch. */
+static int choose_order(isx_hnsw *h, const float *X, size_t n)
+{
+    uint32_t *perm = malloc(h->dim * sizeof(uint32_t));
+    double *mean = calloc(h->dim, sizeof(double));
+    ranked *r = calloc(h->dim, sizeof(ranked));
+    int rc = ISX_OK;
+    if (!perm || !mean || !r) {
+        free(perm);
+        rc = isx_error(ISX_ENOMEM, "cannot allocate the element order");
+        goto cleanup;
+    }
+    for (size_t row = 0; row < n; row++)
+        for (size_t i = 0; i < h->dim; i++)
+            mean[i] += X[row * h->dim + i];
+    for (size_t i = 0; i < h->dim; i++) {
+        mean[i] /= (double)n;
+        r[i].i = (uint32_t)i;
+    }
+    for (size_t row = 0; row < n; row++)
+        for (size_t i = 0; i < h->dim; i++) {
+            double d = X[row * h->dim + i] - mean[i];
+            r[i].var += d * d;
+        }
+    qsort(r, h->dim, sizeof(ranked), cmp_ranked);
+    for (size_t i = 0; i < h->dim; i++)
+        perm[i] = r[i].i;
+    h->perm = perm;
+cleanup:
+    free(mean);
+    free(r);
+    return rc;
+}
+
+typedef struct {
     isx_hnsw *h;
     crew *crew;
     const uint32_t *slots;
@@ -1185,6 +1268,8 @@ int isx_hnsw_add(isx_hnsw *h, const void *X, size_t n, const int64_t *ids, int n
                 existing[nexisting++] = ids[i];
     size_t removed;
     if (nexisting && (rc = remove_nolock(h, existing, nexisting, nthreads, &removed)))
+        goto cleanup;
+    if (h->bounded && !h->perm && h->live == 0 && h->nslots == 0 && (rc = choose_order(h, X, n)))
         goto cleanup;
     if (h->dtype == ISX_DTYPE_I8 && !h->quant_ready) {
         train_quantiser(h, X, n, tmp);
@@ -1389,6 +1474,7 @@ int isx_hnsw_search(isx_hnsw *h, const void *Q, size_t nq, size_t k, size_t ef, 
         return isx_error(ISX_EINVAL, "expected 1 <= k <= %u, found k=%zu", ISX_MAX_K, k);
     if (ef > ISX_HNSW_MAX_EF)
         return isx_error(ISX_EINVAL, "expected ef <= %u, found ef=%zu", ISX_HNSW_MAX_EF, ef);
+    if (getenv("XP_LINES")) xp_lines = (size_t)atoi(getenv("XP_LINES"));
     int rc = check_rows(h, Q, nq, "queries");
     if (rc || nq == 0)
         return rc;
@@ -1585,6 +1671,7 @@ int isx_hnsw_describe(isx_hnsw *h, isx_header *hd, isx_section_out *secs, uint32
     secs[2] = (isx_section_out){ISX_SEC_HNSW_LEVEL0, h->level0, (uint64_t)h->nslots * h->node_bytes};
     secs[3] = (isx_section_out){ISX_SEC_HNSW_LEVELS, h->levels, (uint64_t)h->nslots};
     secs[4] = (isx_section_out){ISX_SEC_HNSW_UPPER, up, (uint64_t)nup * sizeof(uint32_t)};
+    secs[5] = (isx_section_out){ISX_SEC_HNSW_PERM, h->perm, h->perm ? h->dim * sizeof(uint32_t) : 0};
     *nsecs = ISX_HNSW_SECTIONS;
     *upper_buf = up;
     return ISX_OK;
@@ -1661,6 +1748,30 @@ int isx_hnsw_from_file(isx_file *file, isx_hnsw **out)
     if (!(up = isx_format_find(file, ISX_SEC_HNSW_UPPER))) {
         rc = isx_error(ISX_EFORMAT, "HNSW index: the HNUP section is missing");
         goto fail;
+    }
+    const isx_section_in *pm = isx_format_find(file, ISX_SEC_HNSW_PERM);
+    if (pm && pm->size) {
+        if (pm->size != h->dim * sizeof(uint32_t) || !h->bounded) {
+            rc = isx_error(ISX_EFORMAT, "HNSW index: HNPM holds %llu bytes, expected 0%s",
+                           (unsigned long long)pm->size, h->bounded ? " or 4 x dim" : "");
+            goto fail;
+        }
+        uint8_t *seen = calloc(h->dim, 1);
+        if (!seen || !(h->perm = malloc(h->dim * sizeof(uint32_t)))) {
+            free(seen);
+            rc = isx_error(ISX_ENOMEM, "cannot allocate the element order");
+            goto fail;
+        }
+        memcpy(h->perm, pm->data, h->dim * sizeof(uint32_t));
+        for (size_t i = 0; i < h->dim && rc == ISX_OK; i++) {
+            if (h->perm[i] >= h->dim || seen[h->perm[i]])
+                rc = isx_error(ISX_EFORMAT, "HNSW index: HNPM is not a permutation of 0..%zu", h->dim - 1);
+            else
+                seen[h->perm[i]] = 1;
+        }
+        free(seen);
+        if (rc)
+            goto fail;
     }
     h->ef_search = (size_t)efs;
     h->rng = (uint64_t)rng;

@@ -26,6 +26,7 @@
 #include "../simd/simd.h"
 #include "filter.h"
 #include "format.h"
+#include "hnsw_dist.h"
 
 #define ISX_HNSW_MAX_M 256       /* links per node per upper level: bounds the node block */
 #define ISX_HNSW_MAX_LEVEL 32    /* P(level > 32) < M^-32: never drawn in practice; bounds the file */
@@ -66,6 +67,8 @@ typedef struct isx_hnsw {
     isx_idmap map;          /* id -> slot */
     int64_t next_id;
     isx_dist_fn dist;       /* the kernel for (metric, dtype) */
+    isx_bounded_fn bounded; /* float32 l2 / l1: the kernel that can stop early */
+    uint32_t *perm;         /* with `bounded`: stored element i is input element perm[i] */
     float dist_mul;         /* true distance = dist_mul * kernel + per-query offset */
 
     pthread_rwlock_t lock;
@@ -102,11 +105,12 @@ int isx_hnsw_check(isx_hnsw *h);
 size_t isx_hnsw_memory(isx_hnsw *h);
 
 /* Serialisation, as flat.h: sections PARM, IDS, HNG0 (level-0 blocks),
- * HNLV (levels), HNUP (upper links); valid while the read lock is held. */
-#define ISX_HNSW_SECTIONS 5
+ * HNLV (levels), HNUP (upper links), HNPM (element order); valid while the read lock is held. */
+#define ISX_HNSW_SECTIONS 6
 #define ISX_SEC_HNSW_LEVEL0 ISX_TAG('H', 'N', 'G', '0')
 #define ISX_SEC_HNSW_LEVELS ISX_TAG('H', 'N', 'L', 'V')
 #define ISX_SEC_HNSW_UPPER ISX_TAG('H', 'N', 'U', 'P')
+#define ISX_SEC_HNSW_PERM ISX_TAG('H', 'N', 'P', 'M')
 /* *upper_buf is malloc'd (the concatenated upper links): free it after writing. */
 int isx_hnsw_describe(isx_hnsw *h, isx_header *hd, isx_section_out *secs, uint32_t *nsecs, uint8_t *parm,
                       size_t parm_cap, uint32_t **upper_buf);
