@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 C_SOURCES := $(shell find csrc -name '*.[ch]')
 IMAGES ?=
 
-.PHONY: demo test test-asan bench bench-flat build deps venv clean check-install
+.PHONY: demo test test-asan bench bench-flat bench-hnsw build deps venv clean check-install
 
 demo: build
 	$(PY) -m imgsearch._demo $(if $(IMAGES),--images "$(IMAGES)")
@@ -28,10 +28,13 @@ test-asan: deps venv
 	  $(PY) -m pytest -q -x tests -p no:cacheprovider
 	rm -f imgsearch/_core*.so && $(MAKE) build
 
-bench: bench-flat
+bench: bench-flat bench-hnsw
 
 bench-flat: build $(VENV)/.bench
 	$(PY) benchmarks/bench_flat.py
+
+bench-hnsw: build $(VENV)/.bench
+	$(PIP) install -q hnswlib usearch matplotlib && $(PY) benchmarks/bench_hnsw.py
 
 # `pip install .` from a clean copy, with build isolation, into a scratch venv.
 check-install: deps

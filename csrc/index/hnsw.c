@@ -108,13 +108,12 @@ static int random_level(isx_hnsw *h)
     return l >= ISX_HNSW_MAX_LEVEL ? ISX_HNSW_MAX_LEVEL : (int)l;
 }
 
-static size_t xp_lines = HNSW_PREFETCH_LINES;
 static inline void prefetch_lines(const void *p, size_t bytes)
 {
     const char *c = p;
     size_t n = (bytes + 63) / 64;
-    if (n > xp_lines)
-        n = xp_lines;
+    if (n > HNSW_PREFETCH_LINES)
+        n = HNSW_PREFETCH_LINES;
     for (size_t i = 0; i < n; i++)
         _mm_prefetch(c + 64 * i, _MM_HINT_T0);
 }
@@ -466,7 +465,7 @@ static int choose_kernel(isx_hnsw *h)
         h->dist_mul = m == ISX_METRIC_L2 ? h->quant_scale * h->quant_scale : h->quant_scale;
         break;
     }
-    h->bounded = h->dtype == ISX_DTYPE_F32 && !getenv("XP_NOBOUND") ? isx_hnsw_bounded_kernel(h->metric) : NULL;
+    h->bounded = h->dtype == ISX_DTYPE_F32 ? isx_hnsw_bounded_kernel(h->metric) : NULL;
     if (!h->dist)
         return isx_error(ISX_EINVAL, "no kernel for metric %s with this dtype", isx_metric_name(h->metric));
     return ISX_OK;
@@ -1474,7 +1473,6 @@ int isx_hnsw_search(isx_hnsw *h, const void *Q, size_t nq, size_t k, size_t ef, 
         return isx_error(ISX_EINVAL, "expected 1 <= k <= %u, found k=%zu", ISX_MAX_K, k);
     if (ef > ISX_HNSW_MAX_EF)
         return isx_error(ISX_EINVAL, "expected ef <= %u, found ef=%zu", ISX_HNSW_MAX_EF, ef);
-    if (getenv("XP_LINES")) xp_lines = (size_t)atoi(getenv("XP_LINES"));
     int rc = check_rows(h, Q, nq, "queries");
     if (rc || nq == 0)
         return rc;
