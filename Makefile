@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 C_SOURCES := $(shell find csrc -name '*.[ch]')
 IMAGES ?=
 
-.PHONY: demo test test-asan bench bench-flat bench-engine build deps venv clean check-install
+.PHONY: demo test test-asan bench bench-flat bench-hnsw bench-kdtree bench-image bench-engine fuzz build deps venv clean check-install
 
 demo: build $(VENV)/.torch
 	$(PY) -m imgsearch._demo $(if $(IMAGES),--images "$(IMAGES)")
@@ -28,10 +28,13 @@ test-asan: deps venv
 	  $(PY) -m pytest -q -x tests -p no:cacheprovider --ignore tests/test_extractors.py --ignore tests/test_notebook.py --ignore tests/test_plans.py
 	rm -f imgsearch/_core*.so && $(MAKE) build
 
-bench: bench-flat bench-engine
+bench: bench-flat bench-hnsw bench-kdtree bench-image bench-engine
 
 bench-flat: build $(VENV)/.bench
 	$(PY) benchmarks/bench_flat.py
+
+bench-hnsw: build $(VENV)/.bench
+	$(PY) benchmarks/bench_hnsw.py
 
 bench-engine: build $(VENV)/.bench $(VENV)/.torch
 	$(PY) benchmarks/bench_engine.py
@@ -63,7 +66,7 @@ $(VENV)/.torch: $(VENV)/.stamp
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.stamp
-	$(PIP) install -q faiss-cpu simsimd scipy threadpoolctl
+	$(PIP) install -q faiss-cpu hnswlib usearch scikit-learn simsimd scipy threadpoolctl matplotlib pillow
 	touch $@
 
 deps:

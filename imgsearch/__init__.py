@@ -4,14 +4,20 @@
     >>> X = np.random.rand(1000, 64).astype(np.float32)
     >>> index = isx.FlatIndex.from_array(X)          # no copy
     >>> D, I = index.search(X[:5], k=3)              # (distances, ids), nearest first
+    >>> engine = isx.ImageSearch(extractor="colorhist")
+    >>> engine.add("photos/"); engine.search("photos/cat.jpg", k=8)
 
 The core imports with NumPy alone; torch, Pillow, pandas and matplotlib are
 optional and imported only by the features that need them.
 """
 from . import _core, distance
-from ._core import FlatIndex, ImageDecodeError, IndexFormatError, capabilities, load
+from ._core import (FlatIndex, HNSWIndex, ImageDecodeError, IndexFormatError, capabilities,
+                    load)
 from . import features, image  # noqa: E402  (after _core: they import from it)
+from . import evaluate  # noqa: E402
+from .engine import ImageSearch  # noqa: E402  (torch, PIL, pandas stay unimported until used)
+from .results import SearchResults  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["FlatIndex", "ImageDecodeError", "IndexFormatError", "capabilities", "distance", "features", "image",
-           "load", "__version__"]
+__all__ = ["FlatIndex", "HNSWIndex", "ImageSearch", "SearchResults", "ImageDecodeError",
+           "IndexFormatError", "capabilities", "distance", "evaluate", "features", "image", "load", "__version__"]

@@ -34,6 +34,35 @@ def test_kernel_matches_oracle(isa, metric, length, rng):
 
 
 @pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("storage", ["float16", "int8"])
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine", "l1"])
+@pytest.mark.parametrize("length", LENGTHS)
+def test_compressed_row_kernels_match_oracle(isa, storage, metric, length, rng):
+    """float32 query against float16 / int8 rows: exactly the float32 metric
+    of the rows' values (the int8 codes taken as numbers)."""
+    for nrows in (1, 3, 5):
+        q = make_data(metric, 1, length, rng)
+        if storage == "int8":
+            X = rng.integers(-127, 128, size=(nrows, length)).astype(np.int8)
+        else:
+            X = make_data(metric, nrows, length, rng).astype(np.float16)
+        got = _core._kernel(metric, isa, q, X, storage)
+        Xv = X.astype(np.float64)
+        ref = oracle_pairwise(q, Xv, metric)[0]
+        tol = 2e-6 * oracle_scale(q, Xv, metric)[0] + 1e-6
+        assert got.dtype == np.float32 and got.shape == (nrows,)
+        assert np.all(np.abs(got - ref) <= tol), (isa, storage, metric, length, got, ref)
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+def test_float16_kernel_reads_subnormals_and_extremes(isa):
+    X = np.array([[6e-8, -6.1e-5, 65504.0, 0.0, -0.0, 1.0, -2.5]], np.float16)
+    q = np.zeros((1, 7), np.float32)
+    got = _core._kernel("l1", isa, q, X, "float16")[0]
+    assert got == np.float32(np.abs(X.astype(np.float64)).sum())
+
+
+@pytest.mark.parametrize("isa", isa_levels())
 def test_cosine_of_zero_vector_is_one(isa):
     q = np.zeros((1, 9), np.float32)
     X = np.ones((2, 9), np.float32)

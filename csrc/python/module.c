@@ -84,14 +84,16 @@ static PyObject *py_pairwise(PyObject *mod, PyObject *args, PyObject *kw)
     return (PyObject *)out;
 }
 
-/* _kernel(metric, isa, q, X): one query against rows with one ISA level's
- * kernel, bypassing dispatch -- for the tests that check each level alone. */
+/* _kernel(metric, isa, q, X, storage=None): one query against rows with one
+ * ISA level's kernel, bypassing dispatch -- for the tests that check each
+ * level alone.  storage "float16" / "int8" runs the float32-query kernels
+ * against rows of that type (X must already be of it). */
 static PyObject *py_kernel(PyObject *mod, PyObject *args)
 {
     (void)mod;
     PyObject *metric_obj, *q_obj, *x_obj;
-    const char *isa_name;
-    if (!PyArg_ParseTuple(args, "OsOO:_kernel", &metric_obj, &isa_name, &q_obj, &x_obj))
+    const char *isa_name, *storage = NULL;
+    if (!PyArg_ParseTuple(args, "OsOO|s:_kernel", &metric_obj, &isa_name, &q_obj, &x_obj, &storage))
         return NULL;
     isx_metric metric;
     if (isx_py_metric(metric_obj, &metric) < 0)
@@ -105,18 +107,37 @@ static PyObject *py_kernel(PyObject *mod, PyObject *args)
     const isx_kernels *k = isx_kernels_for((isx_isa)isa);
     if (!k)
         return PyErr_Format(PyExc_RuntimeError, "this CPU does not support the %s level", isa_name);
+    isx_dist_fn fn = k->dist[metric];
+    int row_type = metric_dtype(metric);
+    if (storage && strcmp(storage, "float16") == 0) {
+        fn = k->dist_f16[metric];
+        row_type = NPY_FLOAT16;
+    } else if (storage && strcmp(storage, "int8") == 0) {
+        fn = k->dist_i8[metric];
+        row_type = NPY_INT8;
+    } else if (storage) {
+        return PyErr_Format(PyExc_ValueError, "storage: expected 'float16' or 'int8', found '%s'", storage);
+    }
+    if (!fn)
+        return PyErr_Format(PyExc_ValueError, "no %s kernel for metric %s", storage, isx_metric_name(metric));
     PyArrayObject *q = isx_py_matrix(q_obj, metric_dtype(metric), 0, 1, "q");
     if (!q)
         return NULL;
-    PyArrayObject *X = isx_py_matrix(x_obj, metric_dtype(metric), PyArray_DIM(q, 1), 1, "X");
+    PyArrayObject *X = storage ? (PyArrayObject *)PyArray_FROMANY(x_obj, row_type, 2, 2, NPY_ARRAY_IN_ARRAY)
+                               : isx_py_matrix(x_obj, row_type, PyArray_DIM(q, 1), 1, "X");
     if (!X) {
         Py_DECREF(q);
         return NULL;
     }
+    if (PyArray_DIM(X, 1) != PyArray_DIM(q, 1)) {
+        Py_DECREF(q);
+        Py_DECREF(X);
+        return PyErr_Format(PyExc_ValueError, "X: expected %zd columns", (Py_ssize_t)PyArray_DIM(q, 1));
+    }
     npy_intp n = PyArray_DIM(X, 0);
     PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32);
     if (out)
-        k->dist[metric](PyArray_DATA(q), PyArray_DATA(X), (size_t)n, (size_t)PyArray_DIM(X, 1), PyArray_DATA(out));
+        fn(PyArray_DATA(q), PyArray_DATA(X), (size_t)n, (size_t)PyArray_DIM(X, 1), PyArray_DATA(out));
     Py_DECREF(q);
     Py_DECREF(X);
     return (PyObject *)out;
@@ -135,6 +156,15 @@ static PyObject *index_from_file(isx_file *f)
         if (rc)
             return isx_py_raise(rc);
         return isx_py_flat_wrap(flat);
+    }
+    case ISX_KIND_HNSW: {
+        isx_hnsw *hnsw;
+        Py_BEGIN_ALLOW_THREADS
+        rc = isx_hnsw_from_file(f, &hnsw);
+        Py_END_ALLOW_THREADS
+        if (rc)
+            return isx_py_raise(rc);
+        return isx_py_hnsw_wrap(hnsw);
     }
     default: {
         unsigned kind = f->header.kind;
@@ -249,6 +279,13 @@ PyMODINIT_FUNC PyInit__core(void)
     Py_INCREF(&isx_FlatType);
     if (PyModule_AddObject(m, "FlatIndex", (PyObject *)&isx_FlatType) < 0) {
         Py_DECREF(&isx_FlatType);
+        goto error;
+    }
+    if (PyType_Ready(&isx_HNSWType) < 0)
+        goto error;
+    Py_INCREF(&isx_HNSWType);
+    if (PyModule_AddObject(m, "HNSWIndex", (PyObject *)&isx_HNSWType) < 0) {
+        Py_DECREF(&isx_HNSWType);
         goto error;
     }
     isx_IndexFormatError = PyErr_NewExceptionWithDoc(

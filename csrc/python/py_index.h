@@ -4,9 +4,14 @@
 
 #include "py_common.h"
 #include "../index/flat.h"
+#include "../index/hnsw.h"
 
 extern PyTypeObject isx_FlatType;
 /* A new FlatIndex object owning f (destroyed on failure). */
 PyObject *isx_py_flat_wrap(isx_flat *f);
+
+extern PyTypeObject isx_HNSWType;
+/* A new HNSWIndex object owning h (destroyed on failure). */
+PyObject *isx_py_hnsw_wrap(isx_hnsw *h);
 
 #endif

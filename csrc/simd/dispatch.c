@@ -10,7 +10,10 @@
  * The AVX-512 table is copied into writable storage at init so that its
  * hamming slot can fall back to the AVX2 kernel on CPUs with AVX-512 but no
  * VPOPCNTDQ (Skylake-X, Cascade Lake): the kernel files stay free of
- * run-time checks.
+ * run-time checks.  Likewise the AVX2 table is copied so that its float16
+ * kernels (which need F16C) fall back to the serial ones on a CPU without
+ * F16C, and the AVX-512 table takes the float16 / int8 kernels of the AVX2
+ * level, which has the only wide versions of them.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -27,7 +30,7 @@ static isx_cpu_features cpu;
 static isx_isa supported_level = ISX_ISA_SERIAL;
 static isx_isa active_level = ISX_ISA_SERIAL;
 #if defined(__x86_64__)
-static isx_kernels avx512_table;
+static isx_kernels avx2_table, avx512_table;
 #endif
 
 #if defined(__x86_64__)
@@ -75,7 +78,12 @@ static void init(void)
         if (cpu.avx512f && cpu.avx512bw && cpu.avx512dq && cpu.avx512vl && cpu.os_avx512)
             supported_level = ISX_ISA_AVX512;
     }
+    avx2_table = isx_kernels_avx2;
+    if (!cpu.f16c)
+        memcpy(avx2_table.dist_f16, isx_kernels_serial.dist_f16, sizeof(avx2_table.dist_f16));
     avx512_table = isx_kernels_avx512;
+    memcpy(avx512_table.dist_f16, avx2_table.dist_f16, sizeof(avx512_table.dist_f16));
+    memcpy(avx512_table.dist_i8, avx2_table.dist_i8, sizeof(avx512_table.dist_i8));
     if (!cpu.avx512vpopcntdq)
         avx512_table.dist[ISX_METRIC_HAMMING] = isx_kernels_avx2.dist[ISX_METRIC_HAMMING];
 #endif
@@ -127,7 +135,7 @@ const isx_kernels *isx_kernels_for(isx_isa isa)
     switch (isa) {
 #if defined(__x86_64__)
     case ISX_ISA_AVX2:
-        return &isx_kernels_avx2;
+        return &avx2_table;
     case ISX_ISA_AVX512:
         return &avx512_table;
 #endif

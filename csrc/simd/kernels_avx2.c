@@ -185,6 +185,66 @@ static AVX2 void dot_f32_avx2(const void *q, const void *x, size_t nrows, size_t
     scan(K_DOT, q, x, nrows, dim, out);
 }
 
+/* ---------- float32 query against float16 / int8 rows ------------------
+ * One row at a time, two accumulators of eight lanes; elements are widened
+ * to float32 as they are loaded (F16C VCVTPH2PS, or sign-extend + convert),
+ * so the arithmetic is exactly that of the float32 kernels.  The tail is
+ * copied into a zeroed 16-byte buffer: a zero element adds nothing to any
+ * of the sums, and nothing is read past the end of the row. */
+#define AVX2_F16C __attribute__((target("avx2,fma,popcnt,f16c")))
+
+enum coding { C_F16, C_I8 };
+
+INLINE AVX2_F16C __m256 load8_coded(enum coding c, const uint8_t *row, size_t i)
+{
+    if (c == C_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 2 * i)));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + i))));
+}
+
+INLINE AVX2_F16C void scan_coded(enum kind k, enum coding c, const void *qv, const void *xv, size_t nrows,
+                                 size_t dim, float *out)
+{
+    const float *q = qv;
+    const uint8_t *x = xv;
+    size_t esz = c == C_F16 ? 2 : 1;
+    float qq = 0;
+    if (k == K_COS)
+        rows_f32(K_SQ, 1, 4, NULL, q, dim, 0, NULL, &qq);
+    for (size_t r = 0; r < nrows; r++) {
+        const uint8_t *row = x + r * dim * esz;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+        size_t i = 0;
+        for (; i + 16 <= dim; i += 16) {
+            step(k, _mm256_loadu_ps(q + i), load8_coded(c, row, i), &a0, &b0);
+            step(k, _mm256_loadu_ps(q + i + 8), load8_coded(c, row, i + 8), &a1, &b1);
+        }
+        for (; i + 8 <= dim; i += 8)
+            step(k, _mm256_loadu_ps(q + i), load8_coded(c, row, i), &a0, &b0);
+        if (i < dim) {
+            uint8_t tail[16] = {0};
+            memcpy(tail, row + i * esz, (dim - i) * esz);
+            __m256i m = _mm256_loadu_si256((const __m256i *)(mask_window + 8 - (dim - i)));
+            step(k, _mm256_maskload_ps(q + i, m), load8_coded(c, tail, 0), &a1, &b1);
+        }
+        out[r] = finish(k, hsum(_mm256_add_ps(a0, a1)), k == K_COS ? hsum(_mm256_add_ps(b0, b1)) : 0, qq);
+    }
+}
+
+#define CODED_KERNEL(name, k, c) \
+    static AVX2_F16C void name(const void *q, const void *x, size_t nrows, size_t dim, float *out) \
+    { \
+        scan_coded(k, c, q, x, nrows, dim, out); \
+    }
+CODED_KERNEL(l2sq_f16_avx2, K_L2, C_F16)
+CODED_KERNEL(ip_f16_avx2, K_IP, C_F16)
+CODED_KERNEL(cosine_f16_avx2, K_COS, C_F16)
+CODED_KERNEL(l1_f16_avx2, K_L1, C_F16)
+CODED_KERNEL(l2sq_i8_avx2, K_L2, C_I8)
+CODED_KERNEL(ip_i8_avx2, K_IP, C_I8)
+CODED_KERNEL(cosine_i8_avx2, K_COS, C_I8)
+CODED_KERNEL(l1_i8_avx2, K_L1, C_I8)
+
 INLINE uint64_t load64(const uint8_t *p)
 {
     uint64_t v;
@@ -243,6 +303,18 @@ const isx_kernels isx_kernels_avx2 = {
     },
     .sqnorm = sqnorm_f32_avx2,
     .dot = dot_f32_avx2,
+    .dist_f16 = {
+        [ISX_METRIC_L2] = l2sq_f16_avx2,
+        [ISX_METRIC_IP] = ip_f16_avx2,
+        [ISX_METRIC_COSINE] = cosine_f16_avx2,
+        [ISX_METRIC_L1] = l1_f16_avx2,
+    },
+    .dist_i8 = {
+        [ISX_METRIC_L2] = l2sq_i8_avx2,
+        [ISX_METRIC_IP] = ip_i8_avx2,
+        [ISX_METRIC_COSINE] = cosine_i8_avx2,
+        [ISX_METRIC_L1] = l1_i8_avx2,
+    },
 };
 
 #else

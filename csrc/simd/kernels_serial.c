@@ -13,10 +13,10 @@
 
 enum kind { K_L2, K_IP, K_COS, K_L1, K_SQ, K_DOT };
 
-/* Adds element i's contribution; K_SQ never touches q, which may be NULL. */
-static inline void accumulate(enum kind k, const float *q, const float *x, size_t i, double *a, double *b)
+/* Adds element i's contribution, given the row's element xi as a double;
+ * K_SQ never touches q, which may be NULL. */
+static inline void accumulate_value(enum kind k, const float *q, size_t i, double xi, double *a, double *b)
 {
-    double xi = x[i];
     switch (k) {
     case K_L2: {
         double d = (double)q[i] - xi;
@@ -40,6 +40,11 @@ static inline void accumulate(enum kind k, const float *q, const float *x, size_
     }
 }
 
+static inline void accumulate(enum kind k, const float *q, const float *x, size_t i, double *a, double *b)
+{
+    accumulate_value(k, q, i, x[i], a, b);
+}
+
 /* Sum over one row: a = main sum, *b = |x|^2 for cosine. */
 static inline double row_sum(enum kind k, const float *q, const float *x, size_t dim, double *b)
 {
@@ -54,6 +59,19 @@ static inline double row_sum(enum kind k, const float *q, const float *x, size_t
     return (a4[0] + a4[1]) + (a4[2] + a4[3]);
 }
 
+/* The distance of one row from its sums; qq = |q|^2 for cosine. */
+static inline float finish(enum kind k, double s, double xx, double qq)
+{
+    switch (k) {
+    case K_IP:
+        return (float)(1.0 - s);
+    case K_COS:
+        return qq == 0 || xx == 0 ? 1.0f : (float)(1.0 - s / sqrt(qq * xx));
+    default:
+        return (float)s;
+    }
+}
+
 static inline void scan(enum kind k, const void *qv, const void *xv, size_t nrows, size_t dim, float *out)
 {
     const float *q = qv, *x = xv;
@@ -63,19 +81,60 @@ static inline void scan(enum kind k, const void *qv, const void *xv, size_t nrow
     for (size_t r = 0; r < nrows; r++) {
         double xx;
         double s = row_sum(k, q, x + r * dim, dim, &xx);
-        switch (k) {
-        case K_IP:
-            out[r] = (float)(1.0 - s);
-            break;
-        case K_COS:
-            out[r] = qq == 0 || xx == 0 ? 1.0f : (float)(1.0 - s / sqrt(qq * xx));
-            break;
-        default:
-            out[r] = (float)s;
-            break;
-        }
+        out[r] = finish(k, s, xx, qq);
     }
 }
+
+/* ---------- float32 query against float16 / int8 rows ------------------ */
+
+enum coding { C_F16, C_I8 };
+
+/* IEEE binary16 -> float, exactly (normals, subnormals, inf, NaN). */
+static inline double half_to_double(uint16_t h)
+{
+    int e = (h >> 10) & 0x1f;
+    double m = h & 0x3ff;
+    double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(m + 1024, e - 25);
+    return (h & 0x8000) ? -v : v;
+}
+
+static inline double coded_value(enum coding c, const void *row, size_t i)
+{
+    return c == C_F16 ? half_to_double(((const uint16_t *)row)[i]) : (double)((const int8_t *)row)[i];
+}
+
+static inline void scan_coded(enum kind k, enum coding c, const void *qv, const void *xv, size_t nrows,
+                              size_t dim, float *out)
+{
+    const float *q = qv;
+    const uint8_t *x = xv;
+    size_t row_bytes = dim * (c == C_F16 ? 2 : 1);
+    double qq = 0, unused;
+    if (k == K_COS)
+        qq = row_sum(K_SQ, NULL, q, dim, &unused);
+    for (size_t r = 0; r < nrows; r++) {
+        const void *row = x + r * row_bytes;
+        double a4[4] = {0, 0, 0, 0}, b4[4] = {0, 0, 0, 0};
+        for (size_t i = 0; i < dim; i++)
+            accumulate_value(k, q, i, coded_value(c, row, i), &a4[i & 3], &b4[i & 3]);
+        double xx = (b4[0] + b4[1]) + (b4[2] + b4[3]);
+        out[r] = finish(k, (a4[0] + a4[1]) + (a4[2] + a4[3]), xx, qq);
+    }
+}
+
+#define CODED_KERNEL(name, k, c) \
+    static void name(const void *q, const void *x, size_t nrows, size_t dim, float *out) \
+    { \
+        scan_coded(k, c, q, x, nrows, dim, out); \
+    }
+CODED_KERNEL(l2sq_f16_serial, K_L2, C_F16)
+CODED_KERNEL(ip_f16_serial, K_IP, C_F16)
+CODED_KERNEL(cosine_f16_serial, K_COS, C_F16)
+CODED_KERNEL(l1_f16_serial, K_L1, C_F16)
+CODED_KERNEL(l2sq_i8_serial, K_L2, C_I8)
+CODED_KERNEL(ip_i8_serial, K_IP, C_I8)
+CODED_KERNEL(cosine_i8_serial, K_COS, C_I8)
+CODED_KERNEL(l1_i8_serial, K_L1, C_I8)
 
 static void l2sq_f32_serial(const void *q, const void *x, size_t nrows, size_t dim, float *out)
 {
@@ -155,4 +214,16 @@ const isx_kernels isx_kernels_serial = {
     },
     .sqnorm = sqnorm_f32_serial,
     .dot = dot_f32_serial,
+    .dist_f16 = {
+        [ISX_METRIC_L2] = l2sq_f16_serial,
+        [ISX_METRIC_IP] = ip_f16_serial,
+        [ISX_METRIC_COSINE] = cosine_f16_serial,
+        [ISX_METRIC_L1] = l1_f16_serial,
+    },
+    .dist_i8 = {
+        [ISX_METRIC_L2] = l2sq_i8_serial,
+        [ISX_METRIC_IP] = ip_i8_serial,
+        [ISX_METRIC_COSINE] = cosine_i8_serial,
+        [ISX_METRIC_L1] = l1_i8_serial,
+    },
 };

@@ -38,6 +38,12 @@ typedef struct {
     isx_dist_fn sqnorm;
     /* dot product of q with each row: out[r] = q . x_r (f32) */
     isx_dist_fn dot;
+    /* A float32 query against compressed rows, same metrics and meaning as
+     * dist (l2, ip, cosine, l1; the hamming slot is NULL): rows of IEEE
+     * half floats (uint16), or of int8 taken as the numbers they hold (the
+     * caller maps codes back to values: see index/hnsw.c's quantiser). */
+    isx_dist_fn dist_f16[ISX_METRIC_MAX + 1];
+    isx_dist_fn dist_i8[ISX_METRIC_MAX + 1];
 } isx_kernels;
 
 /* Detect the CPU once (idempotent, thread-safe after the first call). */

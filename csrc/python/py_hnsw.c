@@ -1,0 +1,535 @@
+/*
+ * py_hnsw.c -- imgsearch.HNSWIndex, the Python face of index/hnsw.c.
+ *
+ * Same shape as py_flat.c: arguments are converted and checked with the GIL
+ * held, outputs are allocated before the GIL is released, and every O(n)
+ * call (add, search, remove, save, load) runs without the GIL on the C
+ * index's own native threads.
+ */
+#include "py_common.h"
+#include "py_index.h"
+#include "../index/hnsw.h"
+
+typedef struct {
+    PyObject_HEAD
+    isx_hnsw *index;
+} HNSWObject;
+
+static int hnsw_ready(HNSWObject *self)
+{
+    if (!self->index) {
+        PyErr_SetString(PyExc_RuntimeError, "HNSWIndex is not initialised (call HNSWIndex(dim, metric))");
+        return 0;
+    }
+    return 1;
+}
+
+static int row_dtype(const isx_hnsw *h)
+{
+    return h->dtype == ISX_DTYPE_BITS ? NPY_UINT8 : NPY_FLOAT32;
+}
+
+static size_t row_elems(const isx_hnsw *h)
+{
+    return h->dtype == ISX_DTYPE_BITS ? h->dim / 8 : h->dim;
+}
+
+static const char *dtype_name(isx_dtype d)
+{
+    switch (d) {
+    case ISX_DTYPE_F16:
+        return "float16";
+    case ISX_DTYPE_I8:
+        return "int8";
+    case ISX_DTYPE_BITS:
+        return "bits";
+    default:
+        return "float32";
+    }
+}
+
+static int parse_dtype(PyObject *obj, isx_dtype *out)
+{
+    static const struct {
+        const char *name;
+        isx_dtype d;
+    } names[] = {{"float32", ISX_DTYPE_F32}, {"float16", ISX_DTYPE_F16}, {"int8", ISX_DTYPE_I8}};
+    PyObject *s = PyObject_Str(obj);
+    if (!s)
+        return -1;
+    const char *txt = PyUnicode_AsUTF8(s);
+    if (!txt) {
+        Py_DECREF(s);
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcmp(txt, names[i].name) == 0) {
+            *out = names[i].d;
+            Py_DECREF(s);
+            return 0;
+        }
+    PyErr_Format(PyExc_ValueError, "dtype: expected 'float32', 'float16' or 'int8', found '%s'", txt);
+    Py_DECREF(s);
+    return -1;
+}
+
+static int parse_positive(PyObject *obj, const char *what, size_t lo, size_t hi, size_t *out)
+{
+    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected an int, found %s", what, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    long long v = PyLong_AsLongLong(obj);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < (long long)lo || (unsigned long long)v > hi) {
+        PyErr_Format(PyExc_ValueError, "Expected %zu <= %s <= %zu. Got %s=%lld", lo, what, hi, what, v);
+        return -1;
+    }
+    *out = (size_t)v;
+    return 0;
+}
+
+static PyObject *hnsw_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    (void)args;
+    (void)kw;
+    return type->tp_alloc(type, 0);
+}
+
+static int hnsw_init(HNSWObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"dim", "metric", "M", "ef_construction", "seed", "dtype", NULL};
+    Py_ssize_t dim;
+    PyObject *metric_obj = NULL, *dtype_obj = NULL;
+    Py_ssize_t M = 16, efc = 200;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "n|OnnKO:HNSWIndex", kwlist, &dim, &metric_obj, &M, &efc, &seed,
+                                     &dtype_obj))
+        return -1;
+    isx_metric metric = ISX_METRIC_L2;
+    isx_dtype dtype = ISX_DTYPE_F32;
+    if (metric_obj && isx_py_metric(metric_obj, &metric) < 0)
+        return -1;
+    if (dtype_obj && dtype_obj != Py_None && parse_dtype(dtype_obj, &dtype) < 0)
+        return -1;
+    if (dim < 1) {
+        PyErr_Format(PyExc_ValueError, "expected dim >= 1, found dim=%zd", dim);
+        return -1;
+    }
+    if (M < 2 || efc < 1) {
+        PyErr_Format(PyExc_ValueError, "expected M >= 2 and ef_construction >= 1, found M=%zd, ef_construction=%zd",
+                     M, efc);
+        return -1;
+    }
+    isx_hnsw *h;
+    int rc = isx_hnsw_create(metric, (size_t)dim, dtype, (size_t)M, (size_t)efc, (uint64_t)seed, &h);
+    if (rc) {
+        isx_py_raise(rc);
+        return -1;
+    }
+    isx_hnsw_destroy(self->index);
+    self->index = h;
+    return 0;
+}
+
+static void hnsw_dealloc(HNSWObject *self)
+{
+    isx_hnsw_destroy(self->index);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyObject *isx_py_hnsw_wrap(isx_hnsw *h)
+{
+    HNSWObject *self = (HNSWObject *)isx_HNSWType.tp_alloc(&isx_HNSWType, 0);
+    if (!self) {
+        isx_hnsw_destroy(h);
+        return NULL;
+    }
+    self->index = h;
+    return (PyObject *)self;
+}
+
+static PyObject *hnsw_add(HNSWObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"X", "ids", "threads", NULL};
+    PyObject *x_obj, *ids_obj = Py_None, *threads_obj = Py_None;
+    if (!hnsw_ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|O$O:add", kwlist, &x_obj, &ids_obj, &threads_obj))
+        return NULL;
+    int threads;
+    if (isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    isx_hnsw *h = self->index;
+    PyArrayObject *X = isx_py_matrix(x_obj, row_dtype(h), (npy_intp)row_elems(h), 1, "X");
+    if (!X)
+        return NULL;
+    PyArrayObject *ids = NULL;
+    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids"))) {
+        Py_DECREF(X);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_hnsw_add(h, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0), ids ? (const int64_t *)PyArray_DATA(ids) : NULL,
+                      threads);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(X);
+    Py_XDECREF(ids);
+    if (rc)
+        return isx_py_raise(rc);
+    Py_RETURN_NONE;
+}
+
+static PyObject *hnsw_search(HNSWObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"Q", "k", "ef", "filter", "threads", NULL};
+    PyObject *q_obj, *k_obj = NULL, *ef_obj = Py_None, *threads_obj = Py_None, *filter_obj = Py_None;
+    if (!hnsw_ready(self) ||
+        !PyArg_ParseTupleAndKeywords(args, kw, "O|O$OOO:search", kwlist, &q_obj, &k_obj, &ef_obj, &filter_obj,
+                                     &threads_obj))
+        return NULL;
+    size_t k = 10, ef = 0;
+    int threads;
+    if ((k_obj && parse_positive(k_obj, "k", 1, ISX_MAX_K, &k) < 0) ||
+        (ef_obj != Py_None && parse_positive(ef_obj, "ef", 1, ISX_HNSW_MAX_EF, &ef) < 0) ||
+        isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    isx_hnsw *h = self->index;
+    PyArrayObject *Q = isx_py_matrix(q_obj, row_dtype(h), (npy_intp)row_elems(h), 1, "queries");
+    if (!Q)
+        return NULL;
+    isx_filter flt;
+    PyArrayObject *keep = NULL, *D = NULL, *L = NULL;
+    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
+        goto error;
+    npy_intp shape[2] = {PyArray_DIM(Q, 0), (npy_intp)k};
+    D = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
+    L = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_INT64);
+    if (!D || !L)
+        goto error;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_hnsw_search(h, PyArray_DATA(Q), (size_t)shape[0], k, ef, &flt, threads, PyArray_DATA(D),
+                         PyArray_DATA(L));
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        isx_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(Q);
+    Py_XDECREF(keep);
+    return Py_BuildValue("(NN)", D, L);
+error:
+    Py_XDECREF(Q);
+    Py_XDECREF(keep);
+    Py_XDECREF(D);
+    Py_XDECREF(L);
+    return NULL;
+}
+
+static PyObject *hnsw_remove(HNSWObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"ids", "threads", NULL};
+    PyObject *ids_obj, *threads_obj = Py_None;
+    if (!hnsw_ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|$O:remove", kwlist, &ids_obj, &threads_obj))
+        return NULL;
+    int threads;
+    if (isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
+    if (!ids)
+        return NULL;
+    size_t removed;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_hnsw_remove(self->index, PyArray_DATA(ids), (size_t)PyArray_SIZE(ids), threads, &removed);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(ids);
+    if (rc)
+        return isx_py_raise(rc);
+    return PyLong_FromSize_t(removed);
+}
+
+static PyObject *hnsw_get(HNSWObject *self, PyObject *ids_obj)
+{
+    if (!hnsw_ready(self))
+        return NULL;
+    int scalar = PyLong_Check(ids_obj) || PyArray_IsScalar(ids_obj, Integer);
+    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
+    if (!ids)
+        return NULL;
+    isx_hnsw *h = self->index;
+    npy_intp shape[2] = {PyArray_SIZE(ids), (npy_intp)row_elems(h)};
+    PyArrayObject *out = scalar ? (PyArrayObject *)PyArray_SimpleNew(1, shape + 1, row_dtype(h))
+                                : (PyArrayObject *)PyArray_SimpleNew(2, shape, row_dtype(h));
+    if (!out) {
+        Py_DECREF(ids);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_hnsw_get(h, PyArray_DATA(ids), (size_t)shape[0], PyArray_DATA(out));
+    Py_END_ALLOW_THREADS
+    Py_DECREF(ids);
+    if (rc) {
+        Py_DECREF(out);
+        return isx_py_raise(rc);
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *hnsw_check(HNSWObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!hnsw_ready(self))
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_hnsw_check(self->index);
+    Py_END_ALLOW_THREADS
+    if (rc)
+        return PyErr_Format(PyExc_AssertionError, "HNSW graph invariant violated: %s", isx_last_error());
+    Py_RETURN_TRUE;
+}
+
+/* Serialise under the read lock, to a file or (path == NULL) to bytes. */
+static PyObject *hnsw_serialise(HNSWObject *self, const char *path, PyObject *meta)
+{
+    isx_header hd;
+    isx_section_out secs[ISX_HNSW_SECTIONS + 1];
+    uint32_t nsecs;
+    uint8_t parm[1024];
+    uint32_t *upper = NULL;
+    Py_buffer mb = {0};
+    if (meta && meta != Py_None && PyObject_GetBuffer(meta, &mb, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint8_t *buf = NULL;
+    size_t size = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    isx_hnsw_lock_read(self->index);
+    rc = isx_hnsw_describe(self->index, &hd, secs, &nsecs, parm, sizeof(parm), &upper);
+    if (rc == ISX_OK && mb.buf)
+        secs[nsecs++] = (isx_section_out){ISX_SEC_META, mb.buf, (uint64_t)mb.len};
+    if (rc == ISX_OK)
+        rc = path ? isx_format_write_file(path, &hd, secs, nsecs) : isx_format_write_memory(&hd, secs, nsecs, &buf, &size);
+    isx_hnsw_unlock(self->index);
+    free(upper);
+    Py_END_ALLOW_THREADS
+    if (mb.buf)
+        PyBuffer_Release(&mb);
+    if (rc)
+        return isx_py_raise(rc);
+    if (path)
+        Py_RETURN_NONE;
+    PyObject *b = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)size);
+    free(buf);
+    return b;
+}
+
+static PyObject *hnsw_save(HNSWObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"path", "meta", NULL};
+    PyObject *path_bytes = NULL, *meta = Py_None;
+    if (!hnsw_ready(self) ||
+        !PyArg_ParseTupleAndKeywords(args, kw, "O&|$O:save", kwlist, PyUnicode_FSConverter, &path_bytes, &meta))
+        return NULL;
+    PyObject *r = hnsw_serialise(self, PyBytes_AS_STRING(path_bytes), meta);
+    Py_DECREF(path_bytes);
+    return r;
+}
+
+static PyObject *hnsw_to_bytes(HNSWObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!hnsw_ready(self))
+        return NULL;
+    return hnsw_serialise(self, NULL, NULL);
+}
+
+static PyObject *hnsw_reduce(HNSWObject *self, PyObject *noargs)
+{
+    PyObject *b = hnsw_to_bytes(self, noargs);
+    if (!b)
+        return NULL;
+    PyObject *mod = PyImport_ImportModule("imgsearch._core");
+    PyObject *fn = mod ? PyObject_GetAttrString(mod, "_from_bytes") : NULL;
+    Py_XDECREF(mod);
+    if (!fn) {
+        Py_DECREF(b);
+        return NULL;
+    }
+    return Py_BuildValue("(N(N))", fn, b);
+}
+
+static PyObject *hnsw_get_ids(HNSWObject *self, void *closure)
+{
+    (void)closure;
+    if (!hnsw_ready(self))
+        return NULL;
+    isx_hnsw *h = self->index;
+    for (;;) {
+        isx_hnsw_lock_read(h);
+        npy_intp n = (npy_intp)h->live;
+        isx_hnsw_unlock(h);
+        PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT64);
+        if (!a)
+            return NULL;
+        size_t got;
+        isx_hnsw_lock_read(h);
+        int same = (npy_intp)h->live == n;
+        if (same)
+            isx_hnsw_ids(h, PyArray_DATA(a), (size_t)n, &got);
+        isx_hnsw_unlock(h);
+        if (same)
+            return (PyObject *)a;
+        Py_DECREF(a); /* an add or remove came in between: try again */
+    }
+}
+
+static PyObject *hnsw_get_dim(HNSWObject *self, void *c)
+{
+    (void)c;
+    return hnsw_ready(self) ? PyLong_FromSize_t(self->index->dim) : NULL;
+}
+
+static PyObject *hnsw_get_metric(HNSWObject *self, void *c)
+{
+    (void)c;
+    return hnsw_ready(self) ? PyUnicode_FromString(isx_metric_name(self->index->metric)) : NULL;
+}
+
+static PyObject *hnsw_get_dtype(HNSWObject *self, void *c)
+{
+    (void)c;
+    return hnsw_ready(self) ? PyUnicode_FromString(dtype_name(self->index->dtype)) : NULL;
+}
+
+static PyObject *hnsw_get_M(HNSWObject *self, void *c)
+{
+    (void)c;
+    return hnsw_ready(self) ? PyLong_FromSize_t(self->index->M) : NULL;
+}
+
+static PyObject *hnsw_get_efc(HNSWObject *self, void *c)
+{
+    (void)c;
+    return hnsw_ready(self) ? PyLong_FromSize_t(self->index->ef_construction) : NULL;
+}
+
+static PyObject *hnsw_get_ef(HNSWObject *self, void *c)
+{
+    (void)c;
+    return hnsw_ready(self) ? PyLong_FromSize_t(self->index->ef_search) : NULL;
+}
+
+static int hnsw_set_ef(HNSWObject *self, PyObject *value, void *c)
+{
+    (void)c;
+    size_t ef;
+    if (!hnsw_ready(self))
+        return -1;
+    if (!value) {
+        PyErr_SetString(PyExc_AttributeError, "ef cannot be deleted");
+        return -1;
+    }
+    if (parse_positive(value, "ef", 1, ISX_HNSW_MAX_EF, &ef) < 0)
+        return -1;
+    int rc = isx_hnsw_set_ef(self->index, ef);
+    if (rc) {
+        isx_py_raise(rc);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *hnsw_get_memory(HNSWObject *self, void *c)
+{
+    (void)c;
+    return hnsw_ready(self) ? PyLong_FromSize_t(isx_hnsw_memory(self->index)) : NULL;
+}
+
+static PyObject *hnsw_get_mapped(HNSWObject *self, void *c)
+{
+    (void)c;
+    return hnsw_ready(self) ? PyBool_FromLong(!self->index->level0_owned) : NULL;
+}
+
+static Py_ssize_t hnsw_len(HNSWObject *self)
+{
+    return hnsw_ready(self) ? (Py_ssize_t)self->index->live : -1;
+}
+
+static PyObject *hnsw_repr(HNSWObject *self)
+{
+    if (!self->index)
+        return PyUnicode_FromString("HNSWIndex(<uninitialised>)");
+    isx_hnsw *h = self->index;
+    return PyUnicode_FromFormat("HNSWIndex(dim=%zu, metric=\"%s\", M=%zu, ef_construction=%zu, dtype=\"%s\", count=%zu)",
+                                h->dim, isx_metric_name(h->metric), h->M, h->ef_construction, dtype_name(h->dtype),
+                                h->live);
+}
+
+static PyMethodDef hnsw_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))hnsw_add, METH_VARARGS | METH_KEYWORDS,
+     "add(X, ids=None, *, threads=None)\n--\n\n"
+     "Insert vectors X (n, dim) float32 (packed uint8 for hamming), on `threads`\n"
+     "native threads (default: all CPUs) without the GIL.  ids default to the next\n"
+     "unused ids; an id already present has its vector replaced.  Capacity grows by\n"
+     "itself.  Searches from other threads wait until the add is done."},
+    {"search", (PyCFunction)(void (*)(void))hnsw_search, METH_VARARGS | METH_KEYWORDS,
+     "search(Q, k=10, *, ef=None, filter=None, threads=None)\n--\n\n"
+     "Approximate k nearest neighbours.  Returns (D, I), float32 and int64 (nq, k),\n"
+     "nearest first, padded with inf / -1 when fewer are found (never an error).\n"
+     "ef (default: the `ef` property) is the search breadth, at least k; larger is\n"
+     "slower and more exact.  filter: a boolean mask over ids or an array of allowed\n"
+     "ids, applied during the walk; a selective filter switches to an exact scan of\n"
+     "the allowed vectors.  Queries run in parallel (threads=None: all CPUs).\n"
+     "Thread-safe: many searches may run at once."},
+    {"remove", (PyCFunction)(void (*)(void))hnsw_remove, METH_VARARGS | METH_KEYWORDS,
+     "remove(ids, *, threads=None)\n--\n\n"
+     "Remove ids (absent ids are ignored) and repair the graph around them; their\n"
+     "slots are reused by later adds.  Returns how many were removed."},
+    {"get", (PyCFunction)hnsw_get, METH_O,
+     "get(ids)\n--\n\nThe stored vectors of ids as float32 (unit length for cosine; decoded\n"
+     "for float16/int8), one row for a scalar id; KeyError if absent."},
+    {"check", (PyCFunction)hnsw_check, METH_NOARGS,
+     "check()\n--\n\nVerify the graph's invariants (links in range and to live nodes, degree\n"
+     "bounds, levels, entry point, id map); True, or AssertionError naming the fault."},
+    {"save", (PyCFunction)(void (*)(void))hnsw_save, METH_VARARGS | METH_KEYWORDS,
+     "save(path)\n--\n\nWrite the index atomically; imgsearch.load(path, mmap=True) maps it back."},
+    {"to_bytes", (PyCFunction)hnsw_to_bytes, METH_NOARGS, "to_bytes()\n--\n\nThe saved file's bytes."},
+    {"__reduce__", (PyCFunction)hnsw_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef hnsw_getset[] = {
+    {"dim", (getter)hnsw_get_dim, NULL, "dimension (bits for hamming)", NULL},
+    {"metric", (getter)hnsw_get_metric, NULL, "metric name", NULL},
+    {"dtype", (getter)hnsw_get_dtype, NULL, "storage type: float32, float16, int8 or bits", NULL},
+    {"M", (getter)hnsw_get_M, NULL, "links per node on the upper levels (2M at level 0)", NULL},
+    {"ef_construction", (getter)hnsw_get_efc, NULL, "search breadth used while inserting", NULL},
+    {"ef", (getter)hnsw_get_ef, (setter)hnsw_set_ef, "default search breadth (saved with the index)", NULL},
+    {"ids", (getter)hnsw_get_ids, NULL, "ids of the stored vectors (a copy)", NULL},
+    {"memory_usage", (getter)hnsw_get_memory, NULL, "bytes held by the index", NULL},
+    {"mapped", (getter)hnsw_get_mapped, NULL, "True while the graph is read from a loaded file (mmap)", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PySequenceMethods hnsw_as_sequence = {.sq_length = (lenfunc)hnsw_len};
+
+PyTypeObject isx_HNSWType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "imgsearch.HNSWIndex",
+    .tp_basicsize = sizeof(HNSWObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "HNSWIndex(dim, metric=\"l2\", M=16, ef_construction=200, seed=0, dtype=\"float32\")\n--\n\n"
+              "Approximate nearest-neighbour index (HNSW graph).  metric: l2, ip, cosine\n"
+              "(vectors normalised at insert), l1, hamming (dim in bits, packed uint8 rows).\n"
+              "dtype: float32, float16 (half the memory) or int8 (scalar-quantised, a quarter).\n"
+              "With threads=1 and a seed the graph is deterministic.",
+    .tp_new = hnsw_new,
+    .tp_init = (initproc)hnsw_init,
+    .tp_dealloc = (destructor)hnsw_dealloc,
+    .tp_methods = hnsw_methods,
+    .tp_getset = hnsw_getset,
+    .tp_as_sequence = &hnsw_as_sequence,
+    .tp_repr = (reprfunc)hnsw_repr,
+};
