@@ -9,7 +9,7 @@ The core imports with NumPy alone; torch, Pillow, pandas and matplotlib are
 optional and imported only by the features that need them.
 """
 from . import _core, distance
-from ._core import FlatIndex, IndexFormatError, capabilities, load
+from ._core import FlatIndex, IndexFormatError, KDTreeIndex, capabilities, load
 
 __version__ = "0.1.0"
-__all__ = ["FlatIndex", "IndexFormatError", "capabilities", "distance", "load", "__version__"]
+__all__ = ["FlatIndex", "IndexFormatError", "KDTreeIndex", "capabilities", "distance", "load", "__version__"]

@@ -4,9 +4,14 @@
 
 #include "py_common.h"
 #include "../index/flat.h"
+#include "../index/kdtree.h"
 
 extern PyTypeObject isx_FlatType;
 /* A new FlatIndex object owning f (destroyed on failure). */
 PyObject *isx_py_flat_wrap(isx_flat *f);
+
+extern PyTypeObject isx_KDTreeType;
+/* A new KDTreeIndex object owning kd (destroyed on failure). */
+PyObject *isx_py_kdtree_wrap(isx_kdtree *kd);
 
 #endif
