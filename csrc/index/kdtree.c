@@ -63,7 +63,6 @@
 #include <string.h>
 
 #include "../common/idmap.h"
-#include "../simd/simd.h"
 #include "kdtree.h"
 #include "topk.h"
 
@@ -78,6 +77,7 @@
 #define KD_QUERY_BLOCK 32                /* queries per parallel task */
 #define KD_SUBSET_RATIO 16               /* filter allows < count/16: scan only those */
 #define KD_PARALLEL_MIN_POINTS 65536     /* smaller trees are built on one thread */
+#define KD_SORT_MIN_QUERIES 256          /* fewer queries run in the caller's order */
 
 typedef struct {
     union {
@@ -162,10 +162,9 @@ static size_t node_count(size_t m, size_t leaf)
 }
 
 typedef struct {
-    const float *rows;
+    float *work;         /* the rows, partitioned in place along with perm */
     size_t dim, leaf;
     uint32_t *perm;
-    float *keys;         /* scratch, indexed like perm */
     kd_node *nodes;
     /* parallel build: subtrees left for the workers */
     size_t *task_start, *task_end;
@@ -174,28 +173,38 @@ typedef struct {
     float **scratch;     /* per worker: 2 * dim floats */
 } build_ctx;
 
-/* Put the kth smallest key at kth, smaller ones before and larger after
- * (Hoare partition around a median of three; equal keys stop both scans,
- * so runs of duplicates split evenly). */
-static void select_kth(float *key, uint32_t *perm, ptrdiff_t n, ptrdiff_t kth)
+static inline void swap_rows(float *work, uint32_t *perm, size_t dim, ptrdiff_t i, ptrdiff_t j)
+{
+    float *a = work + (size_t)i * dim, *b = work + (size_t)j * dim;
+    for (size_t u = 0; u < dim; u++) {
+        float t = a[u];
+        a[u] = b[u];
+        b[u] = t;
+    }
+    uint32_t tp = perm[i];
+    perm[i] = perm[j];
+    perm[j] = tp;
+}
+
+/* Put the row with the kth smallest coordinate d at kth, smaller ones
+ * before and larger after (Hoare partition around a median of three; equal
+ * keys stop both scans, so runs of duplicates split evenly).  Rows move
+ * with their permutation entries, so every pass reads memory in order. */
+static void select_rows(float *work, uint32_t *perm, size_t dim, size_t d, ptrdiff_t n, ptrdiff_t kth)
 {
     ptrdiff_t lo = 0, hi = n - 1;
+#define KD_KEY(i) work[(size_t)(i) * dim + d]
     while (hi > lo) {
-        float a = key[lo], b = key[lo + (hi - lo) / 2], c = key[hi];
+        float a = KD_KEY(lo), b = KD_KEY(lo + (hi - lo) / 2), c = KD_KEY(hi);
         float pivot = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
         ptrdiff_t i = lo, j = hi;
         while (i <= j) {
-            while (key[i] < pivot)
+            while (KD_KEY(i) < pivot)
                 i++;
-            while (key[j] > pivot)
+            while (KD_KEY(j) > pivot)
                 j--;
             if (i <= j) {
-                float tk = key[i];
-                key[i] = key[j];
-                key[j] = tk;
-                uint32_t tp = perm[i];
-                perm[i] = perm[j];
-                perm[j] = tp;
+                swap_rows(work, perm, dim, i, j);
                 i++;
                 j--;
             }
@@ -205,19 +214,19 @@ static void select_kth(float *key, uint32_t *perm, ptrdiff_t n, ptrdiff_t kth)
         else if (kth >= i)
             lo = i;
         else
-            return;
+            break;
     }
+#undef KD_KEY
 }
 
-/* Widest dimension of the points at positions [s, e). */
-static uint32_t widest_dim(const build_ctx *b, size_t s, size_t e, float *lo, float *hi)
+/* Bounding box of rows [s, e) into lo/hi; returns the widest dimension. */
+static uint32_t widest_dim(const float *work, size_t dim, size_t s, size_t e, float *lo, float *hi)
 {
-    size_t dim = b->dim;
-    const float *first = b->rows + (size_t)b->perm[s] * dim;
+    const float *first = work + s * dim;
     memcpy(lo, first, dim * sizeof(float));
     memcpy(hi, first, dim * sizeof(float));
     for (size_t i = s + 1; i < e; i++) {
-        const float *x = b->rows + (size_t)b->perm[i] * dim;
+        const float *x = work + i * dim;
         for (size_t j = 0; j < dim; j++) {
             lo[j] = x[j] < lo[j] ? x[j] : lo[j];
             hi[j] = x[j] > hi[j] ? x[j] : hi[j];
@@ -237,18 +246,18 @@ static uint32_t widest_dim(const build_ctx *b, size_t s, size_t e, float *lo, fl
 /* Split the inner node over [s, e) at its median; returns the middle. */
 static size_t split_node(build_ctx *b, size_t s, size_t e, kd_node *nd, float *scratch)
 {
-    uint32_t d = widest_dim(b, s, e, scratch, scratch + b->dim);
     size_t dim = b->dim;
-    for (size_t i = s; i < e; i++)
-        b->keys[i] = b->rows[(size_t)b->perm[i] * dim + d];
+    uint32_t d = widest_dim(b->work, dim, s, e, scratch, scratch + dim);
     size_t half = (e - s) / 2, mid = s + half;
-    select_kth(b->keys + s, b->perm + s, (ptrdiff_t)(e - s), (ptrdiff_t)half);
-    float left_hi = b->keys[s];
-    for (size_t i = s + 1; i < mid; i++)
-        left_hi = b->keys[i] > left_hi ? b->keys[i] : left_hi;
+    select_rows(b->work + s * dim, b->perm + s, dim, d, (ptrdiff_t)(e - s), (ptrdiff_t)half);
+    float left_hi = b->work[s * dim + d];
+    for (size_t i = s + 1; i < mid; i++) {
+        float v = b->work[i * dim + d];
+        left_hi = v > left_hi ? v : left_hi;
+    }
     nd->dim = d;
     nd->u.in.left_hi = left_hi;
-    nd->u.in.right_lo = b->keys[mid];
+    nd->u.in.right_lo = b->work[mid * dim + d];
     return mid;
 }
 
@@ -306,8 +315,11 @@ static void tree_free(kd_tree *t)
     free(t);
 }
 
-/* A tree over n rows (n >= 1) read in place; fills perm, nodes and the box. */
-static int tree_build(const float *rows, size_t n, size_t dim, size_t leaf, int nthreads, kd_tree **out)
+/* A tree over n rows (n >= 1): perm, nodes and the box.  With in_place the
+ * rows themselves are reordered into tree order (perm says where each came
+ * from); otherwise they are only read, through a temporary working copy
+ * that keeps every pass of the build sequential in memory. */
+static int tree_build(float *rows, int in_place, size_t n, size_t dim, size_t leaf, int nthreads, kd_tree **out)
 {
     *out = NULL;
     if (n > KD_MAX_TREE_POINTS)
@@ -330,13 +342,13 @@ static int tree_build(const float *rows, size_t n, size_t dim, size_t leaf, int 
     t->perm = malloc(n * sizeof(uint32_t));
     t->nodes = malloc(t->nnodes * sizeof(kd_node));
     t->lo = malloc(2 * dim * sizeof(float));
-    b.keys = malloc(n * sizeof(float));
+    b.work = in_place ? rows : malloc(n * dim * sizeof(float));
     b.scratch = calloc((size_t)nscratch, sizeof(float *));
     size_t maxtasks = (size_t)1 << levels;
     b.task_start = malloc(maxtasks * sizeof(size_t));
     b.task_end = malloc(maxtasks * sizeof(size_t));
     b.task_node = malloc(maxtasks * sizeof(uint32_t));
-    if (!t->perm || !t->nodes || !t->lo || !b.keys || !b.scratch || !b.task_start || !b.task_end || !b.task_node) {
+    if (!t->perm || !t->nodes || !t->lo || !b.work || !b.scratch || !b.task_start || !b.task_end || !b.task_node) {
         rc = isx_error(ISX_ENOMEM, "cannot allocate a KD-tree over %zu points", n);
         goto cleanup;
     }
@@ -346,15 +358,16 @@ static int tree_build(const float *rows, size_t n, size_t dim, size_t leaf, int 
             goto cleanup;
         }
     }
+    if (!in_place)
+        memcpy(b.work, rows, n * dim * sizeof(float));
     t->hi = t->lo + dim;
     for (size_t i = 0; i < n; i++)
         t->perm[i] = (uint32_t)i;
-    b.rows = rows;
     b.dim = dim;
     b.leaf = leaf;
     b.perm = t->perm;
     b.nodes = t->nodes;
-    widest_dim(&b, 0, n, t->lo, t->hi);
+    widest_dim(b.work, dim, 0, n, t->lo, t->hi);
     if (levels == 0) {
         build_subtree(&b, 0, n, 0, b.scratch[0]);
     } else {
@@ -366,7 +379,8 @@ cleanup:
         for (int w = 0; w < nscratch; w++)
             free(b.scratch[w]);
     free(b.scratch);
-    free(b.keys);
+    if (!in_place)
+        free(b.work);
     free(b.task_start);
     free(b.task_end);
     free(b.task_node);
@@ -379,33 +393,26 @@ cleanup:
 }
 
 /* A tree that owns `rows` and `ids` (n >= 1, taken over on success), stored
- * in tree order. */
+ * in tree order.  On failure nothing has changed (the build cannot fail
+ * once its memory is allocated). */
 static int tree_build_owned(float *rows, int64_t *ids, size_t n, size_t dim, size_t leaf, int nthreads,
                             kd_tree **out)
 {
     kd_tree *t;
-    int rc = tree_build(rows, n, dim, leaf, nthreads, &t);
-    if (rc)
-        return rc;
-    size_t bytes = n * dim * sizeof(float);
-    float *ordered = malloc(bytes);
     int64_t *oids = malloc(n * sizeof(int64_t));
-    if (!ordered || !oids) {
-        free(ordered);
+    if (!oids)
+        return isx_error(ISX_ENOMEM, "cannot allocate ids for %zu points", n);
+    int rc = tree_build(rows, 1, n, dim, leaf, nthreads, &t);
+    if (rc) {
         free(oids);
-        tree_free(t);
-        return isx_error(ISX_ENOMEM, "cannot allocate %zu bytes for a KD-tree", bytes);
+        return rc;
     }
-    for (size_t i = 0; i < n; i++) {
-        memcpy(ordered + i * dim, rows + (size_t)t->perm[i] * dim, dim * sizeof(float));
+    for (size_t i = 0; i < n; i++)
         oids[i] = ids[t->perm[i]];
-    }
-    free(rows);
     free(ids);
     free(t->perm);
     t->perm = NULL;
-    t->owned = ordered;
-    t->rows = ordered;
+    t->owned = rows;
     t->ids = oids;
     *out = t;
     return ISX_OK;
@@ -769,8 +776,13 @@ int isx_kdtree_add(isx_kdtree *kd, const float *X, size_t n, const int64_t *ids,
         rc = isx_error(ISX_EINVAL, "default ids would overflow int64: pass ids explicitly");
         goto cleanup;
     }
+    if (kd->count == 0) {
+        /* a first add builds the map lazily, like borrow: not while building */
+        isx_idmap_clear(&kd->map);
+        atomic_store_explicit(&kd->map_ready, 0, memory_order_relaxed);
+    }
     int track = atomic_load_explicit(&kd->map_ready, memory_order_relaxed);
-    if (ids && !track) {
+    if (ids && !track && kd->count > 0) { /* replacing needs to find the ids */
         if ((rc = ensure_map(kd)))
             goto cleanup;
         track = 1;
@@ -779,7 +791,7 @@ int isx_kdtree_add(isx_kdtree *kd, const float *X, size_t n, const int64_t *ids,
         (track && (rc = isx_idmap_reserve(&kd->map, kd->count + n))))
         goto cleanup;
     /* nothing can fail from here until the merge */
-    if (ids) {
+    if (ids && track) {
         for (size_t i = 0; i < n; i++) {
             int64_t loc = isx_idmap_get(&kd->map, ids[i]);
             if (loc >= 0) {
@@ -827,7 +839,7 @@ int isx_kdtree_borrow(isx_kdtree *kd, const float *data, size_t n, const int64_t
     if (n == 0)
         goto cleanup;
     kd_tree *t;
-    if ((rc = tree_build(data, n, kd->dim, kd->leaf_size, nthreads, &t)))
+    if ((rc = tree_build((float *)data, 0, n, kd->dim, kd->leaf_size, nthreads, &t)))
         goto cleanup;
     if (!(t->ids = malloc(n * sizeof(int64_t)))) {
         tree_free(t);
@@ -1129,39 +1141,43 @@ static inline __attribute__((always_inline)) float row_dist(const float *x, cons
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
-static inline __attribute__((always_inline)) void leaf_dists(const kd_tree *t, size_t s, size_t e, const float *q,
-                                                             size_t D, int l1, float *out)
+static inline __attribute__((always_inline)) void rows_dists(const float *rows, const uint32_t *perm, size_t s,
+                                                             size_t e, const float *q, size_t D, int l1, float *out)
 {
-    if (t->perm) {
+    if (perm) {
         for (size_t i = s; i < e; i++)
-            out[i - s] = row_dist(t->rows + (size_t)t->perm[i] * D, q, D, l1);
+            out[i - s] = row_dist(rows + (size_t)perm[i] * D, q, D, l1);
     } else {
-        const float *x = t->rows + s * D;
+        const float *x = rows + s * D;
         for (size_t i = s; i < e; i++, x += D)
             out[i - s] = row_dist(x, q, D, l1);
     }
 }
 
-static void leaf_distances(const kd_walk *w, size_t s, size_t e, float *out)
+/* Distances of q to rows [s, e) (through perm when not NULL), with the
+ * loop specialised for the common small dimensions.  Every distance the
+ * index returns comes from here, so a point's distance does not depend on
+ * where it lives (buffer, borrowed tree, owned tree). */
+static void dists(const isx_kdtree *kd, const float *rows, const uint32_t *perm, size_t s, size_t e,
+                  const float *q, float *out)
 {
-    const kd_tree *t = w->t;
-    size_t dim = w->kd->dim;
-    int l1 = w->kd->metric == ISX_METRIC_L1;
-#define KD_CASE(D)                                   \
-    case D:                                          \
-        if (l1)                                      \
-            leaf_dists(t, s, e, w->q, D, 1, out);    \
-        else                                         \
-            leaf_dists(t, s, e, w->q, D, 0, out);    \
+    size_t dim = kd->dim;
+    int l1 = kd->metric == ISX_METRIC_L1;
+#define KD_CASE(D)                                       \
+    case D:                                              \
+        if (l1)                                          \
+            rows_dists(rows, perm, s, e, q, D, 1, out);  \
+        else                                             \
+            rows_dists(rows, perm, s, e, q, D, 0, out);  \
         return;
     switch (dim) {
         KD_CASE(1) KD_CASE(2) KD_CASE(3) KD_CASE(4) KD_CASE(5) KD_CASE(6) KD_CASE(7) KD_CASE(8)
         KD_CASE(10) KD_CASE(12) KD_CASE(16)
     default:
         if (l1)
-            leaf_dists(t, s, e, w->q, dim, 1, out);
+            rows_dists(rows, perm, s, e, q, dim, 1, out);
         else
-            leaf_dists(t, s, e, w->q, dim, 0, out);
+            rows_dists(rows, perm, s, e, q, dim, 0, out);
     }
 #undef KD_CASE
 }
@@ -1176,7 +1192,7 @@ static __attribute__((noinline)) void walk_leaf(kd_walk *w, const kd_node *nd)
     w->leaves_left--;
     float d[ISX_KDTREE_MAX_LEAF_SIZE];
     size_t s = nd->u.leaf.start, e = nd->u.leaf.end;
-    leaf_distances(w, s, e, d);
+    dists(w->kd, w->t->rows, w->t->perm, s, e, w->q, d);
     offer(w, d, w->t->ids + s, e - s, w->skip, s);
 }
 
@@ -1250,9 +1266,9 @@ typedef struct {
     float prune;
     size_t max_leaves;
     const skipset *sk;
-    isx_dist_fn dist;
     float *D;
     int64_t *labels;
+    uint32_t *order;     /* queries in the order of their leaves, or NULL */
     /* per worker */
     float **off, **bufd, **heapd;
     int64_t **heaps;
@@ -1268,13 +1284,13 @@ static void scan_flat(search_ctx *c, kd_walk *w, const float *q, float *dbuf)
     if (c->sk->use_subset) {
         for (size_t i = 0; i < c->sk->nsubset; i++) {
             float d;
-            c->dist(q, c->sk->subset_rows[i], 1, kd->dim, &d);
+            dists(kd, c->sk->subset_rows[i], NULL, 0, 1, q, &d);
             offer(w, &d, c->sk->subset_ids + i, 1, NULL, 0);
         }
         return;
     }
     if (kd->nbuf) {
-        c->dist(q, kd->buf, kd->nbuf, kd->dim, dbuf);
+        dists(kd, kd->buf, NULL, 0, kd->nbuf, q, dbuf);
         offer(w, dbuf, kd->buf_ids, kd->nbuf, c->sk->buf_skip, 0);
     }
 }
@@ -1289,7 +1305,8 @@ static int task_search(void *ctx, size_t task, int worker)
     w.kd = kd;
     w.off = c->off[worker];
     w.prune = c->prune;
-    for (size_t qi = q0; qi < q1; qi++) {
+    for (size_t at = q0; at < q1; at++) {
+        size_t qi = c->order ? c->order[at] : at;
         const float *q = c->Q + qi * kd->dim;
         w.q = q;
         w.leaves_left = c->max_leaves;
@@ -1348,6 +1365,47 @@ static void **alloc_rows(int n, size_t bytes)
     return b;
 }
 
+/* The leaf of tree t whose cell is nearer to q at every node. */
+static uint32_t descend(const kd_tree *t, const float *q)
+{
+    uint32_t ni = 0;
+    while (t->nodes[ni].dim != KD_LEAF) {
+        const kd_node *nd = &t->nodes[ni];
+        float qd = q[nd->dim];
+        ni = qd - nd->u.in.left_hi <= nd->u.in.right_lo - qd ? ni + 1 : nd->right;
+    }
+    return ni;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Queries sorted by the leaf of the largest tree they fall in: consecutive
+ * queries then walk mostly the same nodes and rows, which stay in cache.
+ * NULL (run in the caller's order) when that cannot pay or memory is short. */
+static uint32_t *query_order(const isx_kdtree *kd, const float *Q, size_t nq)
+{
+    if (kd->ntrees == 0 || nq < KD_SORT_MIN_QUERIES || nq > UINT32_MAX)
+        return NULL;
+    uint64_t *keys = malloc(nq * sizeof(uint64_t));
+    uint32_t *order = malloc(nq * sizeof(uint32_t));
+    if (!keys || !order) {
+        free(keys);
+        free(order);
+        return NULL;
+    }
+    for (size_t i = 0; i < nq; i++)
+        keys[i] = ((uint64_t)descend(kd->trees[0], Q + i * kd->dim) << 32) | i;
+    qsort(keys, nq, sizeof(uint64_t), cmp_u64);
+    for (size_t i = 0; i < nq; i++)
+        order[i] = (uint32_t)keys[i];
+    free(keys);
+    return order;
+}
+
 /* Shared by k-NN and range search: c->hits selects the mode. */
 static int run_search(isx_kdtree *kd, search_ctx *c, const isx_filter *filter, int nthreads)
 {
@@ -1364,7 +1422,6 @@ static int run_search(isx_kdtree *kd, search_ctx *c, const isx_filter *filter, i
         goto cleanup;
     c->kd = kd;
     c->sk = &sk;
-    c->dist = isx_kernels_active()->dist[kd->metric];
     c->heap_k = c->k < kd->count ? c->k : (kd->count ? kd->count : 1);
     c->off = (float **)alloc_rows(nthreads, kd->dim * sizeof(float));
     c->bufd = (float **)alloc_rows(nthreads, kd->nbuf * sizeof(float));
@@ -1374,8 +1431,11 @@ static int run_search(isx_kdtree *kd, search_ctx *c, const isx_filter *filter, i
         rc = isx_error(ISX_ENOMEM, "cannot allocate search buffers");
         goto cleanup;
     }
+    if (!getenv("IMGSEARCH_KD_NOSORT"))
+    c->order = query_order(kd, c->Q, c->nq);
     rc = isx_parallel_for(nthreads, (c->nq + KD_QUERY_BLOCK - 1) / KD_QUERY_BLOCK, task_search, c);
 cleanup:
+    free(c->order);
     free_rows((void **)c->off, nthreads);
     free_rows((void **)c->bufd, nthreads);
     free_rows((void **)c->heapd, nthreads);
