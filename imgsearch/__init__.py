@@ -11,7 +11,7 @@ The core imports with NumPy alone; torch, Pillow, pandas and matplotlib are
 optional and imported only by the features that need them.
 """
 from . import _core, distance
-from ._core import (FlatIndex, HNSWIndex, ImageDecodeError, IndexFormatError, capabilities,
+from ._core import (FlatIndex, HNSWIndex, ImageDecodeError, IndexFormatError, KDTreeIndex, capabilities,
                     load)
 from . import features, image  # noqa: E402  (after _core: they import from it)
 from . import evaluate  # noqa: E402
@@ -19,5 +19,5 @@ from .engine import ImageSearch  # noqa: E402  (torch, PIL, pandas stay unimport
 from .results import SearchResults  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["FlatIndex", "HNSWIndex", "ImageSearch", "SearchResults", "ImageDecodeError",
+__all__ = ["FlatIndex", "HNSWIndex", "KDTreeIndex", "ImageSearch", "SearchResults", "ImageDecodeError",
            "IndexFormatError", "capabilities", "distance", "evaluate", "features", "image", "load", "__version__"]

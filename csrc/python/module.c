@@ -166,6 +166,15 @@ static PyObject *index_from_file(isx_file *f)
             return isx_py_raise(rc);
         return isx_py_hnsw_wrap(hnsw);
     }
+    case ISX_KIND_KDTREE: {
+        isx_kdtree *kd;
+        Py_BEGIN_ALLOW_THREADS
+        rc = isx_kdtree_from_file(f, 0, &kd);
+        Py_END_ALLOW_THREADS
+        if (rc)
+            return isx_py_raise(rc);
+        return isx_py_kdtree_wrap(kd);
+    }
     default: {
         unsigned kind = f->header.kind;
         isx_format_close(f);
@@ -286,6 +295,13 @@ PyMODINIT_FUNC PyInit__core(void)
     Py_INCREF(&isx_HNSWType);
     if (PyModule_AddObject(m, "HNSWIndex", (PyObject *)&isx_HNSWType) < 0) {
         Py_DECREF(&isx_HNSWType);
+        goto error;
+    }
+    if (PyType_Ready(&isx_KDTreeType) < 0)
+        goto error;
+    Py_INCREF(&isx_KDTreeType);
+    if (PyModule_AddObject(m, "KDTreeIndex", (PyObject *)&isx_KDTreeType) < 0) {
+        Py_DECREF(&isx_KDTreeType);
         goto error;
     }
     isx_IndexFormatError = PyErr_NewExceptionWithDoc(

@@ -1,0 +1,563 @@
+/*
+ * py_kdtree.c -- imgsearch.KDTreeIndex, the Python face of index/kdtree.c.
+ *
+ * Like FlatIndex: arguments are converted and checked with the GIL held,
+ * outputs allocated, then the GIL is released for the C call.  While a tree
+ * reads a caller's array (from_array(copy=False)) the object keeps that
+ * array alive; it lets it go once the C index no longer borrows it.
+ */
+#include "py_common.h"
+#include "py_index.h"
+#include "../index/kdtree.h"
+
+typedef struct {
+    PyObject_HEAD
+    isx_kdtree *index;
+    PyObject *owner; /* keeps borrowed vectors alive */
+} KDTreeObject;
+
+static int kd_ready(KDTreeObject *self)
+{
+    if (!self->index) {
+        PyErr_SetString(PyExc_RuntimeError, "KDTreeIndex is not initialised (call KDTreeIndex(dim, metric))");
+        return 0;
+    }
+    return 1;
+}
+
+static void kd_drop_owner(KDTreeObject *self)
+{
+    if (self->owner && !isx_kdtree_borrows(self->index))
+        Py_CLEAR(self->owner);
+}
+
+static PyObject *kd_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    (void)args;
+    (void)kw;
+    return type->tp_alloc(type, 0);
+}
+
+static int parse_leaf_size(Py_ssize_t leaf)
+{
+    if (leaf < 1 || leaf > ISX_KDTREE_MAX_LEAF_SIZE) {
+        PyErr_Format(PyExc_ValueError, "expected 1 <= leaf_size <= %d, found leaf_size=%zd",
+                     ISX_KDTREE_MAX_LEAF_SIZE, leaf);
+        return -1;
+    }
+    return 0;
+}
+
+static int kd_init(KDTreeObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"dim", "metric", "leaf_size", NULL};
+    Py_ssize_t dim, leaf = ISX_KDTREE_LEAF_SIZE_DEFAULT;
+    PyObject *metric_obj = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "n|O$n:KDTreeIndex", kwlist, &dim, &metric_obj, &leaf))
+        return -1;
+    isx_metric metric = ISX_METRIC_L2;
+    if ((metric_obj && isx_py_metric(metric_obj, &metric) < 0) || parse_leaf_size(leaf) < 0)
+        return -1;
+    if (dim < 1) {
+        PyErr_Format(PyExc_ValueError, "expected dim >= 1, found dim=%zd", dim);
+        return -1;
+    }
+    isx_kdtree *kd;
+    int rc = isx_kdtree_create(metric, (size_t)dim, (size_t)leaf, &kd);
+    if (rc) {
+        isx_py_raise(rc);
+        return -1;
+    }
+    isx_kdtree_destroy(self->index);
+    Py_CLEAR(self->owner);
+    self->index = kd;
+    return 0;
+}
+
+static void kd_dealloc(KDTreeObject *self)
+{
+    isx_kdtree_destroy(self->index);
+    Py_CLEAR(self->owner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyObject *isx_py_kdtree_wrap(isx_kdtree *kd)
+{
+    KDTreeObject *self = (KDTreeObject *)isx_KDTreeType.tp_alloc(&isx_KDTreeType, 0);
+    if (!self) {
+        isx_kdtree_destroy(kd);
+        return NULL;
+    }
+    self->index = kd;
+    return (PyObject *)self;
+}
+
+static PyObject *kd_add(KDTreeObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"X", "ids", "threads", NULL};
+    PyObject *x_obj, *ids_obj = Py_None, *threads_obj = Py_None;
+    if (!kd_ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|O$O:add", kwlist, &x_obj, &ids_obj, &threads_obj))
+        return NULL;
+    int threads;
+    if (isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    isx_kdtree *kd = self->index;
+    PyArrayObject *X = isx_py_matrix(x_obj, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), 1, "X");
+    if (!X)
+        return NULL;
+    PyArrayObject *ids = NULL;
+    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids"))) {
+        Py_DECREF(X);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_kdtree_add(kd, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
+                        ids ? (const int64_t *)PyArray_DATA(ids) : NULL, threads);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(X);
+    Py_XDECREF(ids);
+    if (rc)
+        return isx_py_raise(rc);
+    kd_drop_owner(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *kd_from_array(PyObject *cls, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"X", "metric", "copy", "ids", "leaf_size", "threads", NULL};
+    PyObject *x_obj, *metric_obj = NULL, *ids_obj = Py_None, *threads_obj = Py_None;
+    int copy = 0;
+    Py_ssize_t leaf = ISX_KDTREE_LEAF_SIZE_DEFAULT;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$pOnO:from_array", kwlist, &x_obj, &metric_obj, &copy, &ids_obj,
+                                     &leaf, &threads_obj))
+        return NULL;
+    isx_metric metric = ISX_METRIC_L2;
+    int threads;
+    if ((metric_obj && isx_py_metric(metric_obj, &metric) < 0) || parse_leaf_size(leaf) < 0 ||
+        isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    PyArrayObject *X = isx_py_matrix(x_obj, NPY_FLOAT32, 0, copy, "X");
+    if (!X)
+        return NULL;
+    PyArrayObject *ids = NULL;
+    KDTreeObject *self = NULL;
+    isx_kdtree *kd = NULL;
+    int rc = isx_kdtree_create(metric, (size_t)PyArray_DIM(X, 1), (size_t)leaf, &kd);
+    if (rc) {
+        isx_py_raise(rc);
+        goto error;
+    }
+    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids")))
+        goto error;
+    Py_BEGIN_ALLOW_THREADS
+    if (copy)
+        rc = isx_kdtree_add(kd, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
+                            ids ? (const int64_t *)PyArray_DATA(ids) : NULL, threads);
+    else
+        rc = isx_kdtree_borrow(kd, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
+                               ids ? (const int64_t *)PyArray_DATA(ids) : NULL, threads);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        isx_py_raise(rc);
+        goto error;
+    }
+    self = (KDTreeObject *)((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
+    if (!self)
+        goto error;
+    self->index = kd;
+    if (!copy && isx_kdtree_borrows(kd)) {
+        self->owner = (PyObject *)X;
+        X = NULL;
+    }
+    Py_XDECREF(X);
+    Py_XDECREF(ids);
+    return (PyObject *)self;
+error:
+    isx_kdtree_destroy(kd);
+    Py_XDECREF(X);
+    Py_XDECREF(ids);
+    return NULL;
+}
+
+static int parse_k(PyObject *obj, Py_ssize_t *k)
+{
+    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "k: expected an int >= 1, found %s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *k = PyLong_AsSsize_t(obj);
+    if (*k == -1 && PyErr_Occurred())
+        return -1;
+    if (*k < 1 || (size_t)*k > ISX_MAX_K) {
+        PyErr_Format(PyExc_ValueError, "Expected 1 <= k <= %u. Got k=%zd", ISX_MAX_K, *k);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *kd_search(KDTreeObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"Q", "k", "eps", "max_leaves", "filter", "threads", NULL};
+    PyObject *q_obj, *k_obj = NULL, *leaves_obj = Py_None, *threads_obj = Py_None, *filter_obj = Py_None;
+    double eps = 0.0;
+    if (!kd_ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|O$dOOO:search", kwlist, &q_obj, &k_obj, &eps,
+                                                        &leaves_obj, &filter_obj, &threads_obj))
+        return NULL;
+    Py_ssize_t k = 10;
+    int threads;
+    if ((k_obj && parse_k(k_obj, &k) < 0) || isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    if (!(eps >= 0.0) || isinf(eps))
+    {
+        char text[64];
+        PyOS_snprintf(text, sizeof(text), "%g", eps);
+        return PyErr_Format(PyExc_ValueError, "eps: expected a finite number >= 0, found %s", text);
+    }
+    isx_kdtree_params params = {(float)eps, 0};
+    if (leaves_obj != Py_None) {
+        Py_ssize_t ml = PyLong_Check(leaves_obj) && !PyBool_Check(leaves_obj) ? PyLong_AsSsize_t(leaves_obj) : -2;
+        if (ml == -1 && PyErr_Occurred())
+            return NULL;
+        if (ml < 1)
+            return PyErr_Format(PyExc_ValueError, "max_leaves: expected None or an int >= 1, found %R", leaves_obj);
+        params.max_leaves = (size_t)ml;
+    }
+    isx_kdtree *kd = self->index;
+    PyArrayObject *Q = isx_py_matrix(q_obj, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), 1, "queries");
+    if (!Q)
+        return NULL;
+    isx_filter flt;
+    PyArrayObject *keep = NULL, *D = NULL, *L = NULL;
+    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
+        goto error;
+    npy_intp shape[2] = {PyArray_DIM(Q, 0), k};
+    D = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
+    L = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_INT64);
+    if (!D || !L)
+        goto error;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_kdtree_search(kd, PyArray_DATA(Q), (size_t)shape[0], (size_t)k, &params, &flt, threads,
+                           PyArray_DATA(D), PyArray_DATA(L));
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        isx_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(Q);
+    Py_XDECREF(keep);
+    return Py_BuildValue("(NN)", D, L);
+error:
+    Py_XDECREF(Q);
+    Py_XDECREF(keep);
+    Py_XDECREF(D);
+    Py_XDECREF(L);
+    return NULL;
+}
+
+static PyObject *copy_to_array(const void *src, npy_intp n, int type)
+{
+    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(1, &n, type);
+    if (a && n)
+        memcpy(PyArray_DATA(a), src, (size_t)n * (size_t)PyArray_ITEMSIZE(a));
+    return (PyObject *)a;
+}
+
+static PyObject *kd_range_search(KDTreeObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"Q", "radius", "filter", "threads", NULL};
+    PyObject *q_obj, *threads_obj = Py_None, *filter_obj = Py_None;
+    double radius;
+    if (!kd_ready(self) ||
+        !PyArg_ParseTupleAndKeywords(args, kw, "Od|$OO:range_search", kwlist, &q_obj, &radius, &filter_obj, &threads_obj))
+        return NULL;
+    int threads;
+    if (isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    isx_kdtree *kd = self->index;
+    PyArrayObject *Q = isx_py_matrix(q_obj, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), 1, "queries");
+    if (!Q)
+        return NULL;
+    isx_filter flt;
+    PyArrayObject *keep = NULL, *lims = NULL;
+    PyObject *Dout = NULL, *Iout = NULL;
+    float *D = NULL;
+    int64_t *Ilist = NULL;
+    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
+        goto error;
+    npy_intp nl = PyArray_DIM(Q, 0) + 1;
+    lims = (PyArrayObject *)PyArray_SimpleNew(1, &nl, NPY_INT64);
+    if (!lims)
+        goto error;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_kdtree_range_search(kd, PyArray_DATA(Q), (size_t)PyArray_DIM(Q, 0), (float)radius, &flt, threads,
+                                 PyArray_DATA(lims), &D, &Ilist);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        isx_py_raise(rc);
+        goto error;
+    }
+    npy_intp total = ((int64_t *)PyArray_DATA(lims))[nl - 1];
+    Dout = copy_to_array(D, total, NPY_FLOAT32);
+    Iout = copy_to_array(Ilist, total, NPY_INT64);
+    free(D);
+    free(Ilist);
+    D = NULL;
+    Ilist = NULL;
+    if (!Dout || !Iout)
+        goto error;
+    Py_DECREF(Q);
+    Py_XDECREF(keep);
+    return Py_BuildValue("(NNN)", lims, Dout, Iout);
+error:
+    free(D);
+    free(Ilist);
+    Py_XDECREF(Q);
+    Py_XDECREF(keep);
+    Py_XDECREF(lims);
+    Py_XDECREF(Dout);
+    Py_XDECREF(Iout);
+    return NULL;
+}
+
+static PyObject *kd_remove(KDTreeObject *self, PyObject *ids_obj)
+{
+    if (!kd_ready(self))
+        return NULL;
+    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
+    if (!ids)
+        return NULL;
+    size_t removed;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_kdtree_remove(self->index, PyArray_DATA(ids), (size_t)PyArray_SIZE(ids), &removed);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(ids);
+    if (rc)
+        return isx_py_raise(rc);
+    kd_drop_owner(self);
+    return PyLong_FromSize_t(removed);
+}
+
+static PyObject *kd_get(KDTreeObject *self, PyObject *ids_obj)
+{
+    if (!kd_ready(self))
+        return NULL;
+    int scalar = PyLong_Check(ids_obj) || PyArray_IsScalar(ids_obj, Integer);
+    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
+    if (!ids)
+        return NULL;
+    isx_kdtree *kd = self->index;
+    npy_intp shape[2] = {PyArray_SIZE(ids), (npy_intp)isx_kdtree_dim(kd)};
+    PyArrayObject *out = scalar ? (PyArrayObject *)PyArray_SimpleNew(1, shape + 1, NPY_FLOAT32)
+                                : (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
+    if (!out) {
+        Py_DECREF(ids);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_kdtree_get(kd, PyArray_DATA(ids), (size_t)shape[0], PyArray_DATA(out));
+    Py_END_ALLOW_THREADS
+    Py_DECREF(ids);
+    if (rc) {
+        Py_DECREF(out);
+        return isx_py_raise(rc);
+    }
+    return (PyObject *)out;
+}
+
+/* Serialise a snapshot of the live points, to a file or (path == NULL) to bytes. */
+static PyObject *kd_serialise(KDTreeObject *self, const char *path, PyObject *meta)
+{
+    isx_header h;
+    isx_section_out secs[ISX_KDTREE_SECTIONS + 1];
+    uint32_t nsecs;
+    isx_kdtree_snapshot snap;
+    Py_buffer mb = {0};
+    if (meta && meta != Py_None && PyObject_GetBuffer(meta, &mb, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint8_t *buf = NULL;
+    size_t size = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_kdtree_describe(self->index, &h, secs, &nsecs, &snap);
+    if (rc == ISX_OK) {
+        if (mb.buf)
+            secs[nsecs++] = (isx_section_out){ISX_SEC_META, mb.buf, (uint64_t)mb.len};
+        rc = path ? isx_format_write_file(path, &h, secs, nsecs) : isx_format_write_memory(&h, secs, nsecs, &buf, &size);
+        isx_kdtree_release_snapshot(&snap);
+    }
+    Py_END_ALLOW_THREADS
+    if (mb.buf)
+        PyBuffer_Release(&mb);
+    if (rc)
+        return isx_py_raise(rc);
+    if (path)
+        Py_RETURN_NONE;
+    PyObject *b = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)size);
+    free(buf);
+    return b;
+}
+
+static PyObject *kd_save(KDTreeObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"path", "meta", NULL};
+    PyObject *path_bytes = NULL, *meta = Py_None;
+    if (!kd_ready(self) ||
+        !PyArg_ParseTupleAndKeywords(args, kw, "O&|$O:save", kwlist, PyUnicode_FSConverter, &path_bytes, &meta))
+        return NULL;
+    PyObject *r = kd_serialise(self, PyBytes_AS_STRING(path_bytes), meta);
+    Py_DECREF(path_bytes);
+    return r;
+}
+
+static PyObject *kd_to_bytes(KDTreeObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!kd_ready(self))
+        return NULL;
+    return kd_serialise(self, NULL, NULL);
+}
+
+static PyObject *kd_reduce(KDTreeObject *self, PyObject *noargs)
+{
+    PyObject *b = kd_to_bytes(self, noargs);
+    if (!b)
+        return NULL;
+    PyObject *mod = PyImport_ImportModule("imgsearch._core");
+    PyObject *fn = mod ? PyObject_GetAttrString(mod, "_from_bytes") : NULL;
+    Py_XDECREF(mod);
+    if (!fn) {
+        Py_DECREF(b);
+        return NULL;
+    }
+    return Py_BuildValue("(N(N))", fn, b);
+}
+
+static PyObject *kd_get_ids(KDTreeObject *self, void *closure)
+{
+    (void)closure;
+    if (!kd_ready(self))
+        return NULL;
+    npy_intp n = (npy_intp)isx_kdtree_count(self->index);
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT64);
+    if (!out)
+        return NULL;
+    size_t got;
+    Py_BEGIN_ALLOW_THREADS
+    isx_kdtree_ids(self->index, PyArray_DATA(out), (size_t)n, &got);
+    Py_END_ALLOW_THREADS
+    if ((npy_intp)got != n) { /* changed meanwhile by another thread: take what is there */
+        PyObject *cut = PySequence_GetSlice((PyObject *)out, 0, (Py_ssize_t)got);
+        Py_DECREF(out);
+        return cut;
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *kd_get_dim(KDTreeObject *self, void *c)
+{
+    (void)c;
+    return kd_ready(self) ? PyLong_FromSize_t(isx_kdtree_dim(self->index)) : NULL;
+}
+
+static PyObject *kd_get_leaf_size(KDTreeObject *self, void *c)
+{
+    (void)c;
+    return kd_ready(self) ? PyLong_FromSize_t(isx_kdtree_leaf_size(self->index)) : NULL;
+}
+
+static PyObject *kd_get_metric(KDTreeObject *self, void *c)
+{
+    (void)c;
+    return kd_ready(self) ? PyUnicode_FromString(isx_metric_name(isx_kdtree_metric(self->index))) : NULL;
+}
+
+static PyObject *kd_get_borrowed(KDTreeObject *self, void *c)
+{
+    (void)c;
+    return kd_ready(self) ? PyBool_FromLong(isx_kdtree_borrows(self->index)) : NULL;
+}
+
+static Py_ssize_t kd_len(KDTreeObject *self)
+{
+    return kd_ready(self) ? (Py_ssize_t)isx_kdtree_count(self->index) : -1;
+}
+
+static PyObject *kd_repr(KDTreeObject *self)
+{
+    if (!self->index)
+        return PyUnicode_FromString("KDTreeIndex(<uninitialised>)");
+    return PyUnicode_FromFormat("KDTreeIndex(dim=%zu, metric=\"%s\", leaf_size=%zu, count=%zu)",
+                                isx_kdtree_dim(self->index), isx_metric_name(isx_kdtree_metric(self->index)),
+                                isx_kdtree_leaf_size(self->index), isx_kdtree_count(self->index));
+}
+
+static PyMethodDef kd_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))kd_add, METH_VARARGS | METH_KEYWORDS,
+     "add(X, ids=None, *, threads=None)\n--\n\n"
+     "Add vectors X (n, dim) (copied; other numeric dtypes are converted).  ids\n"
+     "default to the next unused ids; an id already present has its vector\n"
+     "replaced.  Rows go to a small buffer searched by brute force and are merged\n"
+     "into trees on a logarithmic schedule, so adds never rebuild the whole index\n"
+     "each time and searches stay exact.  ValueError for NaN/Inf, negative or\n"
+     "repeated ids."},
+    {"search", (PyCFunction)(void (*)(void))kd_search, METH_VARARGS | METH_KEYWORDS,
+     "search(Q, k=10, *, eps=0.0, max_leaves=None, filter=None, threads=None)\n--\n\n"
+     "k nearest neighbours of each query row.  Returns (D, I): float32 and int64\n"
+     "arrays of shape (nq, k), nearest first, padded with inf / -1 when fewer than\n"
+     "k vectors (or allowed ids) exist.  Exact by default; with eps > 0 the i-th\n"
+     "returned distance is within a factor (1 + eps) of the true i-th distance\n"
+     "(as scipy's cKDTree; for l2 the factor applies to the Euclidean distance);\n"
+     "max_leaves bounds the leaves visited per query (approximate).  filter: a\n"
+     "boolean mask over ids or an array of allowed ids.  Queries run in parallel\n"
+     "without the GIL; thread-safe, also during add/remove."},
+    {"range_search", (PyCFunction)(void (*)(void))kd_range_search, METH_VARARGS | METH_KEYWORDS,
+     "range_search(Q, radius, *, filter=None, threads=None)\n--\n\n"
+     "All vectors with distance < radius (squared for l2).  Returns (lims, D, I) as\n"
+     "FlatIndex does: the hits of query i are D[lims[i]:lims[i+1]], I[...], sorted."},
+    {"remove", (PyCFunction)kd_remove, METH_O,
+     "remove(ids)\n--\n\nRemove these ids (absent ids are ignored); returns how many were removed."},
+    {"get", (PyCFunction)kd_get, METH_O,
+     "get(ids)\n--\n\nCopies of the stored vectors of ids (one row for a scalar id); KeyError if absent."},
+    {"save", (PyCFunction)(void (*)(void))kd_save, METH_VARARGS | METH_KEYWORDS,
+     "save(path)\n--\n\nWrite the index atomically; the tree is rebuilt on load (see docs/FORMAT.md)."},
+    {"to_bytes", (PyCFunction)kd_to_bytes, METH_NOARGS, "to_bytes()\n--\n\nThe saved file's bytes."},
+    {"__reduce__", (PyCFunction)kd_reduce, METH_NOARGS, NULL},
+    {"from_array", (PyCFunction)(void (*)(void))kd_from_array, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "from_array(X, metric=\"l2\", *, copy=False, ids=None, leaf_size=12, threads=None)\n--\n\n"
+     "Build a tree over X.  With copy=False (the default) X is neither copied nor\n"
+     "written: the tree keeps a permutation of its rows and a reference to X, which\n"
+     "must be C-contiguous float32.  copy=True copies the rows, stored in tree order\n"
+     "(a little faster to search)."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef kd_getset[] = {
+    {"dim", (getter)kd_get_dim, NULL, "dimension", NULL},
+    {"metric", (getter)kd_get_metric, NULL, "metric name", NULL},
+    {"leaf_size", (getter)kd_get_leaf_size, NULL, "points per leaf at most", NULL},
+    {"ids", (getter)kd_get_ids, NULL, "ids of the stored vectors (a copy, in no particular order)", NULL},
+    {"borrowed", (getter)kd_get_borrowed, NULL, "True while a tree reads memory the index does not own", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PySequenceMethods kd_as_sequence = {.sq_length = (lenfunc)kd_len};
+
+PyTypeObject isx_KDTreeType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "imgsearch.KDTreeIndex",
+    .tp_basicsize = sizeof(KDTreeObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "KDTreeIndex(dim, metric=\"l2\", *, leaf_size=12)\n--\n\n"
+              "KD-tree for exact (or (1+eps)-approximate) k-NN and radius search in low and\n"
+              "medium dimensions.  metric: l2 (squared Euclidean) or l1.  Dynamic: add and\n"
+              "remove without rebuilding the whole tree.",
+    .tp_new = kd_new,
+    .tp_init = (initproc)kd_init,
+    .tp_dealloc = (destructor)kd_dealloc,
+    .tp_methods = kd_methods,
+    .tp_getset = kd_getset,
+    .tp_as_sequence = &kd_as_sequence,
+    .tp_repr = (reprfunc)kd_repr,
+};
