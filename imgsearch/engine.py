@@ -287,20 +287,25 @@ class ImageSearch:
             return None
         return tqdm(total=total, unit="img", desc="indexing")
 
+    def _id_of(self, item):
+        """The id of an int id or a path in the engine, else None."""
+        if isinstance(item, (int, np.integer)):
+            return int(item) if int(item) in self._paths else None
+        if isinstance(item, (str, os.PathLike)):
+            return self._by_path.get(os.path.abspath(os.fspath(item)))
+        return None
+
+    def _ids_of(self, items):
+        """Ids of the ids/paths given that are in the engine (others are skipped)."""
+        if isinstance(items, (str, os.PathLike, int, np.integer)):
+            items = [items]
+        ids = (self._id_of(it) for it in items)
+        return [i for i in ids if i is not None]
+
     # -- removing --------------------------------------------------------------------
     def remove(self, items):
         """Remove by path(s) or id(s); returns how many were removed."""
-        if isinstance(items, (str, os.PathLike, int, np.integer)):
-            items = [items]
-        ids = []
-        for it in items:
-            if isinstance(it, (int, np.integer)):
-                ids.append(int(it))
-            else:
-                i = self._by_path.get(os.path.abspath(os.fspath(it)))
-                if i is not None:
-                    ids.append(i)
-        ids = [i for i in ids if i in self._paths]
+        ids = self._ids_of(items)
         if ids:
             self.index.remove(np.asarray(ids, dtype=np.int64))
         for i in ids:
@@ -323,8 +328,8 @@ class ImageSearch:
             query = [query]
         items = list(query)
         labels = [os.fspath(q) if isinstance(q, (str, os.PathLike)) else f"<image {i}>" for i, q in enumerate(items)]
-        known = [self._by_path.get(os.path.abspath(q)) if isinstance(q, str) else None for q in labels]
-        if all(k is not None for k in known) and known:
+        known = [self._id_of(q) if isinstance(q, (str, os.PathLike)) else None for q in items]
+        if known and all(k is not None for k in known):
             return self.index.get(np.asarray(known, dtype=np.int64)), labels
         return self.extractor.extract(items), labels
 
@@ -333,15 +338,7 @@ class ImageSearch:
             return filter
         if callable(filter):  # a predicate on (path, metadata)
             return np.fromiter((i for i, p in self._paths.items() if filter(p, self._meta.get(i))), dtype=np.int64)
-        ids = []
-        for it in filter:
-            if isinstance(it, (int, np.integer)):
-                ids.append(int(it))
-            else:
-                i = self._by_path.get(os.path.abspath(os.fspath(it)))
-                if i is not None:
-                    ids.append(i)
-        return np.asarray(ids, dtype=np.int64)
+        return np.asarray(self._ids_of(filter), dtype=np.int64)
 
     def search(self, query, k=10, *, filter=None, **search_params):
         """Nearest images to one query or a batch: paths, arrays (H, W, 3), PIL images.
