@@ -1503,7 +1503,7 @@ int isx_kdtree_range_search(isx_kdtree *kd, const float *Q, size_t nq, float rad
         }
     }
     for (size_t qi = 0, at = 0; qi < nq; qi++) {
-        if (rc == ISX_OK) {
+        if (rc == ISX_OK && c.hits[qi].n) {   /* an empty list may have no buffer */
             memcpy(*D + at, c.hits[qi].d, c.hits[qi].n * sizeof(float));
             memcpy(*labels + at, c.hits[qi].s, c.hits[qi].n * sizeof(int64_t));
             at += c.hits[qi].n;
@@ -1543,8 +1543,10 @@ int isx_kdtree_describe(isx_kdtree *kd, isx_header *h, isx_section_out *secs, ui
     size_t w = 0;
     for (size_t ti = 0; ti < kd->ntrees; ti++)
         w += tree_gather_live(kd->trees[ti], kd->dim, snap->vectors + w * kd->dim, snap->ids + w);
-    memcpy(snap->vectors + w * kd->dim, kd->buf, kd->nbuf * kd->dim * sizeof(float));
-    memcpy(snap->ids + w, kd->buf_ids, kd->nbuf * sizeof(int64_t));
+    if (kd->nbuf) {   /* an empty buffer may be unallocated */
+        memcpy(snap->vectors + w * kd->dim, kd->buf, kd->nbuf * kd->dim * sizeof(float));
+        memcpy(snap->ids + w, kd->buf_ids, kd->nbuf * sizeof(int64_t));
+    }
     isx_param p[2];
     memset(p, 0, sizeof(p));
     strcpy(p[0].key, "next_id");
