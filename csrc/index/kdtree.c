@@ -78,6 +78,9 @@
 #define KD_SUBSET_RATIO 16               /* filter allows < count/16: scan only those */
 #define KD_PARALLEL_MIN_POINTS 65536     /* smaller trees are built on one thread */
 #define KD_SORT_MIN_QUERIES 256          /* fewer queries run in the caller's order */
+#define KD_ORDER_DEPTH 10                /* queries are grouped by cells this deep (<= 1024 cells) */
+#define KD_CACHE_LINE 64                 /* per-worker scratch is padded to this */
+#define KD_ORDER_BLOCK 1024              /* queries per parallel task when ordering */
 
 typedef struct {
     union {
@@ -1145,6 +1148,9 @@ static inline __attribute__((always_inline)) void rows_dists(const float *rows, 
                                                              size_t e, const float *q, size_t D, int l1, float *out)
 {
     if (perm) {
+        /* scattered rows: ask for all of them before the first is needed */
+        for (size_t i = s; i < e; i++)
+            __builtin_prefetch(rows + (size_t)perm[i] * D);
         for (size_t i = s; i < e; i++)
             out[i - s] = row_dist(rows + (size_t)perm[i] * D, q, D, l1);
     } else {
@@ -1351,13 +1357,17 @@ static void free_rows(void **b, int n)
     free(b);
 }
 
+/* Per-worker scratch, each row on cache lines of its own: the walk writes
+ * off[] at every node and the heap at every push, and two workers sharing
+ * a line would stall each other on every write (false sharing). */
 static void **alloc_rows(int n, size_t bytes)
 {
     void **b = calloc((size_t)n, sizeof(void *));
     if (!b)
         return NULL;
+    size_t padded = (bytes + KD_CACHE_LINE - 1) / KD_CACHE_LINE * KD_CACHE_LINE;
     for (int i = 0; i < n; i++) {
-        if (!(b[i] = malloc(bytes ? bytes : 1))) {
+        if (!(b[i] = aligned_alloc(KD_CACHE_LINE, padded ? padded : KD_CACHE_LINE))) {
             free_rows(b, n);
             return NULL;
         }
@@ -1365,11 +1375,13 @@ static void **alloc_rows(int n, size_t bytes)
     return b;
 }
 
-/* The leaf of tree t whose cell is nearer to q at every node. */
+/* The node at depth <= KD_ORDER_DEPTH of tree t whose cell is nearer to q
+ * at every node on the way.  The top levels are few and stay in cache, and
+ * cells of that size already give consecutive queries shared paths. */
 static uint32_t descend(const kd_tree *t, const float *q)
 {
     uint32_t ni = 0;
-    while (t->nodes[ni].dim != KD_LEAF) {
+    for (int depth = 0; depth < KD_ORDER_DEPTH && t->nodes[ni].dim != KD_LEAF; depth++) {
         const kd_node *nd = &t->nodes[ni];
         float qd = q[nd->dim];
         ni = qd - nd->u.in.left_hi <= nd->u.in.right_lo - qd ? ni + 1 : nd->right;
@@ -1377,32 +1389,66 @@ static uint32_t descend(const kd_tree *t, const float *q)
     return ni;
 }
 
-static int cmp_u64(const void *a, const void *b)
+typedef struct {
+    const kd_tree *t;
+    const float *Q;
+    size_t nq, dim;
+    uint32_t *cell;
+} order_ctx;
+
+static int order_task(void *ctx, size_t task, int worker)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
+    order_ctx *o = ctx;
+    size_t q0 = task * KD_ORDER_BLOCK, q1 = q0 + KD_ORDER_BLOCK < o->nq ? q0 + KD_ORDER_BLOCK : o->nq;
+    for (size_t i = q0; i < q1; i++)
+        o->cell[i] = descend(o->t, o->Q + i * o->dim);
+    return ISX_OK;
 }
 
-/* Queries sorted by the leaf of the largest tree they fall in: consecutive
+/* Queries sorted by the cell of the largest tree they fall in: consecutive
  * queries then walk mostly the same nodes and rows, which stay in cache.
- * NULL (run in the caller's order) when that cannot pay or memory is short. */
-static uint32_t *query_order(const isx_kdtree *kd, const float *Q, size_t nq)
+ * The cells are found in parallel (a serial pass here would bound the
+ * speed-up of the search), then a stable LSD radix sort on the cell's node
+ * number, 16 bits a pass, orders the queries.  NULL (run in the caller's
+ * order) when that cannot pay or memory is short. */
+static uint32_t *query_order(const isx_kdtree *kd, const float *Q, size_t nq, int nthreads)
 {
     if (kd->ntrees == 0 || nq < KD_SORT_MIN_QUERIES || nq > UINT32_MAX)
         return NULL;
-    uint64_t *keys = malloc(nq * sizeof(uint64_t));
+    uint32_t *cell = malloc(nq * sizeof(uint32_t));
     uint32_t *order = malloc(nq * sizeof(uint32_t));
-    if (!keys || !order) {
-        free(keys);
+    uint32_t *tmp = malloc(nq * sizeof(uint32_t));
+    size_t *count = malloc(((size_t)1 << 16) * sizeof(size_t));
+    order_ctx o = {kd->trees[0], Q, nq, kd->dim, cell};
+    if (!cell || !order || !tmp || !count ||
+        isx_parallel_for(nthreads, (nq + KD_ORDER_BLOCK - 1) / KD_ORDER_BLOCK, order_task, &o) != ISX_OK) {
         free(order);
-        return NULL;
+        order = NULL;
+        goto cleanup;
     }
     for (size_t i = 0; i < nq; i++)
-        keys[i] = ((uint64_t)descend(kd->trees[0], Q + i * kd->dim) << 32) | i;
-    qsort(keys, nq, sizeof(uint64_t), cmp_u64);
-    for (size_t i = 0; i < nq; i++)
-        order[i] = (uint32_t)keys[i];
-    free(keys);
+        order[i] = (uint32_t)i;
+    size_t nnodes = kd->trees[0]->nnodes;
+    for (unsigned shift = 0; shift < 32 && (nnodes - 1) >> shift; shift += 16) {
+        memset(count, 0, ((size_t)1 << 16) * sizeof(size_t));
+        for (size_t i = 0; i < nq; i++)
+            count[(cell[order[i]] >> shift) & 0xffff]++;
+        size_t sum = 0;
+        for (size_t b = 0; b < ((size_t)1 << 16); b++) {
+            size_t c = count[b];
+            count[b] = sum;
+            sum += c;
+        }
+        for (size_t i = 0; i < nq; i++)
+            tmp[count[(cell[order[i]] >> shift) & 0xffff]++] = order[i];
+        uint32_t *swap = order;
+        order = tmp;
+        tmp = swap;
+    }
+cleanup:
+    free(cell);
+    free(tmp);
+    free(count);
     return order;
 }
 
@@ -1431,8 +1477,7 @@ static int run_search(isx_kdtree *kd, search_ctx *c, const isx_filter *filter, i
         rc = isx_error(ISX_ENOMEM, "cannot allocate search buffers");
         goto cleanup;
     }
-    if (!getenv("IMGSEARCH_KD_NOSORT"))
-    c->order = query_order(kd, c->Q, c->nq);
+    c->order = query_order(kd, c->Q, c->nq, nthreads);
     rc = isx_parallel_for(nthreads, (c->nq + KD_QUERY_BLOCK - 1) / KD_QUERY_BLOCK, task_search, c);
 cleanup:
     free(c->order);
