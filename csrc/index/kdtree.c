@@ -487,6 +487,22 @@ size_t isx_kdtree_count(isx_kdtree *kd)
     return n;
 }
 
+size_t isx_kdtree_memory(isx_kdtree *kd)
+{
+    pthread_rwlock_rdlock(&kd->lock);
+    size_t bytes = sizeof(*kd) + kd->buf_cap * (kd->dim * sizeof(float) + sizeof(int64_t));
+    for (size_t i = 0; i < kd->ntrees; i++) {
+        const kd_tree *t = kd->trees[i];
+        bytes += sizeof(*t) + t->nnodes * sizeof(kd_node) + t->n * sizeof(int64_t) + 2 * kd->dim * sizeof(float);
+        bytes += t->owned ? t->n * kd->dim * sizeof(float) : 0;
+        bytes += t->perm ? t->n * sizeof(uint32_t) : 0;
+        bytes += t->dead ? (t->n / 64 + 1) * sizeof(uint64_t) : 0;
+    }
+    bytes += kd->map.keys ? (kd->map.mask + 1) * 2 * sizeof(int64_t) : 0;
+    pthread_rwlock_unlock(&kd->lock);
+    return bytes;
+}
+
 static int borrows_nolock(const isx_kdtree *kd)
 {
     for (size_t i = 0; i < kd->ntrees; i++)
