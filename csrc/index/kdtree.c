@@ -42,6 +42,16 @@
  * visits the buffer first, then the trees largest first, all feeding one
  * heap, so the answer is exact whatever the forest looks like.
  *
+ * Batches of queries.  A batch is cut into blocks of KD_QUERY_BLOCK queries
+ * that the workers take in turn (parallel over queries; the trees are only
+ * read).  Big batches are first put in the order of the cell, KD_ORDER_DEPTH
+ * levels down the largest tree, that each query falls in, so that
+ * consecutive queries walk the same nodes and rows while they are in cache;
+ * the cells are found in parallel and sorted by a radix sort, because any
+ * serial pass before the search caps its speed-up on more threads.  Each
+ * worker's scratch (the per-dimension offsets, the heap) is allocated once
+ * per batch, on cache lines of its own.
+ *
  * Remove marks a point dead (a bitmap per tree; buffer rows are swapped
  * out).  A tree more than half dead is rebuilt from its live points.
  *
