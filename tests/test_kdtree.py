@@ -459,3 +459,18 @@ def test_threads_give_identical_results_and_bad_threads_rejected(rng):
     for bad in (-2, 1.5, "two"):
         with pytest.raises((ValueError, TypeError)):
             kd.search(Q, k=1, threads=bad)
+
+
+@pytest.mark.parametrize("n", [0, 1, 513])
+def test_round_trip_of_small_indexes(n, tmp_path, rng):
+    X = kd_data("uniform", n, 2, rng)
+    kd = KDTreeIndex(2, "l1", leaf_size=3)
+    if n:
+        kd.add(X, ids=np.arange(n) + 10)
+    Q = kd_data("uniform", 4, 2, rng)
+    for other in (pickle.loads(pickle.dumps(kd)), imgsearch._core._from_bytes(kd.to_bytes())):
+        assert (other.dim, other.metric, other.leaf_size, len(other)) == (2, "l1", 3, n)
+        for a, b in zip(kd.search(Q, k=3), other.search(Q, k=3)):
+            np.testing.assert_array_equal(a, b)
+        other.add(Q[:1])
+        assert sorted(other.ids.tolist())[-1] == (n + 10 if n else 0)
