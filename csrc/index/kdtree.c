@@ -89,6 +89,8 @@
 #define KD_PARALLEL_MIN_POINTS 65536     /* smaller trees are built on one thread */
 #define KD_SORT_MIN_QUERIES 256          /* fewer queries run in the caller's order */
 #define KD_ORDER_DEPTH 10                /* queries are grouped by cells this deep (<= 1024 cells) */
+#define KD_RADIX_BITS 11                 /* query-order sort: 2048 buckets (16 KiB) a pass */
+#define KD_RADIX_BUCKETS ((size_t)1 << KD_RADIX_BITS)
 #define KD_CACHE_LINE 64                 /* per-worker scratch is padded to this */
 #define KD_ORDER_BLOCK 1024              /* queries per parallel task when ordering */
 
@@ -1435,8 +1437,8 @@ static int order_task(void *ctx, size_t task, int worker)
  * queries then walk mostly the same nodes and rows, which stay in cache.
  * The cells are found in parallel (a serial pass here would bound the
  * speed-up of the search), then a stable LSD radix sort on the cell's node
- * number, 16 bits a pass, orders the queries.  NULL (run in the caller's
- * order) when that cannot pay or memory is short. */
+ * number, KD_RADIX_BITS bits a pass, orders the queries.  NULL (run in the
+ * caller's order) when that cannot pay or memory is short. */
 static uint32_t *query_order(const isx_kdtree *kd, const float *Q, size_t nq, int nthreads)
 {
     if (kd->ntrees == 0 || nq < KD_SORT_MIN_QUERIES || nq > UINT32_MAX)
@@ -1444,7 +1446,7 @@ static uint32_t *query_order(const isx_kdtree *kd, const float *Q, size_t nq, in
     uint32_t *cell = malloc(nq * sizeof(uint32_t));
     uint32_t *order = malloc(nq * sizeof(uint32_t));
     uint32_t *tmp = malloc(nq * sizeof(uint32_t));
-    size_t *count = malloc(((size_t)1 << 16) * sizeof(size_t));
+    size_t *count = malloc(KD_RADIX_BUCKETS * sizeof(size_t));
     order_ctx o = {kd->trees[0], Q, nq, kd->dim, cell};
     if (!cell || !order || !tmp || !count ||
         isx_parallel_for(nthreads, (nq + KD_ORDER_BLOCK - 1) / KD_ORDER_BLOCK, order_task, &o) != ISX_OK) {
@@ -1455,18 +1457,18 @@ static uint32_t *query_order(const isx_kdtree *kd, const float *Q, size_t nq, in
     for (size_t i = 0; i < nq; i++)
         order[i] = (uint32_t)i;
     size_t nnodes = kd->trees[0]->nnodes;
-    for (unsigned shift = 0; shift < 32 && (nnodes - 1) >> shift; shift += 16) {
-        memset(count, 0, ((size_t)1 << 16) * sizeof(size_t));
+    for (unsigned shift = 0; shift < 32 && (nnodes - 1) >> shift; shift += KD_RADIX_BITS) {
+        memset(count, 0, KD_RADIX_BUCKETS * sizeof(size_t));
         for (size_t i = 0; i < nq; i++)
-            count[(cell[order[i]] >> shift) & 0xffff]++;
+            count[(cell[order[i]] >> shift) & (KD_RADIX_BUCKETS - 1)]++;
         size_t sum = 0;
-        for (size_t b = 0; b < ((size_t)1 << 16); b++) {
+        for (size_t b = 0; b < KD_RADIX_BUCKETS; b++) {
             size_t c = count[b];
             count[b] = sum;
             sum += c;
         }
         for (size_t i = 0; i < nq; i++)
-            tmp[count[(cell[order[i]] >> shift) & 0xffff]++] = order[i];
+            tmp[count[(cell[order[i]] >> shift) & (KD_RADIX_BUCKETS - 1)]++] = order[i];
         uint32_t *swap = order;
         order = tmp;
         tmp = swap;
