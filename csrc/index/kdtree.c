@@ -1095,6 +1095,7 @@ typedef struct {
     const float *q;
     float *off;           /* dim: distance to the cell's box per dimension */
     float prune;          /* bound multiplier (slack, or (1 + eps)^p) */
+    int l1;               /* metric l1 (else l2): read at every node, so kept here */
     size_t leaves_left;
     isx_topk heap;        /* k-NN mode */
     hitlist *hits;        /* range mode (non-NULL) */
@@ -1238,7 +1239,7 @@ static void walk(kd_walk *w, uint32_t ni, float rd)
         walk_leaf(w, nd);
         return;
     }
-    int l1 = w->kd->metric == ISX_METRIC_L1;
+    int l1 = w->l1;
     uint32_t dd = nd->dim;
     float qd = w->q[dd], old = w->off[dd];
     float ol = qd - nd->u.in.left_hi, orr = nd->u.in.right_lo - qd;
@@ -1339,6 +1340,7 @@ static int task_search(void *ctx, size_t task, int worker)
     w.kd = kd;
     w.off = c->off[worker];
     w.prune = c->prune;
+    w.l1 = kd->metric == ISX_METRIC_L1;
     for (size_t at = q0; at < q1; at++) {
         size_t qi = c->order ? c->order[at] : at;
         const float *q = c->Q + qi * kd->dim;
