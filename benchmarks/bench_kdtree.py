@@ -18,13 +18,13 @@ Python threads (it releases the GIL), FlatIndex threads= (BLAS limited to the
 same count).  FlatIndex answers only a subset of the uniform-3d queries
 (--flat-queries), brute force over 500,000 points being slow.
 
-Each repeat runs every library once, one after the other (interleaved, so a
-load spike on a shared machine hits all alike); the best time of --repeat is
-kept.  Results are checked: every library's distances must equal
+Each repeat builds every library once, one after the other, and runs its
+queries --query-repeat times with 1 and 2 threads alternately (interleaved, so
+a load spike on a shared machine hits all alike); the best times are kept.  Results are checked: every library's distances must equal
 imgsearch's (squared for l2) to float32 rounding.  Writes
 benchmarks/results/kdtree.json and kdtree.md (Markdown tables).
 
-    python benchmarks/bench_kdtree.py [--repeat 3] [--sets fashion-pca16,uniform-3d]
+    python benchmarks/bench_kdtree.py [--repeat 3] [--query-repeat 3] [--sets fashion-pca16,uniform-3d]
 """
 import argparse
 import gc
@@ -139,6 +139,16 @@ class Flat:
     squared = staticmethod(lambda D: D)
 
 
+def autogroup():
+    """Linux's per-session CPU sharing: with it on, a busy machine gives this
+    process one session's share however many threads it runs."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return None
+
+
 def versions():
     import scipy
     import sklearn
@@ -167,7 +177,7 @@ def check(lib, D, I, ref_D, ref_I):
     return rel, same
 
 
-def run_set(name, repeat, flat_queries):
+def run_set(name, repeat, query_repeat, flat_queries):
     make, nq = SETS[name]
     X, Q = make(nq)
     X64, Q64 = X.astype(np.float64), Q.astype(np.float64)
@@ -182,11 +192,12 @@ def run_set(name, repeat, flat_queries):
             wall, _, _ = timed(lambda: lib.build(X, X64))
             b = best[lib.name]
             b["build_s"] = min(b["build_s"], wall)
-            for t in THREADS:
-                wall, cpu, out = timed(lambda: lib.search(Q, Q64, t))
-                if wall < b[f"query_s_{t}"]:
-                    b[f"query_s_{t}"], b[f"cpu_s_{t}"] = wall, cpu
-                results[lib.name, t] = out
+            for _ in range(query_repeat):   # 1 and 2 threads alternate, so both meet the same load
+                for t in THREADS:
+                    wall, cpu, out = timed(lambda: lib.search(Q, Q64, t))
+                    if wall < b[f"query_s_{t}"]:
+                        b[f"query_s_{t}"], b[f"cpu_s_{t}"] = wall, cpu
+                    results[lib.name, t] = out
             del lib.index
         print(f"  repeat {rep + 1}/{repeat} done, load {os.getloadavg()[0]:.2f}", flush=True)
 
@@ -241,8 +252,9 @@ def targets(sets):
 
 def markdown(meta, sets, goals):
     lines = [f"KD-tree benchmark: k={K}, leaves of at most {LEAF} points (imgsearch leaf_size={LEAF}, "
-             f"cKDTree leafsize={LEAF}, scikit-learn leaf_size={LEAF // 2}), builds on 1 thread, best of "
-             f"{meta['repeat']} interleaved repeats; {meta['cpus']} CPUs, load average "
+             f"cKDTree leafsize={LEAF}, scikit-learn leaf_size={LEAF // 2}), builds on 1 thread; best of "
+             f"{meta['repeat']} interleaved repeats (builds) and {meta['repeat'] * meta['query_repeat']} query runs "
+             f"per thread count; {meta['cpus']} CPUs, load average "
              f"{meta['load_at_start'][0]:.2f} at start, {meta['load_at_end'][0]:.2f} at end. "
              f"Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", ""]
     for s in sets:
@@ -271,15 +283,17 @@ def markdown(meta, sets, goals):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3, help="builds per library (each followed by its queries)")
+    ap.add_argument("--query-repeat", type=int, default=3, help="query runs per build and thread count")
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--flat-queries", type=int, default=1000, help="uniform-3d queries FlatIndex answers")
     ap.add_argument("--out", default=os.path.join(RESULTS, "kdtree.json"))
     args = ap.parse_args()
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "simd": imgsearch.capabilities()["simd"], "versions": versions(), "k": K, "leaf": LEAF,
-            "repeat": args.repeat, "load_at_start": os.getloadavg()}
-    sets = [run_set(name, args.repeat, args.flat_queries) for name in args.sets.split(",")]
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "sched_autogroup": autogroup(),
+            "repeat": args.repeat, "query_repeat": args.query_repeat, "load_at_start": os.getloadavg()}
+    sets = [run_set(name, args.repeat, args.query_repeat, args.flat_queries) for name in args.sets.split(",")]
     meta["load_at_end"] = os.getloadavg()
     goals = targets(sets)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
