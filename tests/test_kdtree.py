@@ -1,7 +1,10 @@
 """KDTreeIndex against NumPy brute force and FlatIndex: every metric, static
 and dynamic trees, filters, radius search, eps, persistence, hostile files."""
+import os
 import pickle
 import struct
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -474,3 +477,40 @@ def test_round_trip_of_small_indexes(n, tmp_path, rng):
             np.testing.assert_array_equal(a, b)
         other.add(Q[:1])
         assert sorted(other.ids.tolist())[-1] == (n + 10 if n else 0)
+
+
+@pytest.mark.parametrize("dim", [8, 16, 21])
+def test_a_points_distance_does_not_depend_on_where_it_lives(dim, rng):
+    # the leaf scans (AVX2 from d = 8 on) must give the same bits in any slot:
+    # borrowed tree, owned tree, add buffer, a merged forest, a reloaded file
+    X = kd_data("clustered", 3000, dim, rng)
+    Q = np.concatenate([kd_data("clustered", 300, dim, rng), X[:30]])
+    ref = KDTreeIndex.from_array(X, leaf_size=7).search(Q, k=9)
+    dynamic = KDTreeIndex(dim, leaf_size=5)
+    for s, e in ((0, 1000), (1000, 2600), (2600, 2900), (2900, 3000)):   # trees and the buffer
+        dynamic.add(X[s:e])
+    others = [KDTreeIndex.from_array(X, copy=True, leaf_size=16), dynamic,
+              imgsearch._core._from_bytes(dynamic.to_bytes())]
+    for other in others:
+        for a, b in zip(ref, other.search(Q, k=9)):
+            np.testing.assert_array_equal(a, b)
+    lims, D, I = others[1].range_search(Q, float(np.median(ref[0][:, 4])))
+    for qi in (0, 7, 301):
+        d = dict(zip(ref[1][qi].tolist(), ref[0][qi].tolist()))
+        for i, dist in zip(I[lims[qi]:lims[qi + 1]].tolist(), D[lims[qi]:lims[qi + 1]].tolist()):
+            assert i not in d or d[i] == dist
+
+
+def test_oracle_tests_pass_at_every_simd_level():
+    # the main run uses the best leaf scan this CPU has; lower levels run in a child
+    levels = ["serial", "avx2", "avx512"]
+    supported = levels[: levels.index(imgsearch.capabilities()["simd_supported"]) + 1]
+    here = os.path.dirname(os.path.abspath(__file__))
+    for level in supported[:-1]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.join(here, "test_kdtree.py"),
+             "-k", "exact_search or filters or dynamic_adds or where_it_lives or range_search_matches or eps"],
+            cwd=os.path.dirname(here), env=dict(os.environ, IMGSEARCH_SIMD=level), capture_output=True, text=True,
+            timeout=600)
+        assert proc.returncode == 0, level + ": " + proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert " passed" in proc.stdout and " failed" not in proc.stdout

@@ -31,7 +31,10 @@
  * from_array(copy=True), merges) stores them in tree order, so a leaf is
  * one contiguous block and scans need no indirection.  Leaf scans are
  * specialised per dimension for d <= 16 (the loops the compiler can unroll
- * and vectorise), generic above.
+ * and vectorise), generic above; from d = 8 on, where a row fills a vector
+ * register, CPUs with AVX2 scan eight rows at a time instead
+ * (kdtree_leaf_avx2.c), with lanes summed in an order that does not depend
+ * on a row's slot.
  *
  * Dynamic add (the logarithmic method of Bentley & Saxe).  New rows go to a
  * buffer searched by brute force.  When it holds KD_BUFFER_MAX rows, they
@@ -73,7 +76,9 @@
 #include <string.h>
 
 #include "../common/idmap.h"
+#include "../simd/simd.h"
 #include "kdtree.h"
+#include "kdtree_leaf.h"
 #include "topk.h"
 
 #define KD_LEAF UINT32_MAX               /* node.dim of a leaf */
@@ -129,6 +134,7 @@ struct isx_kdtree {
     atomic_int map_ready;
     pthread_mutex_t map_lock; /* readers building the map */
     isx_file *file;      /* the loaded file whose vectors a tree reads */
+    int simd_scan;       /* distances through kdtree_leaf_avx2.c (chosen once, at create) */
     pthread_rwlock_t lock;
 };
 
@@ -454,6 +460,9 @@ int isx_kdtree_create(isx_metric metric, size_t dim, size_t leaf_size, isx_kdtre
     kd->metric = metric;
     kd->dim = dim;
     kd->leaf_size = leaf_size;
+#if defined(__x86_64__)
+    kd->simd_scan = dim >= ISX_KDTREE_AVX2_MIN_DIM && isx_simd_level() >= ISX_ISA_AVX2;
+#endif
     isx_idmap_init(&kd->map);
     atomic_init(&kd->map_ready, 1); /* an empty index has a complete (empty) map */
     if (pthread_rwlock_init(&kd->lock, NULL) != 0) {
@@ -1198,6 +1207,12 @@ static void dists(const isx_kdtree *kd, const float *rows, const uint32_t *perm,
 {
     size_t dim = kd->dim;
     int l1 = kd->metric == ISX_METRIC_L1;
+#if defined(__x86_64__)
+    if (kd->simd_scan) {
+        isx_kdtree_dists_avx2(rows, perm, s, e, q, dim, l1, out);
+        return;
+    }
+#endif
 #define KD_CASE(D)                                       \
     case D:                                              \
         if (l1)                                          \
