@@ -20,7 +20,8 @@ same count).  FlatIndex answers only a subset of the uniform-3d queries
 
 Each repeat builds every library once, one after the other, and runs its
 queries --query-repeat times with 1 and 2 threads alternately (interleaved, so
-a load spike on a shared machine hits all alike); the best times are kept.  Results are checked: every library's distances must equal
+a load spike on a shared machine hits all alike); the best times are kept.
+--markdown-only rewrites kdtree.md from kdtree.json.  Results are checked: every library's distances must equal
 imgsearch's (squared for l2) to float32 rounding.  Writes
 benchmarks/results/kdtree.json and kdtree.md (Markdown tables).
 
@@ -270,6 +271,12 @@ def markdown(meta, sets, goals):
                 f"| {r['qps_2']:,.0f} | {r['qps_2_vs_ckdtree']:.2f}x | {r['scaling_2_vs_1']:.2f}x "
                 f"| {r['cpu_per_wall_1']:.2f} / {r['cpu_per_wall_2']:.2f} | {r['work_2_vs_1']:.2f} | {max(r['max_rel_dist_diff_1'], r['max_rel_dist_diff_2']):.0e} |")
         lines.append("")
+    if meta.get("sched_autogroup") and meta["load_at_start"][0] > meta["cpus"]:
+        lines += [f"The machine was shared (load average above its {meta['cpus']} CPUs) and Linux's "
+                  "sched_autogroup was on: the scheduler shares CPU time between sessions, not threads, so "
+                  "a second thread in this process gets no more CPU time than the first had alone, whatever "
+                  "the library (cKDTree's and scikit-learn's 2-thread runs show it too).  Thread scaling "
+                  "needs a quiet machine to measure.", ""]
     lines += ["CPU busy: process CPU seconds / wall seconds of the best query run (ideal 1.00 with 1 thread, "
               "2.00 with 2; lower means the threads waited for a core, as on a shared machine, and then the "
               "2-thread speed-up says more about the machine than the code).  CPU s 2 threads / 1: CPU seconds "
@@ -288,7 +295,15 @@ def main():
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--flat-queries", type=int, default=1000, help="uniform-3d queries FlatIndex answers")
     ap.add_argument("--out", default=os.path.join(RESULTS, "kdtree.json"))
+    ap.add_argument("--markdown-only", action="store_true",
+                    help="rewrite the .md next to --out from its .json, without running anything")
     args = ap.parse_args()
+    if args.markdown_only:
+        with open(args.out) as f:
+            saved = json.load(f)
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+            f.write(markdown(saved["meta"], saved["sets"], saved["targets"]))
+        return
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "simd": imgsearch.capabilities()["simd"], "versions": versions(), "k": K, "leaf": LEAF,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "sched_autogroup": autogroup(),
