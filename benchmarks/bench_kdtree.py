@@ -261,15 +261,16 @@ def markdown(meta, sets, goals):
     for s in sets:
         lines += [f"**{s['set']}** ({s['base'][0]:,} x {s['base'][1]} base, {s['queries']:,} queries)", "",
                   "| library | build | vs cKDTree | QPS 1 thread | vs cKDTree | vs sklearn | QPS 2 threads "
-                  "| vs cKDTree | 2 threads / 1 | CPU busy 1 / 2 threads | CPU s 2 threads / 1 | max dist. diff |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| vs cKDTree | 2 threads / 1 | CPU busy 1 / 2 threads | CPU s 2 threads / 1 | max dist. diff | same ids |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in s["rows"]:
             note = f" ({r['queries']:,} queries)" if r["queries"] != s["queries"] else ""
             lines.append(
                 f"| {r['library']}{note} | {r['build_s'] * 1e3:.0f} ms | {r['build_vs_ckdtree']:.2f}x "
                 f"| {r['qps_1']:,.0f} | {r['qps_1_vs_ckdtree']:.2f}x | {r['qps_1_vs_sklearn']:.2f}x "
                 f"| {r['qps_2']:,.0f} | {r['qps_2_vs_ckdtree']:.2f}x | {r['scaling_2_vs_1']:.2f}x "
-                f"| {r['cpu_per_wall_1']:.2f} / {r['cpu_per_wall_2']:.2f} | {r['work_2_vs_1']:.2f} | {max(r['max_rel_dist_diff_1'], r['max_rel_dist_diff_2']):.0e} |")
+                f"| {r['cpu_per_wall_1']:.2f} / {r['cpu_per_wall_2']:.2f} | {r['work_2_vs_1']:.2f} | {max(r['max_rel_dist_diff_1'], r['max_rel_dist_diff_2']):.0e} "
+                f"| {min(r['same_ids_1'], r['same_ids_2']):.2%} |")
         lines.append("")
     if meta.get("sched_autogroup") and meta["load_at_start"][0] > meta["cpus"]:
         lines += [f"The machine was shared (load average above its {meta['cpus']} CPUs) and Linux's "
