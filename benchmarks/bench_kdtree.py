@@ -270,7 +270,7 @@ def markdown(meta, sets, goals):
                 f"| {r['qps_1']:,.0f} | {r['qps_1_vs_ckdtree']:.2f}x | {r['qps_1_vs_sklearn']:.2f}x "
                 f"| {r['qps_2']:,.0f} | {r['qps_2_vs_ckdtree']:.2f}x | {r['scaling_2_vs_1']:.2f}x "
                 f"| {r['cpu_per_wall_1']:.2f} / {r['cpu_per_wall_2']:.2f} | {r['work_2_vs_1']:.2f} | {max(r['max_rel_dist_diff_1'], r['max_rel_dist_diff_2']):.0e} "
-                f"| {min(r['same_ids_1'], r['same_ids_2']):.2%} |")
+                f"| {min(r['same_ids_1'], r['same_ids_2']):.3%} |")
         lines.append("")
     if meta.get("sched_autogroup") and meta["load_at_start"][0] > meta["cpus"]:
         lines += [f"The machine was shared (load average above its {meta['cpus']} CPUs) and Linux's "
