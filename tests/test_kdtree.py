@@ -494,6 +494,12 @@ def test_a_points_distance_does_not_depend_on_where_it_lives(dim, rng):
     for other in others:
         for a, b in zip(ref, other.search(Q, k=9)):
             np.testing.assert_array_equal(a, b)
+    # a selective filter scans only the allowed rows (a list, not the trees): same bits again
+    allowed = np.unique(ref[1][:40, 0])
+    for other in others[1:2] + [KDTreeIndex.from_array(X)]:
+        D1, I1 = other.search(Q[:40], k=1, filter=allowed)
+        np.testing.assert_array_equal(I1[:, 0], ref[1][:40, 0])
+        np.testing.assert_array_equal(D1[:, 0], ref[0][:40, 0])
     lims, D, I = others[1].range_search(Q, float(np.median(ref[0][:, 4])))
     for qi in (0, 7, 301):
         d = dict(zip(ref[1][qi].tolist(), ref[0][qi].tolist()))

@@ -91,6 +91,7 @@
 #define KD_EXACT_SLACK 0.99998f          /* bounds shrink by more than float rounding in rd */
 #define KD_QUERY_BLOCK 32                /* queries per parallel task */
 #define KD_SUBSET_RATIO 16               /* filter allows < count/16: scan only those */
+#define KD_SUBSET_CHUNK 256              /* allowed rows per distance scan (stack buffer) */
 #define KD_PARALLEL_MIN_POINTS 65536     /* smaller trees are built on one thread */
 #define KD_SORT_MIN_QUERIES 256          /* fewer queries run in the caller's order */
 #define KD_ORDER_DEPTH 10                /* queries are grouped by cells this deep (<= 1024 cells) */
@@ -1232,6 +1233,20 @@ static void dists(const isx_kdtree *kd, const float *rows, const uint32_t *perm,
 #undef KD_CASE
 }
 
+/* Distances of q to n rows given by pointers, with the arithmetic of dists()
+ * (one row at a time there, eight a group with SIMD). */
+static void dists_ptrs(const isx_kdtree *kd, const float *const *rows, size_t n, const float *q, float *out)
+{
+#if defined(__x86_64__)
+    if (kd->simd_scan) {
+        isx_kdtree_dists_ptrs_avx2(rows, n, q, kd->dim, kd->metric == ISX_METRIC_L1, out);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++)
+        dists(kd, rows[i], NULL, 0, 1, q, out + i);
+}
+
 static inline float term(float o, int l1) { return l1 ? o : o * o; }
 
 /* Out of line, so that the recursion's frames stay small. */
@@ -1332,10 +1347,11 @@ static void scan_flat(search_ctx *c, kd_walk *w, const float *q, float *dbuf)
 {
     const isx_kdtree *kd = c->kd;
     if (c->sk->use_subset) {
-        for (size_t i = 0; i < c->sk->nsubset; i++) {
-            float d;
-            dists(kd, c->sk->subset_rows[i], NULL, 0, 1, q, &d);
-            offer(w, &d, c->sk->subset_ids + i, 1, NULL, 0);
+        float d[KD_SUBSET_CHUNK];
+        for (size_t i = 0; i < c->sk->nsubset; i += KD_SUBSET_CHUNK) {
+            size_t n = c->sk->nsubset - i < KD_SUBSET_CHUNK ? c->sk->nsubset - i : KD_SUBSET_CHUNK;
+            dists_ptrs(kd, c->sk->subset_rows + i, n, q, d);
+            offer(w, d, c->sk->subset_ids + i, n, NULL, 0);
         }
         return;
     }

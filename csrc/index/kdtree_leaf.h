@@ -20,5 +20,8 @@
  * Manhattan, else squared Euclidean.  Needs AVX2 + FMA (the caller checks). */
 void isx_kdtree_dists_avx2(const float *rows, const uint32_t *perm, size_t s, size_t e, const float *q,
                            size_t dim, int l1, float *out);
+/* The same for n rows given by pointers (a filter's allowed rows). */
+void isx_kdtree_dists_ptrs_avx2(const float *const *rows, size_t n, const float *q, size_t dim, int l1,
+                                float *out);
 
 #endif

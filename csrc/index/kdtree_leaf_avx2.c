@@ -53,8 +53,10 @@ INLINE AVX2 void group(const float *const *x, const float *q, size_t dim, __m256
     _mm256_storeu_ps(out, _mm256_add_ps(lo, hi));
 }
 
-INLINE AVX2 void scan(const float *rows, const uint32_t *perm, size_t s, size_t e, const float *q, size_t dim,
-                      int l1, float *out)
+/* Rows s..e-1: through perm, or contiguous from `rows`, or (ptrs not NULL)
+ * ptrs[s..e-1]. */
+INLINE AVX2 void scan(const float *rows, const uint32_t *perm, const float *const *ptrs, size_t s, size_t e,
+                      const float *q, size_t dim, int l1, float *out)
 {
     __m256i tail = _mm256_loadu_si256((const __m256i *)(mask_window + 8 - dim % 8));
     for (size_t i = s; i < e; i += KD_GROUP) {
@@ -62,7 +64,7 @@ INLINE AVX2 void scan(const float *rows, const uint32_t *perm, size_t s, size_t 
         size_t n = e - i < KD_GROUP ? e - i : KD_GROUP;
         for (size_t r = 0; r < KD_GROUP; r++) {
             size_t at = i + (r < n ? r : n - 1);
-            x[r] = rows + (perm ? (size_t)perm[at] : at) * dim;
+            x[r] = ptrs ? ptrs[at] : rows + (perm ? (size_t)perm[at] : at) * dim;
         }
         if (n == KD_GROUP) {
             group(x, q, dim, tail, l1, out + (i - s));
@@ -82,19 +84,28 @@ AVX2 void isx_kdtree_dists_avx2(const float *rows, const uint32_t *perm, size_t 
 #define KD_DIM_CASE(D)                                 \
     case D:                                            \
         if (l1)                                        \
-            scan(rows, perm, s, e, q, D, 1, out);      \
+            scan(rows, perm, NULL, s, e, q, D, 1, out);      \
         else                                           \
-            scan(rows, perm, s, e, q, D, 0, out);      \
+            scan(rows, perm, NULL, s, e, q, D, 0, out);      \
         return;
     switch (dim) {
         KD_DIM_CASE(8) KD_DIM_CASE(12) KD_DIM_CASE(16) KD_DIM_CASE(24) KD_DIM_CASE(32)
     default:
         if (l1)
-            scan(rows, perm, s, e, q, dim, 1, out);
+            scan(rows, perm, NULL, s, e, q, dim, 1, out);
         else
-            scan(rows, perm, s, e, q, dim, 0, out);
+            scan(rows, perm, NULL, s, e, q, dim, 0, out);
     }
 #undef KD_DIM_CASE
+}
+
+AVX2 void isx_kdtree_dists_ptrs_avx2(const float *const *rows, size_t n, const float *q, size_t dim, int l1,
+                                     float *out)
+{
+    if (l1)
+        scan(NULL, NULL, rows, 0, n, q, dim, 1, out);
+    else
+        scan(NULL, NULL, rows, 0, n, q, dim, 0, out);
 }
 
 #else
