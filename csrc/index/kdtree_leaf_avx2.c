@@ -81,12 +81,12 @@ AVX2 void isx_kdtree_dists_avx2(const float *rows, const uint32_t *perm, size_t 
                                 size_t dim, int l1, float *out)
 {
     /* constant dimensions and metric inline into their own loops */
-#define KD_DIM_CASE(D)                                 \
-    case D:                                            \
-        if (l1)                                        \
-            scan(rows, perm, NULL, s, e, q, D, 1, out);      \
-        else                                           \
-            scan(rows, perm, NULL, s, e, q, D, 0, out);      \
+#define KD_DIM_CASE(D)                                      \
+    case D:                                                 \
+        if (l1)                                             \
+            scan(rows, perm, NULL, s, e, q, D, 1, out);     \
+        else                                                \
+            scan(rows, perm, NULL, s, e, q, D, 0, out);     \
         return;
     switch (dim) {
         KD_DIM_CASE(8) KD_DIM_CASE(12) KD_DIM_CASE(16) KD_DIM_CASE(24) KD_DIM_CASE(32)
