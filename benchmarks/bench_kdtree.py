@@ -261,7 +261,8 @@ def markdown(meta, sets, goals):
     for s in sets:
         lines += [f"**{s['set']}** ({s['base'][0]:,} x {s['base'][1]} base, {s['queries']:,} queries)", "",
                   "| library | build | vs cKDTree | QPS 1 thread | vs cKDTree | vs sklearn | QPS 2 threads "
-                  "| vs cKDTree | 2 threads / 1 | CPU busy 1 / 2 threads | CPU s 2 threads / 1 | max dist. diff | same ids |",
+                  "| vs cKDTree | 2 threads / 1 | CPU busy 1 / 2 threads | CPU s 2 threads / 1 | max dist. diff "
+                  "| same ids |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in s["rows"]:
             note = f" ({r['queries']:,} queries)" if r["queries"] != s["queries"] else ""
@@ -269,10 +270,12 @@ def markdown(meta, sets, goals):
                 f"| {r['library']}{note} | {r['build_s'] * 1e3:.0f} ms | {r['build_vs_ckdtree']:.2f}x "
                 f"| {r['qps_1']:,.0f} | {r['qps_1_vs_ckdtree']:.2f}x | {r['qps_1_vs_sklearn']:.2f}x "
                 f"| {r['qps_2']:,.0f} | {r['qps_2_vs_ckdtree']:.2f}x | {r['scaling_2_vs_1']:.2f}x "
-                f"| {r['cpu_per_wall_1']:.2f} / {r['cpu_per_wall_2']:.2f} | {r['work_2_vs_1']:.2f} | {max(r['max_rel_dist_diff_1'], r['max_rel_dist_diff_2']):.0e} "
+                f"| {r['cpu_per_wall_1']:.2f} / {r['cpu_per_wall_2']:.2f} | {r['work_2_vs_1']:.2f} "
+                f"| {max(r['max_rel_dist_diff_1'], r['max_rel_dist_diff_2']):.0e} "
                 f"| {min(r['same_ids_1'], r['same_ids_2']):.3%} |")
         lines.append("")
-    starved = any(r["cpu_per_wall_2"] < 1.8 for s in sets for r in s["rows"] if r["library"].startswith("imgsearch KD"))
+    starved = any(r["cpu_per_wall_2"] < 1.8 for s in sets for r in s["rows"]
+                  if r["library"].startswith("imgsearch KD"))
     if starved and meta.get("sched_autogroup"):
         lines += ["Some 2-thread runs got less than 1.8 CPUs (CPU busy below): the machine was shared and "
                   "Linux's sched_autogroup was on, which shares CPU time between sessions, not threads, so a "
