@@ -38,6 +38,9 @@ bench-flat: build $(VENV)/.bench
 bench-hnsw: build $(VENV)/.bench
 	$(PY) benchmarks/bench_hnsw.py
 
+bench-kdtree: build $(VENV)/.bench
+	$(PY) benchmarks/bench_kdtree.py
+
 bench-engine: build $(VENV)/.bench $(VENV)/.torch
 	$(PY) benchmarks/bench_engine.py
 

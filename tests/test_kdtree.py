@@ -1,7 +1,10 @@
 """KDTreeIndex against NumPy brute force and FlatIndex: every metric, static
 and dynamic trees, filters, radius search, eps, persistence, hostile files."""
+import os
 import pickle
 import struct
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -343,3 +346,177 @@ def test_concurrent_searches_during_adds(rng):
     for t in threads:
         t.join()
     assert not errors and len(kd) == 6000
+
+
+def test_from_array_keeps_a_permutation_not_a_copy(rng):
+    X = kd_data("uniform", 20_000, 16, rng)
+    kd = KDTreeIndex.from_array(X)
+    owned = KDTreeIndex.from_array(X, copy=True)
+    assert kd.borrowed and not owned.borrowed
+    # a borrowed tree holds nodes, a uint32 permutation and int64 ids: a fraction of the rows
+    assert kd.memory_usage < X.nbytes / 3
+    assert owned.memory_usage > X.nbytes
+    Q = kd_data("uniform", 300, 16, rng)
+    D, I = kd.search(Q, k=4)
+    # the index keeps the caller's array alive: dropping the caller's name changes nothing
+    del X
+    import gc
+
+    gc.collect()
+    for a, b in zip((D, I), kd.search(Q, k=4)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip((D, I), owned.search(Q, k=4)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_query_layouts_and_dtypes(rng):
+    X = kd_data("clustered", 2000, 6, rng)
+    kd = KDTreeIndex.from_array(X)
+    Q = kd_data("clustered", 600, 6, rng)
+    D, I = kd.search(Q, k=5)
+    for q in (Q.astype(np.float64), np.asfortranarray(Q), np.repeat(Q, 2, axis=0)[::2]):
+        for a, b in zip((D, I), kd.search(q, k=5)):
+            np.testing.assert_array_equal(a, b)
+    D1, I1 = kd.search(Q[0], k=5)  # one query as a 1-d vector
+    np.testing.assert_array_equal(I1, I[:1])
+    lims, Dr, Ir = kd.range_search(Q, float(np.median(D[:, 2])))
+    lims2, Dr2, Ir2 = kd.range_search(np.asfortranarray(Q), float(np.median(D[:, 2])), threads=2)
+    for a, b in zip((lims, Dr, Ir), (lims2, Dr2, Ir2)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("metric", KD_METRICS)
+def test_range_search_edge_cases(metric, rng):
+    X = kd_data("duplicates", 900, 1, rng)          # d = 1, many equal points
+    kd = KDTreeIndex.from_array(X, metric=metric, leaf_size=3)
+    Q = np.concatenate([X[:5], kd_data("duplicates", 300, 1, rng)])
+    ref = oracle_pairwise(Q, X, metric)
+    for radius in (0.0, 0.5, 1.5, 1e9):
+        lims, D, I = kd.range_search(Q, radius)
+        assert lims[-1] == len(I) == (ref < radius).sum()  # integer coordinates: no rounding at the edge
+        for qi in (0, 4, 17, len(Q) - 1):
+            assert sorted(I[lims[qi]:lims[qi + 1]].tolist()) == np.flatnonzero(ref[qi] < radius).tolist()
+    lims, D, I = kd.range_search(Q, -1.0)
+    assert len(I) == 0 and (lims == 0).all()
+    empty = KDTreeIndex(2, metric)
+    lims, D, I = empty.range_search(np.zeros((3, 2), np.float32), 1.0)
+    assert lims.tolist() == [0, 0, 0, 0] and len(D) == len(I) == 0
+
+
+@pytest.mark.parametrize("metric", KD_METRICS)
+def test_approximate_modes_on_a_dynamic_forest(metric, rng):
+    # several trees plus the add buffer: eps and max_leaves hold across all of them
+    X = kd_data("clustered", 5000, 4, rng)
+    kd = KDTreeIndex(4, metric, leaf_size=6)
+    for s, e in ((0, 4000), (4000, 4700), (4700, 5000)):   # trees of 4000 and 700, 300 in the buffer
+        kd.add(X[s:e])
+    kd.remove(np.arange(0, 5000, 7))
+    keep = np.setdiff1d(np.arange(5000), np.arange(0, 5000, 7))
+    Q = kd_data("clustered", 400, 4, rng)
+    ref = oracle_pairwise(Q, X[keep], metric)
+    De, Ie = kd.search(Q, k=8)
+    check_knn(De[::10], Ie[::10], X[keep], keep, Q[::10], 8, metric)
+    for eps in (0.5, 3.0):
+        Da, Ia = kd.search(Q, k=8, eps=eps)
+        factor = (1 + eps) ** 2 if metric == "l2" else 1 + eps
+        assert np.all(Da <= De * factor * (1 + 1e-5) + 1e-6)
+        assert np.isin(Ia, keep).all()
+    for leaves in (1, 3):
+        Da, Ia = kd.search(Q, k=8, max_leaves=leaves)
+        ok = Ia >= 0
+        assert np.isin(Ia[ok], keep).all() and np.all(Da[:, 0] >= De[:, 0] * (1 - 1e-6))
+        pos = np.searchsorted(keep, np.where(ok, Ia, keep[0]))
+        np.testing.assert_allclose(Da[ok], np.take_along_axis(ref, pos, 1)[ok], rtol=1e-5, atol=1e-6)
+    # eps = 0 with max_leaves large enough is the exact search
+    for a, b in zip((De, Ie), kd.search(Q, k=8, max_leaves=10**6)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_filters_on_a_dynamic_index_with_removals(rng):
+    X = kd_data("uniform", 3000, 3, rng)
+    kd = KDTreeIndex.from_array(X[:2000], ids=np.arange(2000) * 3)
+    kd.add(X[2000:], ids=np.arange(2000, 3000) * 3)    # a second tree and the buffer
+    kd.remove(np.arange(0, 9000, 9))
+    ids = np.setdiff1d(np.arange(3000) * 3, np.arange(0, 9000, 9))
+    rows = ids // 3
+    allowed = np.concatenate([ids[::4], np.arange(0, 9000, 9)[:50], [10**9]])  # some removed, one unknown
+    live_allowed = np.intersect1d(allowed, ids)
+    flat = FlatIndex.from_array(X[rows], ids=ids)
+    Q = kd_data("uniform", 280, 3, rng)
+    assert_same_as_flat(kd, flat, Q, 6, X[rows], ids, "l2", allowed=live_allowed, filter=allowed)
+    D, I = kd.search(Q, k=len(live_allowed) + 5, filter=allowed[:30])
+    n_ok = np.isin(ids, allowed[:30]).sum()
+    assert (I[:, :n_ok] >= 0).all() and (I[:, n_ok:] == -1).all() and np.isinf(D[:, n_ok:]).all()
+    assert np.isin(I[:, :n_ok], ids).all()
+
+
+def test_threads_give_identical_results_and_bad_threads_rejected(rng):
+    X = kd_data("clustered", 4000, 3, rng)
+    kd = KDTreeIndex.from_array(X, threads=2)
+    same = KDTreeIndex.from_array(X, threads=1)
+    Q = kd_data("clustered", 1000, 3, rng)
+    D, I = same.search(Q, k=7, threads=1)
+    for t in (2, 3, 16):
+        for a, b in zip((D, I), kd.search(Q, k=7, threads=t)):
+            np.testing.assert_array_equal(a, b)
+    for bad in (-2, 1.5, "two"):
+        with pytest.raises((ValueError, TypeError)):
+            kd.search(Q, k=1, threads=bad)
+
+
+@pytest.mark.parametrize("n", [0, 1, 513])
+def test_round_trip_of_small_indexes(n, tmp_path, rng):
+    X = kd_data("uniform", n, 2, rng)
+    kd = KDTreeIndex(2, "l1", leaf_size=3)
+    if n:
+        kd.add(X, ids=np.arange(n) + 10)
+    Q = kd_data("uniform", 4, 2, rng)
+    for other in (pickle.loads(pickle.dumps(kd)), imgsearch._core._from_bytes(kd.to_bytes())):
+        assert (other.dim, other.metric, other.leaf_size, len(other)) == (2, "l1", 3, n)
+        for a, b in zip(kd.search(Q, k=3), other.search(Q, k=3)):
+            np.testing.assert_array_equal(a, b)
+        other.add(Q[:1])
+        assert sorted(other.ids.tolist())[-1] == (n + 10 if n else 0)
+
+
+@pytest.mark.parametrize("dim", [8, 16, 21])
+def test_a_points_distance_does_not_depend_on_where_it_lives(dim, rng):
+    # the leaf scans (AVX2 from d = 8 on) must give the same bits in any slot:
+    # borrowed tree, owned tree, add buffer, a merged forest, a reloaded file
+    X = kd_data("clustered", 3000, dim, rng)
+    Q = np.concatenate([kd_data("clustered", 300, dim, rng), X[:30]])
+    ref = KDTreeIndex.from_array(X, leaf_size=7).search(Q, k=9)
+    dynamic = KDTreeIndex(dim, leaf_size=5)
+    for s, e in ((0, 1000), (1000, 2600), (2600, 2900), (2900, 3000)):   # trees and the buffer
+        dynamic.add(X[s:e])
+    others = [KDTreeIndex.from_array(X, copy=True, leaf_size=16), dynamic,
+              imgsearch._core._from_bytes(dynamic.to_bytes())]
+    for other in others:
+        for a, b in zip(ref, other.search(Q, k=9)):
+            np.testing.assert_array_equal(a, b)
+    # a selective filter scans only the allowed rows (a list, not the trees): same bits again
+    allowed = np.unique(ref[1][:40, 0])
+    for other in others[1:2] + [KDTreeIndex.from_array(X)]:
+        D1, I1 = other.search(Q[:40], k=1, filter=allowed)
+        np.testing.assert_array_equal(I1[:, 0], ref[1][:40, 0])
+        np.testing.assert_array_equal(D1[:, 0], ref[0][:40, 0])
+    lims, D, I = others[1].range_search(Q, float(np.median(ref[0][:, 4])))
+    for qi in (0, 7, 301):
+        d = dict(zip(ref[1][qi].tolist(), ref[0][qi].tolist()))
+        for i, dist in zip(I[lims[qi]:lims[qi + 1]].tolist(), D[lims[qi]:lims[qi + 1]].tolist()):
+            assert i not in d or d[i] == dist
+
+
+def test_oracle_tests_pass_at_every_simd_level():
+    # the main run uses the best leaf scan this CPU has; lower levels run in a child
+    levels = ["serial", "avx2", "avx512"]
+    supported = levels[: levels.index(imgsearch.capabilities()["simd_supported"]) + 1]
+    here = os.path.dirname(os.path.abspath(__file__))
+    for level in supported[:-1]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.join(here, "test_kdtree.py"),
+             "-k", "exact_search or filters or dynamic_adds or where_it_lives or range_search_matches or eps"],
+            cwd=os.path.dirname(here), env=dict(os.environ, IMGSEARCH_SIMD=level), capture_output=True, text=True,
+            timeout=600)
+        assert proc.returncode == 0, level + ": " + proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert " passed" in proc.stdout and " failed" not in proc.stdout

@@ -31,7 +31,10 @@
  * from_array(copy=True), merges) stores them in tree order, so a leaf is
  * one contiguous block and scans need no indirection.  Leaf scans are
  * specialised per dimension for d <= 16 (the loops the compiler can unroll
- * and vectorise), generic above.
+ * and vectorise), generic above; from d = 8 on, where a row fills a vector
+ * register, CPUs with AVX2 scan eight rows at a time instead
+ * (kdtree_leaf_avx2.c), with lanes summed in an order that does not depend
+ * on a row's slot.
  *
  * Dynamic add (the logarithmic method of Bentley & Saxe).  New rows go to a
  * buffer searched by brute force.  When it holds KD_BUFFER_MAX rows, they
@@ -41,6 +44,16 @@
  * trees, and each point is rebuilt O(log n) times over its life.  Search
  * visits the buffer first, then the trees largest first, all feeding one
  * heap, so the answer is exact whatever the forest looks like.
+ *
+ * Batches of queries.  A batch is cut into blocks of KD_QUERY_BLOCK queries
+ * that the workers take in turn (parallel over queries; the trees are only
+ * read).  Big batches are first put in the order of the cell, KD_ORDER_DEPTH
+ * levels down the largest tree, that each query falls in, so that
+ * consecutive queries walk the same nodes and rows while they are in cache;
+ * the cells are found in parallel and sorted by a radix sort, because any
+ * serial pass before the search caps its speed-up on more threads.  Each
+ * worker's scratch (the per-dimension offsets, the heap) is allocated once
+ * per batch, on cache lines of its own.
  *
  * Remove marks a point dead (a bitmap per tree; buffer rows are swapped
  * out).  A tree more than half dead is rebuilt from its live points.
@@ -63,7 +76,9 @@
 #include <string.h>
 
 #include "../common/idmap.h"
+#include "../simd/simd.h"
 #include "kdtree.h"
+#include "kdtree_leaf.h"
 #include "topk.h"
 
 #define KD_LEAF UINT32_MAX               /* node.dim of a leaf */
@@ -76,8 +91,14 @@
 #define KD_EXACT_SLACK 0.99998f          /* bounds shrink by more than float rounding in rd */
 #define KD_QUERY_BLOCK 32                /* queries per parallel task */
 #define KD_SUBSET_RATIO 16               /* filter allows < count/16: scan only those */
+#define KD_SUBSET_CHUNK 256              /* allowed rows per distance scan (stack buffer) */
 #define KD_PARALLEL_MIN_POINTS 65536     /* smaller trees are built on one thread */
 #define KD_SORT_MIN_QUERIES 256          /* fewer queries run in the caller's order */
+#define KD_ORDER_DEPTH 10                /* queries are grouped by cells this deep (<= 1024 cells) */
+#define KD_RADIX_BITS 11                 /* query-order sort: 2048 buckets (16 KiB) a pass */
+#define KD_RADIX_BUCKETS ((size_t)1 << KD_RADIX_BITS)
+#define KD_CACHE_LINE 64                 /* per-worker scratch is padded to this */
+#define KD_ORDER_BLOCK 1024              /* queries per parallel task when ordering */
 
 typedef struct {
     union {
@@ -114,6 +135,7 @@ struct isx_kdtree {
     atomic_int map_ready;
     pthread_mutex_t map_lock; /* readers building the map */
     isx_file *file;      /* the loaded file whose vectors a tree reads */
+    int simd_scan;       /* distances through kdtree_leaf_avx2.c (chosen once, at create) */
     pthread_rwlock_t lock;
 };
 
@@ -439,6 +461,9 @@ int isx_kdtree_create(isx_metric metric, size_t dim, size_t leaf_size, isx_kdtre
     kd->metric = metric;
     kd->dim = dim;
     kd->leaf_size = leaf_size;
+#if defined(__x86_64__)
+    kd->simd_scan = dim >= ISX_KDTREE_AVX2_MIN_DIM && isx_simd_level() >= ISX_ISA_AVX2;
+#endif
     isx_idmap_init(&kd->map);
     atomic_init(&kd->map_ready, 1); /* an empty index has a complete (empty) map */
     if (pthread_rwlock_init(&kd->lock, NULL) != 0) {
@@ -482,6 +507,22 @@ size_t isx_kdtree_count(isx_kdtree *kd)
     size_t n = kd->count;
     pthread_rwlock_unlock(&kd->lock);
     return n;
+}
+
+size_t isx_kdtree_memory(isx_kdtree *kd)
+{
+    pthread_rwlock_rdlock(&kd->lock);
+    size_t bytes = sizeof(*kd) + kd->buf_cap * (kd->dim * sizeof(float) + sizeof(int64_t));
+    for (size_t i = 0; i < kd->ntrees; i++) {
+        const kd_tree *t = kd->trees[i];
+        bytes += sizeof(*t) + t->nnodes * sizeof(kd_node) + t->n * sizeof(int64_t) + 2 * kd->dim * sizeof(float);
+        bytes += t->owned ? t->n * kd->dim * sizeof(float) : 0;
+        bytes += t->perm ? t->n * sizeof(uint32_t) : 0;
+        bytes += t->dead ? (t->n / 64 + 1) * sizeof(uint64_t) : 0;
+    }
+    bytes += kd->map.keys ? (kd->map.mask + 1) * 2 * sizeof(int64_t) : 0;
+    pthread_rwlock_unlock(&kd->lock);
+    return bytes;
 }
 
 static int borrows_nolock(const isx_kdtree *kd)
@@ -1064,6 +1105,7 @@ typedef struct {
     const float *q;
     float *off;           /* dim: distance to the cell's box per dimension */
     float prune;          /* bound multiplier (slack, or (1 + eps)^p) */
+    int l1;               /* metric l1 (else l2): read at every node, so kept here */
     size_t leaves_left;
     isx_topk heap;        /* k-NN mode */
     hitlist *hits;        /* range mode (non-NULL) */
@@ -1145,6 +1187,9 @@ static inline __attribute__((always_inline)) void rows_dists(const float *rows, 
                                                              size_t e, const float *q, size_t D, int l1, float *out)
 {
     if (perm) {
+        /* scattered rows: ask for all of them before the first is needed */
+        for (size_t i = s; i < e; i++)
+            __builtin_prefetch(rows + (size_t)perm[i] * D);
         for (size_t i = s; i < e; i++)
             out[i - s] = row_dist(rows + (size_t)perm[i] * D, q, D, l1);
     } else {
@@ -1163,6 +1208,12 @@ static void dists(const isx_kdtree *kd, const float *rows, const uint32_t *perm,
 {
     size_t dim = kd->dim;
     int l1 = kd->metric == ISX_METRIC_L1;
+#if defined(__x86_64__)
+    if (kd->simd_scan) {
+        isx_kdtree_dists_avx2(rows, perm, s, e, q, dim, l1, out);
+        return;
+    }
+#endif
 #define KD_CASE(D)                                       \
     case D:                                              \
         if (l1)                                          \
@@ -1180,6 +1231,20 @@ static void dists(const isx_kdtree *kd, const float *rows, const uint32_t *perm,
             rows_dists(rows, perm, s, e, q, dim, 0, out);
     }
 #undef KD_CASE
+}
+
+/* Distances of q to n rows given by pointers, with the arithmetic of dists()
+ * (one row at a time there, eight a group with SIMD). */
+static void dists_ptrs(const isx_kdtree *kd, const float *const *rows, size_t n, const float *q, float *out)
+{
+#if defined(__x86_64__)
+    if (kd->simd_scan) {
+        isx_kdtree_dists_ptrs_avx2(rows, n, q, kd->dim, kd->metric == ISX_METRIC_L1, out);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++)
+        dists(kd, rows[i], NULL, 0, 1, q, out + i);
 }
 
 static inline float term(float o, int l1) { return l1 ? o : o * o; }
@@ -1204,7 +1269,7 @@ static void walk(kd_walk *w, uint32_t ni, float rd)
         walk_leaf(w, nd);
         return;
     }
-    int l1 = w->kd->metric == ISX_METRIC_L1;
+    int l1 = w->l1;
     uint32_t dd = nd->dim;
     float qd = w->q[dd], old = w->off[dd];
     float ol = qd - nd->u.in.left_hi, orr = nd->u.in.right_lo - qd;
@@ -1282,10 +1347,11 @@ static void scan_flat(search_ctx *c, kd_walk *w, const float *q, float *dbuf)
 {
     const isx_kdtree *kd = c->kd;
     if (c->sk->use_subset) {
-        for (size_t i = 0; i < c->sk->nsubset; i++) {
-            float d;
-            dists(kd, c->sk->subset_rows[i], NULL, 0, 1, q, &d);
-            offer(w, &d, c->sk->subset_ids + i, 1, NULL, 0);
+        float d[KD_SUBSET_CHUNK];
+        for (size_t i = 0; i < c->sk->nsubset; i += KD_SUBSET_CHUNK) {
+            size_t n = c->sk->nsubset - i < KD_SUBSET_CHUNK ? c->sk->nsubset - i : KD_SUBSET_CHUNK;
+            dists_ptrs(kd, c->sk->subset_rows + i, n, q, d);
+            offer(w, d, c->sk->subset_ids + i, n, NULL, 0);
         }
         return;
     }
@@ -1305,6 +1371,7 @@ static int task_search(void *ctx, size_t task, int worker)
     w.kd = kd;
     w.off = c->off[worker];
     w.prune = c->prune;
+    w.l1 = kd->metric == ISX_METRIC_L1;
     for (size_t at = q0; at < q1; at++) {
         size_t qi = c->order ? c->order[at] : at;
         const float *q = c->Q + qi * kd->dim;
@@ -1351,13 +1418,17 @@ static void free_rows(void **b, int n)
     free(b);
 }
 
+/* Per-worker scratch, each row on cache lines of its own: the walk writes
+ * off[] at every node and the heap at every push, and two workers sharing
+ * a line would stall each other on every write (false sharing). */
 static void **alloc_rows(int n, size_t bytes)
 {
     void **b = calloc((size_t)n, sizeof(void *));
     if (!b)
         return NULL;
+    size_t padded = (bytes + KD_CACHE_LINE - 1) / KD_CACHE_LINE * KD_CACHE_LINE;
     for (int i = 0; i < n; i++) {
-        if (!(b[i] = malloc(bytes ? bytes : 1))) {
+        if (!(b[i] = aligned_alloc(KD_CACHE_LINE, padded ? padded : KD_CACHE_LINE))) {
             free_rows(b, n);
             return NULL;
         }
@@ -1365,11 +1436,13 @@ static void **alloc_rows(int n, size_t bytes)
     return b;
 }
 
-/* The leaf of tree t whose cell is nearer to q at every node. */
+/* The node at depth <= KD_ORDER_DEPTH of tree t whose cell is nearer to q
+ * at every node on the way.  The top levels are few and stay in cache, and
+ * cells of that size already give consecutive queries shared paths. */
 static uint32_t descend(const kd_tree *t, const float *q)
 {
     uint32_t ni = 0;
-    while (t->nodes[ni].dim != KD_LEAF) {
+    for (int depth = 0; depth < KD_ORDER_DEPTH && t->nodes[ni].dim != KD_LEAF; depth++) {
         const kd_node *nd = &t->nodes[ni];
         float qd = q[nd->dim];
         ni = qd - nd->u.in.left_hi <= nd->u.in.right_lo - qd ? ni + 1 : nd->right;
@@ -1377,32 +1450,66 @@ static uint32_t descend(const kd_tree *t, const float *q)
     return ni;
 }
 
-static int cmp_u64(const void *a, const void *b)
+typedef struct {
+    const kd_tree *t;
+    const float *Q;
+    size_t nq, dim;
+    uint32_t *cell;
+} order_ctx;
+
+static int order_task(void *ctx, size_t task, int worker)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
+    order_ctx *o = ctx;
+    size_t q0 = task * KD_ORDER_BLOCK, q1 = q0 + KD_ORDER_BLOCK < o->nq ? q0 + KD_ORDER_BLOCK : o->nq;
+    for (size_t i = q0; i < q1; i++)
+        o->cell[i] = descend(o->t, o->Q + i * o->dim);
+    return ISX_OK;
 }
 
-/* Queries sorted by the leaf of the largest tree they fall in: consecutive
+/* Queries sorted by the cell of the largest tree they fall in: consecutive
  * queries then walk mostly the same nodes and rows, which stay in cache.
- * NULL (run in the caller's order) when that cannot pay or memory is short. */
-static uint32_t *query_order(const isx_kdtree *kd, const float *Q, size_t nq)
+ * The cells are found in parallel (a serial pass here would bound the
+ * speed-up of the search), then a stable LSD radix sort on the cell's node
+ * number, KD_RADIX_BITS bits a pass, orders the queries.  NULL (run in the
+ * caller's order) when that cannot pay or memory is short. */
+static uint32_t *query_order(const isx_kdtree *kd, const float *Q, size_t nq, int nthreads)
 {
     if (kd->ntrees == 0 || nq < KD_SORT_MIN_QUERIES || nq > UINT32_MAX)
         return NULL;
-    uint64_t *keys = malloc(nq * sizeof(uint64_t));
+    uint32_t *cell = malloc(nq * sizeof(uint32_t));
     uint32_t *order = malloc(nq * sizeof(uint32_t));
-    if (!keys || !order) {
-        free(keys);
+    uint32_t *tmp = malloc(nq * sizeof(uint32_t));
+    size_t *count = malloc(KD_RADIX_BUCKETS * sizeof(size_t));
+    order_ctx o = {kd->trees[0], Q, nq, kd->dim, cell};
+    if (!cell || !order || !tmp || !count ||
+        isx_parallel_for(nthreads, (nq + KD_ORDER_BLOCK - 1) / KD_ORDER_BLOCK, order_task, &o) != ISX_OK) {
         free(order);
-        return NULL;
+        order = NULL;
+        goto cleanup;
     }
     for (size_t i = 0; i < nq; i++)
-        keys[i] = ((uint64_t)descend(kd->trees[0], Q + i * kd->dim) << 32) | i;
-    qsort(keys, nq, sizeof(uint64_t), cmp_u64);
-    for (size_t i = 0; i < nq; i++)
-        order[i] = (uint32_t)keys[i];
-    free(keys);
+        order[i] = (uint32_t)i;
+    size_t nnodes = kd->trees[0]->nnodes;
+    for (unsigned shift = 0; shift < 32 && (nnodes - 1) >> shift; shift += KD_RADIX_BITS) {
+        memset(count, 0, KD_RADIX_BUCKETS * sizeof(size_t));
+        for (size_t i = 0; i < nq; i++)
+            count[(cell[order[i]] >> shift) & (KD_RADIX_BUCKETS - 1)]++;
+        size_t sum = 0;
+        for (size_t b = 0; b < KD_RADIX_BUCKETS; b++) {
+            size_t c = count[b];
+            count[b] = sum;
+            sum += c;
+        }
+        for (size_t i = 0; i < nq; i++)
+            tmp[count[(cell[order[i]] >> shift) & (KD_RADIX_BUCKETS - 1)]++] = order[i];
+        uint32_t *swap = order;
+        order = tmp;
+        tmp = swap;
+    }
+cleanup:
+    free(cell);
+    free(tmp);
+    free(count);
     return order;
 }
 
@@ -1431,8 +1538,7 @@ static int run_search(isx_kdtree *kd, search_ctx *c, const isx_filter *filter, i
         rc = isx_error(ISX_ENOMEM, "cannot allocate search buffers");
         goto cleanup;
     }
-    if (!getenv("IMGSEARCH_KD_NOSORT"))
-    c->order = query_order(kd, c->Q, c->nq);
+    c->order = query_order(kd, c->Q, c->nq, nthreads);
     rc = isx_parallel_for(nthreads, (c->nq + KD_QUERY_BLOCK - 1) / KD_QUERY_BLOCK, task_search, c);
 cleanup:
     free(c->order);

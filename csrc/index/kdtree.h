@@ -46,6 +46,9 @@ size_t isx_kdtree_count(isx_kdtree *kd);
 size_t isx_kdtree_dim(const isx_kdtree *kd);
 size_t isx_kdtree_leaf_size(const isx_kdtree *kd);
 isx_metric isx_kdtree_metric(const isx_kdtree *kd);
+/* Bytes the index allocated (trees, ids, buffer, id map); rows it borrows
+ * (a caller's array, a loaded file) are not counted. */
+size_t isx_kdtree_memory(isx_kdtree *kd);
 
 typedef struct {
     float eps;          /* >= 0: returned distances are within (1 + eps) of the true ones */
