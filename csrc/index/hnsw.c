@@ -39,7 +39,11 @@
  *
  * The search inner loop collects a node's unvisited neighbours first, with
  * a prefetch of each one's row, then computes their distances while the
- * next row is prefetched in full, so DRAM latency overlaps arithmetic.
+ * head of the next row is prefetched (the hardware streams the rest, and a
+ * row cut short is not fetched whole), so DRAM latency overlaps arithmetic.
+ * The greedy descent through the upper levels only asks "nearer than the
+ * current entry?", so it stops early too, and so does the heuristic's
+ * "nearer to a kept neighbour than to the new node?".
  * Visited sets are arrays of 16-bit epochs, one per worker, from a pool.
  */
 #define _GNU_SOURCE
@@ -55,7 +59,8 @@
 #define HNSW_EXACT_COST 4          /* see above: scan the allowed set when a^2 < 4 ef n */
 #define HNSW_GROWTH_MIN 1024       /* slots of the first allocation */
 #define HNSW_DEFAULT_EF 64         /* search breadth when the caller gives none */
-#define HNSW_PREFETCH_LINES 64     /* at most this many cache lines of a row are prefetched */
+#define HNSW_PREFETCH_LINES 8      /* lines of the next row prefetched: its head is always read, the
+                                      hardware streams the rest, and rows cut short are not fetched whole */
 
 /* ======================================================================
  * Small pieces: node access, locks, random levels, heaps
@@ -766,8 +771,15 @@ static void descend(isx_hnsw *h, worker *w, const query *q, uint32_t *ep, float 
                 ll = links_at(h, *ep, l) + 1;
                 nl = ll[-1];
             }
+            for (uint32_t j = 0; j < nl; j++)
+                _mm_prefetch((const char *)code_of(h, ll[j]), _MM_HINT_T0);
             for (uint32_t j = 0; j < nl; j++) {
-                float d = dist_to(h, q, ll[j]);
+                if (j + 1 < nl)
+                    prefetch_lines(code_of(h, ll[j + 1]), h->code_bytes);
+                /* only "nearer than ep?" matters: stop early, but settle a tie exactly */
+                float d = dist_below(h, q, ll[j], *ep_d);
+                if (d == *ep_d)
+                    d = dist_to(h, q, ll[j]);
                 if (d < *ep_d || (d == *ep_d && ll[j] < *ep)) {
                     *ep_d = d;
                     *ep = ll[j];
@@ -793,7 +805,7 @@ static size_t select_neighbours(isx_hnsw *h, worker *w, const pair *cand, size_t
         query_from_slot(h, cand[i].s, w->pbuf, &qc);
         int good = 1;
         for (size_t j = 0; j < kept; j++) {
-            if (dist_to(h, &qc, out[j]) < cand[i].d) {
+            if (dist_below(h, &qc, out[j], cand[i].d) < cand[i].d) {
                 good = 0;
                 break;
             }
