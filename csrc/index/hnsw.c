@@ -348,6 +348,31 @@ static void encode(isx_hnsw *h, const void *x, size_t slot, float *tmp)
     }
 }
 
+#if defined(__x86_64__)
+/* Half to float with F16C: the heuristic decodes a stored row per candidate,
+ * and the portable conversion would dominate a float16 build. */
+__attribute__((target("avx,f16c"))) static void halves_to_floats_f16c(const uint16_t *s, float *out, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+    for (; i < n; i++)
+        out[i] = half_to_float(s[i]);
+}
+#endif
+
+static void halves_to_floats(const uint16_t *s, float *out, size_t n)
+{
+#if defined(__x86_64__)
+    if (isx_cpu()->f16c && isx_cpu()->os_avx) {
+        halves_to_floats_f16c(s, out, n);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++)
+        out[i] = half_to_float(s[i]);
+}
+
 /* The stored row of slot as float32 (or bytes for hamming) into out. */
 static void decode(const isx_hnsw *h, size_t slot, void *out)
 {
@@ -359,9 +384,7 @@ static void decode(const isx_hnsw *h, size_t slot, void *out)
     } else if (h->dtype == ISX_DTYPE_F32 || h->dtype == ISX_DTYPE_BITS) {
         memcpy(out, src, h->code_bytes);
     } else if (h->dtype == ISX_DTYPE_F16) {
-        const uint16_t *s = (const uint16_t *)src;
-        for (size_t i = 0; i < h->dim; i++)
-            ((float *)out)[i] = half_to_float(s[i]);
+        halves_to_floats((const uint16_t *)src, out, h->dim);
     } else {
         const int8_t *s = (const int8_t *)src;
         for (size_t i = 0; i < h->dim; i++)
