@@ -13,6 +13,7 @@ benchmarks/results/hnsw.json and hnsw.png (recall-QPS curves) and prints
 Markdown tables.
 
     python benchmarks/bench_hnsw.py [--n 60000] [--queries 10000] [--repeat 2]
+    python benchmarks/bench_hnsw.py --replot     # redraw PNG + Markdown from the JSON
 """
 import argparse
 import gc
@@ -160,7 +161,12 @@ def main():
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--skip-dtypes", action="store_true")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "hnsw.json"))
+    ap.add_argument("--replot", action="store_true", help="only redraw the PNG and Markdown from --out")
     args = ap.parse_args()
+    if args.replot:
+        with open(args.out) as f:
+            r = json.load(f)
+        return report(args.out, r["meta"], r["curves"], r["summary"], r["filtered"], r["dtypes"])
 
     Xall, _, Qall, _ = fashion_mnist()
     X = np.ascontiguousarray(Xall[: args.n])
@@ -277,12 +283,17 @@ def main():
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "builds": builds, "curves": curves, "summary": summary, "filtered": filtered,
                    "dtypes": dtypes}, f, indent=1)
-    plot(curves, os.path.splitext(args.out)[0] + ".png", meta)
+    report(args.out, meta, curves, summary, filtered, dtypes)
+
+
+def report(out, meta, curves, summary, filtered, dtypes):
+    """The plot next to the JSON, and the Markdown tables (printed too)."""
+    plot(curves, os.path.splitext(out)[0] + ".png", meta)
     text = "\n".join(tables(meta, curves, summary, filtered, dtypes)) + "\n"
-    md = os.path.splitext(args.out)[0] + ".md"
+    md = os.path.splitext(out)[0] + ".md"
     with open(md, "w") as f:
         f.write(text)
-    print("\n" + text + f"wrote {args.out}, {md}")
+    print("\n" + text + f"wrote {out}, {md}")
 
 
 def plot(curves, path, meta):
@@ -294,16 +305,17 @@ def plot(curves, path, meta):
     except ImportError:
         print("matplotlib not installed: no plot")
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, curve in curves.items():
-        ax.plot([c["recall@10"] for c in curve], [c["qps"] for c in curve], marker="o", ms=3, label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("recall@10")
-    ax.set_ylabel("queries per second (1 thread)")
-    ax.set_xlim(left=0.85)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"Fashion-MNIST {meta['base'][0]} x {meta['base'][1]}, M={M}, ef_construction={EF_CONSTRUCTION}")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, key, what in zip(axes, ("qps", "qps_cpu"), ("wall clock", "CPU time")):
+        for name, curve in curves.items():
+            ax.plot([c["recall@10"] for c in curve], [c[key] for c in curve], marker="o", ms=3, label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("recall@10")
+        ax.set_ylabel(f"queries per second (1 thread, {what})")
+        ax.set_xlim(left=0.9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Fashion-MNIST {meta['base'][0]} x {meta['base'][1]}, M={M}, ef_construction={EF_CONSTRUCTION}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
