@@ -129,11 +129,13 @@ class Usearch:
 
 def versions():
     out = {"imgsearch": imgsearch.__version__, "numpy": np.__version__}
-    for mod in ("hnswlib", "faiss", "usearch"):
+    from importlib import metadata
+
+    for mod, dist in (("hnswlib", "hnswlib"), ("faiss", "faiss-cpu"), ("usearch", "usearch")):
         try:
             m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "?")
-        except ImportError:
+            out[mod] = getattr(m, "__version__", None) or metadata.version(dist)
+        except (ImportError, metadata.PackageNotFoundError):
             out[mod] = None
     return out
 
