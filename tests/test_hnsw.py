@@ -91,6 +91,14 @@ def test_recall_on_fashion_mnist_subset():
     _, I = index.search(Q, k=10, ef=48)
     assert recall(I, truth) >= 0.95
     assert index.check()
+    # filters: 10% allowed walks the graph at ef=16, 0.5% is scanned exactly
+    rng = np.random.default_rng(4)
+    flat = FlatIndex.from_array(X)
+    for fraction, ef in ((0.1, 16), (0.1, 48), (0.005, 48)):
+        allowed = np.sort(rng.choice(len(X), int(len(X) * fraction), replace=False))
+        _, want = flat.search(Q, k=10, filter=allowed)
+        _, I = index.search(Q, k=10, ef=ef, filter=allowed)
+        assert recall(I, want) >= 0.95, (fraction, ef)
 
 
 def test_padding_and_small_indexes(rng):
@@ -185,6 +193,21 @@ def test_filter_edge_cases(rng):
     assert set(I[0, :2].tolist()) == {7, 9} and np.all(I[:, 2:] == -1)
     D, I = index.search(X[:3], k=5, filter=np.ones(3, bool))  # a short mask allows ids < 3
     assert set(I[0, :3].tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("fraction", [0.005, 0.5])  # an exact scan, a filtered walk
+def test_filters_after_removals_never_return_removed_ids(fraction, rng):
+    X, Q = split(clustered(5050, 24, rng), 50)
+    index = HNSWIndex(24, M=12, ef_construction=80, seed=2)
+    index.add(X, threads=2)
+    gone = rng.choice(5000, 1000, replace=False)
+    assert index.remove(gone) == 1000
+    allowed = np.sort(rng.choice(5000, int(5000 * fraction), replace=False))  # removed ones among them
+    alive = np.setdiff1d(allowed, gone)
+    for flt in (allowed, np.isin(np.arange(5000), allowed)):
+        D, I = index.search(Q, k=10, ef=64, filter=flt)
+        assert np.all(np.isin(I[I >= 0], alive))
+        assert recall(I, exact(X, Q, "l2", 10, allowed=alive)) >= 0.95
 
 
 # ---------------------------------------------------------------- persistence
@@ -342,6 +365,31 @@ def test_searches_during_adds_from_python_threads(rng):
         t.join()
     assert not errors, errors[0]
     assert index.check() and len(index) == 6000 - 300
+
+
+def test_concurrent_searches_match_a_serial_run(rng):
+    X, Q = split(clustered(4100, 16, rng), 100)
+    index = HNSWIndex(16, M=8, ef_construction=60)
+    index.add(X, threads=2)
+    want = index.search(Q, k=5, ef=40, threads=1)
+    got, errors = [None] * 4, []
+
+    def run(i):
+        try:
+            for _ in range(5):
+                got[i] = index.search(Q, k=5, ef=40, threads=2)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    for D, I in got:
+        np.testing.assert_array_equal(I, want[1])
+        np.testing.assert_array_equal(D, want[0])
 
 
 # ---------------------------------------------------------------- metrics, dtypes, errors

@@ -39,7 +39,11 @@
  *
  * The search inner loop collects a node's unvisited neighbours first, with
  * a prefetch of each one's row, then computes their distances while the
- * next row is prefetched in full, so DRAM latency overlaps arithmetic.
+ * head of the next row is prefetched (the hardware streams the rest, and a
+ * row cut short is not fetched whole), so DRAM latency overlaps arithmetic.
+ * The greedy descent through the upper levels only asks "nearer than the
+ * current entry?", so it stops early too, and so does the heuristic's
+ * "nearer to a kept neighbour than to the new node?".
  * Visited sets are arrays of 16-bit epochs, one per worker, from a pool.
  */
 #define _GNU_SOURCE
@@ -55,7 +59,8 @@
 #define HNSW_EXACT_COST 4          /* see above: scan the allowed set when a^2 < 4 ef n */
 #define HNSW_GROWTH_MIN 1024       /* slots of the first allocation */
 #define HNSW_DEFAULT_EF 64         /* search breadth when the caller gives none */
-#define HNSW_PREFETCH_LINES 64     /* at most this many cache lines of a row are prefetched */
+#define HNSW_PREFETCH_LINES 8      /* lines of the next row prefetched: its head is always read, the
+                                      hardware streams the rest, and rows cut short are not fetched whole */
 
 /* ======================================================================
  * Small pieces: node access, locks, random levels, heaps
@@ -343,6 +348,31 @@ static void encode(isx_hnsw *h, const void *x, size_t slot, float *tmp)
     }
 }
 
+#if defined(__x86_64__)
+/* Half to float with F16C: the heuristic decodes a stored row per candidate,
+ * and the portable conversion would dominate a float16 build. */
+__attribute__((target("avx,f16c"))) static void halves_to_floats_f16c(const uint16_t *s, float *out, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+    for (; i < n; i++)
+        out[i] = half_to_float(s[i]);
+}
+#endif
+
+static void halves_to_floats(const uint16_t *s, float *out, size_t n)
+{
+#if defined(__x86_64__)
+    if (isx_cpu()->f16c && isx_cpu()->os_avx) {
+        halves_to_floats_f16c(s, out, n);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++)
+        out[i] = half_to_float(s[i]);
+}
+
 /* The stored row of slot as float32 (or bytes for hamming) into out. */
 static void decode(const isx_hnsw *h, size_t slot, void *out)
 {
@@ -354,9 +384,7 @@ static void decode(const isx_hnsw *h, size_t slot, void *out)
     } else if (h->dtype == ISX_DTYPE_F32 || h->dtype == ISX_DTYPE_BITS) {
         memcpy(out, src, h->code_bytes);
     } else if (h->dtype == ISX_DTYPE_F16) {
-        const uint16_t *s = (const uint16_t *)src;
-        for (size_t i = 0; i < h->dim; i++)
-            ((float *)out)[i] = half_to_float(s[i]);
+        halves_to_floats((const uint16_t *)src, out, h->dim);
     } else {
         const int8_t *s = (const int8_t *)src;
         for (size_t i = 0; i < h->dim; i++)
@@ -766,8 +794,15 @@ static void descend(isx_hnsw *h, worker *w, const query *q, uint32_t *ep, float 
                 ll = links_at(h, *ep, l) + 1;
                 nl = ll[-1];
             }
+            for (uint32_t j = 0; j < nl; j++)
+                _mm_prefetch((const char *)code_of(h, ll[j]), _MM_HINT_T0);
             for (uint32_t j = 0; j < nl; j++) {
-                float d = dist_to(h, q, ll[j]);
+                if (j + 1 < nl)
+                    prefetch_lines(code_of(h, ll[j + 1]), h->code_bytes);
+                /* only "nearer than ep?" matters: stop early, but settle a tie exactly */
+                float d = dist_below(h, q, ll[j], *ep_d);
+                if (d == *ep_d)
+                    d = dist_to(h, q, ll[j]);
                 if (d < *ep_d || (d == *ep_d && ll[j] < *ep)) {
                     *ep_d = d;
                     *ep = ll[j];
@@ -793,7 +828,7 @@ static size_t select_neighbours(isx_hnsw *h, worker *w, const pair *cand, size_t
         query_from_slot(h, cand[i].s, w->pbuf, &qc);
         int good = 1;
         for (size_t j = 0; j < kept; j++) {
-            if (dist_to(h, &qc, out[j]) < cand[i].d) {
+            if (dist_below(h, &qc, out[j], cand[i].d) < cand[i].d) {
                 good = 0;
                 break;
             }

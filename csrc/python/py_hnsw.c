@@ -489,7 +489,8 @@ static PyMethodDef hnsw_methods[] = {
     {"remove", (PyCFunction)(void (*)(void))hnsw_remove, METH_VARARGS | METH_KEYWORDS,
      "remove(ids, *, threads=None)\n--\n\n"
      "Remove ids (absent ids are ignored) and repair the graph around them; their\n"
-     "slots are reused by later adds.  Returns how many were removed."},
+     "slots are reused by later adds.  Returns how many were removed.  Searches\n"
+     "from other threads wait until the removal is done."},
     {"get", (PyCFunction)hnsw_get, METH_O,
      "get(ids)\n--\n\nThe stored vectors of ids as float32 (unit length for cosine; decoded\n"
      "for float16/int8), one row for a scalar id; KeyError if absent."},
@@ -524,7 +525,12 @@ PyTypeObject isx_HNSWType = {
               "Approximate nearest-neighbour index (HNSW graph).  metric: l2, ip, cosine\n"
               "(vectors normalised at insert), l1, hamming (dim in bits, packed uint8 rows).\n"
               "dtype: float32, float16 (half the memory) or int8 (scalar-quantised, a quarter).\n"
-              "With threads=1 and a seed the graph is deterministic.",
+              "With threads=1 and a seed the graph is deterministic.\n\n"
+              "Thread safety: search, get, check, len, ids and the properties may run from\n"
+              "any number of threads at once.  add, remove and setting ef are exclusive: a\n"
+              "search that arrives during them waits and then sees the whole change (never\n"
+              "a half-built graph), so searches concurrent with adds are safe and return\n"
+              "valid ids.  All of them release the GIL for their native work.",
     .tp_new = hnsw_new,
     .tp_init = (initproc)hnsw_init,
     .tp_dealloc = (destructor)hnsw_dealloc,
