@@ -28,6 +28,18 @@ test-asan: deps venv
 	  $(PY) -m pytest -q -x tests -p no:cacheprovider --ignore tests/test_extractors.py --ignore tests/test_notebook.py --ignore tests/test_plans.py
 	rm -f imgsearch/_core*.so && $(MAKE) build
 
+# The decoders under AddressSanitizer + UBSan on thousands of corrupted
+# files (truncations, bit flips, header-field mutations; see
+# tests/fuzz_image.py), then tests/test_image.py under the same build.
+FUZZ_CASES ?= 10000
+ASAN_RUN := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)"
+fuzz: deps venv
+	rm -rf build/asan && IMGSEARCH_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --build-temp build/asan --force
+	$(ASAN_RUN) $(PY) tests/fuzz_image.py --cases $(FUZZ_CASES) --out build/fuzz
+	$(ASAN_RUN) $(PY) -m pytest -q -x tests/test_image.py -p no:cacheprovider
+	rm -f imgsearch/_core*.so && $(MAKE) build
+
 bench: bench-flat bench-hnsw bench-kdtree bench-image bench-engine
 
 bench-flat: build $(VENV)/.bench
@@ -35,6 +47,9 @@ bench-flat: build $(VENV)/.bench
 
 bench-hnsw: build $(VENV)/.bench
 	$(PY) benchmarks/bench_hnsw.py
+
+bench-image: build $(VENV)/.bench
+	$(PY) benchmarks/bench_image.py
 
 bench-engine: build $(VENV)/.bench $(VENV)/.torch
 	$(PY) benchmarks/bench_engine.py
