@@ -26,19 +26,19 @@ test-asan: deps venv
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  $(PY) -m pytest -q -x tests -p no:cacheprovider --ignore tests/test_extractors.py --ignore tests/test_notebook.py --ignore tests/test_plans.py
-	rm -f imgsearch/_core*.so && $(MAKE) build
+	rm -f imgsearch/_core*.so imgsearch/.built && $(MAKE) build
 
 # The decoders under AddressSanitizer + UBSan on thousands of corrupted
 # files (truncations, bit flips, header-field mutations; see
 # tests/fuzz_image.py), then tests/test_image.py under the same build.
-FUZZ_CASES ?= 10000
+FUZZ_CASES ?= 20000
 ASAN_RUN := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)"
 fuzz: deps venv
 	rm -rf build/asan && IMGSEARCH_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --build-temp build/asan --force
 	$(ASAN_RUN) $(PY) tests/fuzz_image.py --cases $(FUZZ_CASES) --out build/fuzz
 	$(ASAN_RUN) $(PY) -m pytest -q -x tests/test_image.py -p no:cacheprovider
-	rm -f imgsearch/_core*.so && $(MAKE) build
+	rm -f imgsearch/_core*.so imgsearch/.built && $(MAKE) build
 
 bench: bench-flat bench-hnsw bench-kdtree bench-image bench-engine
 
