@@ -22,7 +22,7 @@ test: build $(VENV)/.torch
 
 # The suite under AddressSanitizer + UBSan (slow: see README for the time).
 test-asan: deps venv
-	rm -rf build/asan && IMGSEARCH_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --build-temp build/asan --force
+	rm -rf build/asan && IMGSEARCH_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --build-temp build/asan/temp --build-lib build/asan/lib --force
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  $(PY) -m pytest -q -x tests -p no:cacheprovider --ignore tests/test_extractors.py --ignore tests/test_notebook.py --ignore tests/test_plans.py
@@ -35,7 +35,7 @@ FUZZ_CASES ?= 20000
 ASAN_RUN := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)"
 fuzz: deps venv
-	rm -rf build/asan && IMGSEARCH_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --build-temp build/asan --force
+	rm -rf build/asan && IMGSEARCH_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --build-temp build/asan/temp --build-lib build/asan/lib --force
 	$(ASAN_RUN) $(PY) tests/fuzz_image.py --cases $(FUZZ_CASES) --out build/fuzz
 	$(ASAN_RUN) $(PY) -m pytest -q -x tests/test_image.py -p no:cacheprovider
 	rm -f imgsearch/_core*.so imgsearch/.built && $(MAKE) build

@@ -849,6 +849,17 @@ def test_colorhist_matches_reference(bins):
     assert abs(v.sum() - 1) < 1e-5
 
 
+def test_colorhist_sqrt_is_hellinger():
+    rng = np.random.default_rng(7)
+    a, b = (rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8) for _ in range(2))
+    raw = features.ColorHistogram().extract([a, b]).astype(np.float64)
+    root = features.ColorHistogram(sqrt=True, metric="l2").extract([a, b])
+    np.testing.assert_allclose(root, np.sqrt(raw), rtol=1e-6)
+    hellinger_sq = ((np.sqrt(raw[0]) - np.sqrt(raw[1])) ** 2).sum()
+    D, I = imgsearch.FlatIndex.from_array(root[1:], metric="l2").search(root[:1], k=1)
+    assert abs(D[0, 0] - hellinger_sq) < 1e-5
+
+
 def test_colorhist_of_pure_colours():
     ext = features.ColorHistogram(bins=(6, 2, 2))
     red = np.zeros((4, 4, 3), np.uint8)
@@ -867,6 +878,7 @@ def test_extractor_protocol_and_config_round_trip(tmp_path):
     p = tmp_path / "a.png"
     p.write_bytes(encode(arr, "PNG"))
     cases = [(features.ColorHistogram(bins=(4, 3, 2), metric="l2"), 24, "l2", np.float32),
+             (features.ColorHistogram(bins=(4, 3, 2), metric="l2", sqrt=True), 24, "l2", np.float32),
              (features.ColorHistogram(), 128, "l1", np.float32),
              (features.PHash(), 64, "hamming", np.uint8),
              (features.DHash(), 64, "hamming", np.uint8)]
