@@ -572,6 +572,27 @@ def test_torch_shares_the_batch():
 # Errors, limits, odd sizes
 # ---------------------------------------------------------------------------
 
+def _truncation_seeds():
+    arr = photo_like(60, 80, seed=17)
+    return {"png": encode(arr, "PNG"), "jpeg": encode(arr, "JPEG", quality=90),
+            "gif": encode(Image.fromarray(arr).quantize(32), "GIF"), "bmp": encode(arr, "BMP"),
+            "ppm": encode(arr, "PPM"), "psd": psd_bytes(arr), "tga": encode(arr, "TGA"),
+            "tga-rle": encode(arr, "TGA", compression="tga_rle")}
+
+
+@pytest.mark.parametrize("fmt", sorted(_truncation_seeds()))
+def test_truncated_files_are_errors_not_black_tails(fmt, tmp_path):
+    # stb_image pads a short input with zeros; a cut file must not decode
+    data = _truncation_seeds()[fmt]
+    p = tmp_path / ("cut." + fmt.split("-")[0])  # .tga: read as TGA without its footer
+    for frac in (0.3, 0.6, 0.9, 0.99):
+        p.write_bytes(data[:int(len(data) * frac)])
+        with pytest.raises(ImageDecodeError, match="truncated|corrupt|not a recognised"):
+            image.load(str(p))
+    p.write_bytes(data)
+    assert image.load(str(p)).shape == (60, 80, 3)
+
+
 def test_errors_name_the_file_and_reason(tmp_path):
     p = tmp_path / "text.png"
     p.write_text("hello")

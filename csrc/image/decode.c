@@ -321,10 +321,14 @@ static int decode_stb(const uint8_t *data, size_t len, const char *format, isx_i
                              w, h, len);
     }
     int channels = (comp == 2 || comp == 4) ? 4 : 3;
-    int lw, lh;
-    uint8_t *px = isx_stb_load(data, len, channels, &lw, &lh);
+    int lw, lh, truncated;
+    uint8_t *px = isx_stb_load(data, len, channels, &lw, &lh, &truncated);
+    if (px && truncated) {
+        isx_stb_free(px);
+        return isx_error(ISX_EFORMAT, "truncated %s: the data ends before the image does (%zu bytes)", format, len);
+    }
     if (!px)
-        return isx_error(ISX_EFORMAT, "corrupt %s: %s", format, isx_stb_failure());
+        return isx_error(ISX_EFORMAT, "%s %s: %s", truncated ? "truncated" : "corrupt", format, isx_stb_failure());
     if (lw != w || lh != h) {
         isx_stb_free(px);
         return isx_error(ISX_EFORMAT, "corrupt %s: size changed between header and data", format);
