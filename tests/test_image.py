@@ -658,6 +658,27 @@ def test_png_header_that_lies_about_its_size():
     assert _max_rss_mb() - before < 200
 
 
+def _bmp_header(w, h):
+    return b"BM" + struct.pack("<IHHI", 54 + 3 * w * h, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, 0,
+                                                                                 2835, 2835, 0, 0)
+
+
+def _gif_header(w, h):
+    one = encode(Image.new("P", (1, 1)), "GIF")
+    i = one.index(b"\x2c")  # image descriptor
+    return one[:6] + struct.pack("<HH", w, h) + one[10:i + 5] + struct.pack("<HH", w, h) + one[i + 9:]
+
+
+@pytest.mark.parametrize("data", [_bmp_header(9000, 9000) + b"\0" * 100, _gif_header(9000, 9000),
+                                  b"P6\n9000 9000\n255\n" + b"\0" * 100],
+                         ids=["bmp", "gif", "ppm"])
+def test_stb_headers_that_lie_are_refused_before_allocating(data):
+    before = _max_rss_mb()
+    with pytest.raises(ImageDecodeError, match="header that lies"):
+        image.load(data)
+    assert _max_rss_mb() - before < 100
+
+
 def test_big_but_legal_png_is_fine():
     arr = np.zeros((3000, 2000, 3), np.uint8)  # compresses to almost nothing
     arr[::100] = 255
