@@ -209,6 +209,10 @@ def markdown(res):
               "column is immune to that contention (for 2 threads it sums both threads); \"cores obtained\" (CPU s / wall s "
               "of the best pass) shows how much of the machine the run got: 2 threads cannot scale past it." % tuple(
                   t["load_average_before_after"]),
+              "", "The 2-thread target needs two free cores.  With the kernel's autogroup scheduling "
+              "(sched_autogroup_enabled=%s here) CPU time is shared per session, not per thread, so on a busy "
+              "machine a second thread adds no cores: compare the images per CPU-second, which show the cost "
+              "per image with 2 threads." % res["machine"].get("sched_autogroup", "?"),
               "", "Pixels: mean |ours - Pillow pipeline| = %.3f on the 0..255 scale (%d images; JPEG DCT-domain "
               "downscaling and the area filter)." % (res["fidelity"]["mean_abs_diff_0_255"], res["fidelity"]["images"]),
               "", "### Classic extractors on flowers17 (every image queries the other 1,359; same class = relevant)", "",
@@ -223,6 +227,14 @@ def markdown(res):
     return "\n".join(lines) + "\n"
 
 
+def autogroup():
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            return f.read().strip()
+    except OSError:
+        return "n/a"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
@@ -235,7 +247,7 @@ def main():
     from PIL import __version__ as pil_version
     res = {"machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                        "python": platform.python_version(), "pillow": pil_version, "numpy": np.__version__,
-                       "libjpeg": bool(imgsearch._core._HAVE_LIBJPEG)}}
+                       "libjpeg": bool(imgsearch._core._HAVE_LIBJPEG), "sched_autogroup": autogroup()}}
     print("throughput:", flush=True)
     res["throughput"] = bench_throughput(paths, args.repeats)
     q = res["throughput"]["ratios"]
