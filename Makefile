@@ -20,15 +20,31 @@ demo: build $(VENV)/.torch
 test: build $(VENV)/.torch
 	$(PY) -m pytest -q tests
 
-# The suite under AddressSanitizer + UBSan (about 2 minutes here). `-s` so that a
-# sanitizer report reaches the terminal; the normal build is restored either way.
+# Sanitizer builds: AddressSanitizer + UBSan, in their own build folders so that
+# restoring the normal build afterwards really rebuilds it.  pytest runs with -s
+# so that a sanitizer report reaches the terminal.
+ASAN_BUILD := rm -rf build/asan && IMGSEARCH_SANITIZE=1 $(PY) setup.py -q build_ext --inplace \
+  --build-temp build/asan/temp --build-lib build/asan/lib --force
+ASAN_RUN := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)"
+RESTORE_BUILD := rm -f imgsearch/_core*.so imgsearch/.built; $(MAKE) build
+
+# The suite under the sanitizers (about 2 minutes here).
 test-asan: deps venv
-	rm -rf build/asan && IMGSEARCH_SANITIZE=1 $(PY) setup.py -q build_ext --inplace --build-temp build/asan --force
-	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-	  $(PY) -m pytest -q -s -x tests -p no:cacheprovider --ignore tests/test_extractors.py \
+	$(ASAN_BUILD)
+	$(ASAN_RUN) $(PY) -m pytest -q -s -x tests -p no:cacheprovider --ignore tests/test_extractors.py \
 	  --ignore tests/test_notebook.py --ignore tests/test_plans.py; \
-	status=$$?; rm -f imgsearch/_core*.so imgsearch/.built; $(MAKE) build && exit $$status
+	status=$$?; $(RESTORE_BUILD) && exit $$status
+
+# The decoders under the sanitizers on thousands of corrupted files
+# (truncations, bit flips, header-field mutations; see tests/fuzz_image.py),
+# then tests/test_image.py under the same build.
+FUZZ_CASES ?= 20000
+fuzz: deps venv
+	$(ASAN_BUILD)
+	$(ASAN_RUN) $(PY) tests/fuzz_image.py --cases $(FUZZ_CASES) --out build/fuzz && \
+	$(ASAN_RUN) $(PY) -m pytest -q -s -x tests/test_image.py -p no:cacheprovider; \
+	status=$$?; $(RESTORE_BUILD) && exit $$status
 
 bench: bench-flat bench-hnsw bench-kdtree bench-image bench-engine
 
@@ -40,6 +56,9 @@ bench-hnsw: build $(VENV)/.bench
 
 bench-kdtree: build $(VENV)/.bench
 	$(PY) benchmarks/bench_kdtree.py
+
+bench-image: build $(VENV)/.bench
+	$(PY) benchmarks/bench_image.py
 
 bench-engine: build $(VENV)/.bench $(VENV)/.torch
 	$(PY) benchmarks/bench_engine.py

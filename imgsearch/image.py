@@ -14,8 +14,10 @@ byte, CMYK/YCCK JPEGs are converted.  The EXIF orientation of JPEGs is
 applied (values 2..8 mirror and rotate as Pillow's ``ImageOps.exif_transpose``).
 
 Limits: images above 100 megapixels or 65535 pixels per side are refused
-from their header, before any memory is allocated, and so are PNG headers
-that claim more pixels than the file could hold.  Files that are not images
+from their header, before any memory is allocated, and so are PNG, GIF, BMP,
+PSD, TGA and PNM headers that claim more pixels than the file could hold
+(JPEG headers are only held to the pixel limit).  Truncated files are errors
+in every format, never images with a blank tail.  Files that are not images
 are reported as such, not guessed.
 
 Items (``paths`` below) may be paths (``str``/``os.PathLike``), the encoded

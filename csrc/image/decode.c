@@ -49,6 +49,17 @@
 #define PNG_MAX_RATIO 1032u
 #define PNG_RATIO_SLACK 4096u
 
+/* The most pixels one byte of each stb format can hold, from its densest
+ * coding: GIF's LZW emits at most 4096 pixels per 12-bit code; BMP RLE8/4
+ * 255 pixels per 2-byte run; PSD PackBits and TGA RLE 128 pixels per
+ * >= 2-byte packet; raw PNM one byte per sample.  A header claiming more
+ * than (file size + slack) x this is refused before stb allocates. */
+#define GIF_MAX_PIXELS_PER_BYTE 2731u
+#define BMP_MAX_PIXELS_PER_BYTE 128u
+#define RLE_MAX_PIXELS_PER_BYTE 64u
+#define PNM_MAX_PIXELS_PER_BYTE 1u
+#define STB_DENSITY_SLACK 1024u
+
 void isx_image_free(isx_image *img)
 {
     if (img) {
@@ -320,11 +331,25 @@ static int decode_stb(const uint8_t *data, size_t len, const char *format, isx_i
                              "deflate can expand to that size: truncated, or a header that lies",
                              w, h, len);
     }
+    unsigned density = strcmp(format, "GIF") == 0   ? GIF_MAX_PIXELS_PER_BYTE
+                       : strcmp(format, "BMP") == 0 ? BMP_MAX_PIXELS_PER_BYTE
+                       : strcmp(format, "PNM") == 0 ? PNM_MAX_PIXELS_PER_BYTE
+                       : strcmp(format, "PNG") == 0 ? 0 /* checked above, per byte of raw data */
+                                                    : RLE_MAX_PIXELS_PER_BYTE;
+    if (density && (uint64_t)w * (uint64_t)h > ((uint64_t)len + STB_DENSITY_SLACK) * density)
+        return isx_error(ISX_EFORMAT,
+                         "%s header declares %d x %d pixels but the file has only %zu bytes, fewer than that "
+                         "format needs: truncated, or a header that lies",
+                         format, w, h, len);
     int channels = (comp == 2 || comp == 4) ? 4 : 3;
-    int lw, lh;
-    uint8_t *px = isx_stb_load(data, len, channels, &lw, &lh);
+    int lw, lh, truncated;
+    uint8_t *px = isx_stb_load(data, len, channels, &lw, &lh, &truncated);
+    if (px && truncated) {
+        isx_stb_free(px);
+        return isx_error(ISX_EFORMAT, "truncated %s: the data ends before the image does (%zu bytes)", format, len);
+    }
     if (!px)
-        return isx_error(ISX_EFORMAT, "corrupt %s: %s", format, isx_stb_failure());
+        return isx_error(ISX_EFORMAT, "%s %s: %s", truncated ? "truncated" : "corrupt", format, isx_stb_failure());
     if (lw != w || lh != h) {
         isx_stb_free(px);
         return isx_error(ISX_EFORMAT, "corrupt %s: size changed between header and data", format);

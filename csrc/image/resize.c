@@ -115,6 +115,28 @@ static int axis_build(size_t in, size_t out, size_t o0, size_t n, axis_filter *f
     return ISX_OK;
 }
 
+/* One output row from one blended input row: rgb[x] = sum_k w[x][k] * in[start[x] + k].
+ * Always inlined, so a constant `taps` (bilinear: 2) gives a loop the
+ * compiler unrolls, without a dependency chain through the accumulators.
+ * `in` holds the input columns from cmin on. */
+static inline __attribute__((always_inline)) void blend_columns(const float *in, size_t cmin, const axis_filter *f,
+                                                                size_t taps, size_t cw, float *rgb)
+{
+    for (size_t x = 0; x < cw; x++) {
+        const float *w = f->weight + x * taps;
+        const float *s = in + (f->start[x] - cmin) * 3;
+        float r = 0, g = 0, b = 0;
+        for (size_t k = 0; k < taps; k++) {
+            r += w[k] * s[3 * k];
+            g += w[k] * s[3 * k + 1];
+            b += w[k] * s[3 * k + 2];
+        }
+        rgb[3 * x] = r;
+        rgb[3 * x + 1] = g;
+        rgb[3 * x + 2] = b;
+    }
+}
+
 int isx_image_resample(const isx_image *img, size_t out_w, size_t out_h, size_t x0, size_t y0, size_t cw,
                        size_t ch, isx_row_sink sink, void *ctx)
 {
@@ -160,19 +182,13 @@ int isx_image_resample(const isx_image *img, size_t out_w, size_t out_h, size_t 
             for (size_t i = 0; i < span; i++)
                 colbuf[i] += wk * (float)s[i];
         }
-        /* horizontal */
-        for (size_t x = 0; x < cw; x++) {
-            const float *wx = fx.weight + x * tx;
-            const float *s = colbuf + (fx.start[x] - cmin) * 3;
-            float r = 0, g = 0, b = 0;
-            for (size_t k = 0; k < tx; k++) {
-                r += wx[k] * s[3 * k];
-                g += wx[k] * s[3 * k + 1];
-                b += wx[k] * s[3 * k + 2];
-            }
-            rowbuf[3 * x] = r;
-            rowbuf[3 * x + 1] = g;
-            rowbuf[3 * x + 2] = b;
+        /* horizontal: the common tap counts get their own unrolled copy */
+        switch (tx) {
+        case 1: blend_columns(colbuf, cmin, &fx, 1, cw, rowbuf); break;
+        case 2: blend_columns(colbuf, cmin, &fx, 2, cw, rowbuf); break;
+        case 3: blend_columns(colbuf, cmin, &fx, 3, cw, rowbuf); break;
+        case 4: blend_columns(colbuf, cmin, &fx, 4, cw, rowbuf); break;
+        default: blend_columns(colbuf, cmin, &fx, tx, cw, rowbuf); break;
         }
         sink(ctx, y, rowbuf, cw);
     }

@@ -11,10 +11,20 @@
  *   - STBI_MAX_DIMENSIONS bounds a side even before our own pixel limit, so a
  *     lying header cannot make stb allocate first;
  *   - the failure reason is thread-local (stb uses _Thread_local under C11),
- *     which the batch loader relies on: many threads decode at once.
+ *     which the batch loader relies on: many threads decode at once;
+ *   - pixels are loaded through stb's callback interface over our buffer,
+ *     not stbi_load_from_memory: at the end of its input stb silently reads
+ *     zeros, so a truncated BMP, GIF, PNM, PSD or TGA would "decode" with a
+ *     black tail.  The callbacks see stb ask for bytes past the end, and
+ *     the image is then reported as truncated.  (stb's format probes read at
+ *     most the 8-byte PNG signature, so a valid file never trips this.  A
+ *     raw PNM/TGA cut exactly where stb asks for STB_BUFLEN more bytes is
+ *     the one truncation this cannot see.)
  * stb is third-party code compiled with our warnings: they are silenced here
  * only, rather than weakening the flags for the whole core.
  */
+#include <string.h>
+
 #include "image.h"
 
 #define STB_IMAGE_IMPLEMENTATION
@@ -50,10 +60,63 @@ int isx_stb_info(const uint8_t *data, size_t len, int *w, int *h, int *comp, int
     return 1;
 }
 
-uint8_t *isx_stb_load(const uint8_t *data, size_t len, int channels, int *w, int *h)
+#define STB_BUFLEN 128 /* sizeof(stbi__context.buffer_start): stb's refill size */
+
+typedef struct {
+    const uint8_t *data;
+    size_t len, pos;
+    int overrun; /* stb wanted bytes past the end */
+} mem_reader;
+
+static int reader_read(void *user, char *out, int size)
 {
+    mem_reader *r = user;
+    size_t left = r->len - r->pos, n = size > 0 ? (size_t)size : 0;
+    if (left == 0) {
+        r->overrun = 1;
+        return 0;
+    }
+    if (n > left) {
+        /* A short answer ends a refill of stb's STB_BUFLEN-byte buffer
+         * normally (stb comes back, and trips the test above, only if it
+         * needs more); any other request is stbi__getn wanting exactly n
+         * bytes of pixels, which it does not check (PNM, raw TGA). */
+        if (n != STB_BUFLEN)
+            r->overrun = 1;
+        n = left;
+    }
+    memcpy(out, r->data + r->pos, n);
+    r->pos += n;
+    return (int)n;
+}
+
+static void reader_skip(void *user, int n)
+{
+    mem_reader *r = user;
+    if (n <= 0)
+        return;
+    if ((size_t)n > r->len - r->pos) {
+        r->overrun = 1;
+        r->pos = r->len;
+    } else {
+        r->pos += (size_t)n;
+    }
+}
+
+static int reader_eof(void *user)
+{
+    mem_reader *r = user;
+    return r->pos >= r->len;
+}
+
+uint8_t *isx_stb_load(const uint8_t *data, size_t len, int channels, int *w, int *h, int *truncated)
+{
+    static const stbi_io_callbacks io = {reader_read, reader_skip, reader_eof};
+    mem_reader r = {data, len, 0, 0};
     int comp;
-    return stbi_load_from_memory(data, (int)len, w, h, &comp, channels);
+    uint8_t *px = stbi_load_from_callbacks(&io, &r, w, h, &comp, channels);
+    *truncated = r.overrun;
+    return px;
 }
 
 const char *isx_stb_failure(void)

@@ -10,7 +10,8 @@
 #include <stdint.h>
 
 int isx_stb_info(const uint8_t *data, size_t len, int *w, int *h, int *comp, int *is16);
-uint8_t *isx_stb_load(const uint8_t *data, size_t len, int channels, int *w, int *h);
+/* *truncated: stb needed bytes past the end of the data (it pads with zeros). */
+uint8_t *isx_stb_load(const uint8_t *data, size_t len, int channels, int *w, int *h, int *truncated);
 const char *isx_stb_failure(void);
 void isx_stb_free(void *p);
 
