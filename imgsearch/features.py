@@ -93,15 +93,17 @@ class ColorHistogram(_NativeExtractor):
 
     Measured on flowers17 (benchmarks/results/image.md, mAP, bins 8x4x4):
     Hellinger (``sqrt=True, metric="l2"``) 0.182 > chi-square 0.171 (which
-    no index supports) > l1 0.163 > cosine 0.144 > l2 0.127.  The default
-    stays ``"l1"`` on raw histograms, which existing indexes were built with.
+    no index supports) > l1 0.163 > cosine 0.144 > l2 0.127 on raw
+    histograms, so Hellinger is the default.  A saved config without a
+    ``sqrt`` key comes from before the option existed and means raw
+    histograms (``sqrt=False``).
     """
 
     name = "colorhist"
     _kind = _KIND_COLORHIST
     dtype = np.float32
 
-    def __init__(self, bins=(8, 4, 4), metric="l1", sqrt=False):
+    def __init__(self, bins=(8, 4, 4), metric="l2", sqrt=True):
         bins = tuple(int(b) for b in bins)
         if len(bins) != 3 or not all(1 <= b <= 64 for b in bins):
             raise ValueError("bins: expected 3 integers in 1..64 (hue, saturation, value), found %r" % (bins,))
@@ -122,10 +124,7 @@ class ColorHistogram(_NativeExtractor):
         return items, out, raw
 
     def config(self):
-        config = {"name": self.name, "bins": list(self.bins), "metric": self.metric}
-        if self.sqrt:  # only when set: configs saved before the option existed still match
-            config["sqrt"] = True
-        return config
+        return {"name": self.name, "bins": list(self.bins), "metric": self.metric, "sqrt": self.sqrt}
 
 
 class _Hash(_NativeExtractor):
@@ -175,4 +174,6 @@ def from_config(config):
     if not isinstance(config, dict) or "name" not in config:
         raise ValueError("expected an extractor config: a dict with a 'name' key, found %r" % (config,))
     params = {k: v for k, v in config.items() if k != "name"}
+    if config["name"] == "colorhist":
+        params.setdefault("sqrt", False)  # saved before sqrt existed: raw histograms
     return get_extractor(config["name"], **params)

@@ -884,7 +884,7 @@ def test_colorhist_matches_reference(bins):
     arr = rng.integers(0, 256, size=(33, 47, 3), dtype=np.uint8)
     arr[0, :6] = [[0, 0, 0], [255, 255, 255], [128, 128, 128], [255, 0, 0], [0, 255, 0], [0, 0, 255]]
     arr[1, :4] = [[255, 0, 1], [1, 0, 255], [255, 255, 0], [0, 255, 255]]  # hue wrap-around, sextant edges
-    ext = features.ColorHistogram(bins=bins)
+    ext = features.ColorHistogram(bins=bins, metric="l1", sqrt=False)
     v = ext.extract([arr])
     assert v.shape == (1, int(np.prod(bins))) and v.dtype == np.float32
     np.testing.assert_allclose(v[0], ref_colorhist(arr, bins), atol=1e-6)
@@ -894,7 +894,7 @@ def test_colorhist_matches_reference(bins):
 def test_colorhist_sqrt_is_hellinger():
     rng = np.random.default_rng(7)
     a, b = (rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8) for _ in range(2))
-    raw = features.ColorHistogram().extract([a, b]).astype(np.float64)
+    raw = features.ColorHistogram(metric="l1", sqrt=False).extract([a, b]).astype(np.float64)
     root = features.ColorHistogram(sqrt=True, metric="l2").extract([a, b])
     np.testing.assert_allclose(root, np.sqrt(raw), rtol=1e-6)
     hellinger_sq = ((np.sqrt(raw[0]) - np.sqrt(raw[1])) ** 2).sum()
@@ -903,7 +903,7 @@ def test_colorhist_sqrt_is_hellinger():
 
 
 def test_colorhist_of_pure_colours():
-    ext = features.ColorHistogram(bins=(6, 2, 2))
+    ext = features.ColorHistogram(bins=(6, 2, 2), sqrt=False)
     red = np.zeros((4, 4, 3), np.uint8)
     red[..., 0] = 255
     v = ext.extract([red])[0].reshape(6, 2, 2)
@@ -921,7 +921,8 @@ def test_extractor_protocol_and_config_round_trip(tmp_path):
     p.write_bytes(encode(arr, "PNG"))
     cases = [(features.ColorHistogram(bins=(4, 3, 2), metric="l2"), 24, "l2", np.float32),
              (features.ColorHistogram(bins=(4, 3, 2), metric="l2", sqrt=True), 24, "l2", np.float32),
-             (features.ColorHistogram(), 128, "l1", np.float32),
+             (features.ColorHistogram(), 128, "l2", np.float32),   # default: Hellinger
+             (features.ColorHistogram(metric="l1", sqrt=False), 128, "l1", np.float32),
              (features.PHash(), 64, "hamming", np.uint8),
              (features.DHash(), 64, "hamming", np.uint8)]
     for ext, dim, metric, dtype in cases:
@@ -954,3 +955,13 @@ def test_extractor_protocol_and_config_round_trip(tmp_path):
         features.get_extractor("nope")
     with pytest.raises(ValueError):
         features.from_config({"bins": [1, 2, 3]})
+
+
+def test_colorhist_config_saved_before_sqrt_means_raw_histograms():
+    arr = photo_like(24, 32, seed=96)
+    old = features.from_config({"name": "colorhist", "bins": [8, 4, 4], "metric": "l1"})
+    assert old.sqrt is False and old.metric == "l1"
+    np.testing.assert_allclose(old.extract([arr])[0], ref_colorhist(arr, (8, 4, 4)), atol=1e-6)
+    new = features.ColorHistogram()
+    assert new.config()["sqrt"] is True and new.metric == "l2"
+    np.testing.assert_allclose(new.extract([arr])[0], np.sqrt(ref_colorhist(arr, (8, 4, 4))), atol=1e-6)
