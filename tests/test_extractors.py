@@ -138,3 +138,30 @@ def test_real_mobilenet_v2_recognises_the_cat():
     a = ex.extract([os.path.join(MODELS, "cat.bmp")])
     b = ts.extract([os.path.join(MODELS, "cat.bmp")])
     assert float((a * b).sum()) > 0.8  # symmetric vs TF padding: README says about 0.90
+
+
+def test_builders_never_fall_back_to_random_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    try:
+        import torchvision  # noqa: F401
+        expected = extractors.MissingWeightsError  # weights are looked for, none are found
+    except Exception:
+        expected = ImportError  # torchvision does not import beside this torch: say so, suggest TorchScript
+    for name in ("resnet18", "resnet50", "efficientnet_b0", "vit_b_16"):
+        with pytest.raises(expected) as e:
+            extractors.build_extractor(name)
+        assert ("TorchScript" in str(e.value)) or ("nothing is downloaded" in str(e.value))
+    with pytest.raises(ValueError, match="unknown model"):
+        extractors.build_extractor("no_such_net")
+    with pytest.raises(ValueError, match="TorchScript"):
+        TorchExtractor(small_cnn(), size=16, freeze=True)
+
+
+def test_frozen_torchscript_gives_the_unfrozen_outputs(tmp_path, folder):
+    good, labels, bad = folder
+    path = str(tmp_path / "m.ts.pt")
+    torch.jit.script(small_cnn(2)).save(path)
+    frozen = TorchExtractor.from_torchscript(path, size=32, resize=40)
+    plain = TorchExtractor.from_torchscript(path, size=32, resize=40, freeze=False, channels_last=False)
+    assert isinstance(frozen.model, torch.jit.ScriptModule) and frozen.channels_last
+    np.testing.assert_allclose(frozen.extract(good[:4]), plain.extract(good[:4]), rtol=1e-4, atol=1e-5)
