@@ -10,7 +10,11 @@ follows the ``imgsearch.features.Extractor`` protocol: ``extract(images)``,
 How a batch flows: ``imgsearch.image.iter_batches`` decodes, resizes, crops
 and normalises the next batch on native threads (no GIL) while torch runs the
 current one, so on a CPU the model is the only cost left; the tensor handed
-to torch is the loader's buffer (``torch.from_numpy``, no copy).
+to torch is the loader's buffer (``torch.from_numpy``, no copy).  The model
+itself runs under ``torch.inference_mode()``, channels-last for convolutional
+networks on the CPU, and TorchScript models are frozen (``torch.jit.freeze``):
+for MobileNetV2 on 2 CPU cores these two make the forward pass itself about
+1.5x faster than the model as loaded (benchmarks/results/engine.md).
 
 Weights are never downloaded: they come from a local file (``weights=``) or
 from the torch hub cache (``torch.hub.get_dir()/checkpoints``) when a file
@@ -141,6 +145,8 @@ class TorchExtractor(Extractor):
                 constants, so the JIT folds them; about 10-20% faster for
                 MobileNetV2 on a CPU, same outputs).  None: on for TorchScript.
     threads     torch intra-op threads (None: leave torch's setting).
+    loader_threads  decoder threads (None: every CPU); they decode the next batch
+                while torch runs the current one.
     """
 
     kind = "torch"
