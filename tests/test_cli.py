@@ -58,6 +58,10 @@ def test_eval_with_labels_csv(folder, tmp_path, capsys):
     assert code == 0
     res = json.loads(out)
     assert 0.8 < res["mAP"] <= 1 and "precision@10" in res and res["queries"] == len(good)
+    code, out, err = run(capsys, "eval", root, "--labels", csv_path, "--index", "flat", "--json", "-k", "10")
+    res10 = json.loads(out)
+    assert code == 0 and res10["k"] == 10 and res10["mAP"] == res10["mAP@10"] <= res["mAP"]
+    assert res10["precision@10"] == pytest.approx(res["precision@10"])
 
 
 def test_dups_and_errors(folder, tmp_path, capsys):
