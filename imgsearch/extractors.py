@@ -7,14 +7,15 @@ follows the ``imgsearch.features.Extractor`` protocol: ``extract(images)``,
     >>> ex = TorchExtractor.from_torchscript("mobilenet_v2_features.ts.pt", mean=0.5, std=0.5)
     >>> feats, failed = ex.extract_files(paths)        # (n_ok, 1280) float32, L2-normalised
 
-How a batch flows: ``imgsearch.image.iter_batches`` decodes, resizes, crops
-and normalises the next batch on native threads (no GIL) while torch runs the
-current one, so on a CPU the model is the only cost left; the tensor handed
+How a batch flows: the C loader decodes, resizes, crops and normalises a
+batch on native threads (no GIL); when torch leaves CPUs free (or runs on a
+GPU), ``imgsearch.image.iter_batches`` decodes the next batch on them while
+torch runs the current one, so the model is the only cost left.  When torch's
+threads already fill every CPU, decoding runs between model calls instead
+(overlapping would only make the two preempt each other).  The tensor handed
 to torch is the loader's buffer (``torch.from_numpy``, no copy).  The model
 itself runs under ``torch.inference_mode()``, channels-last for convolutional
-networks on the CPU, and TorchScript models are frozen (``torch.jit.freeze``):
-for MobileNetV2 on 2 CPU cores these two make the forward pass itself about
-1.5x faster than the model as loaded (benchmarks/results/engine.md).
+networks on the CPU, and TorchScript models are frozen (``torch.jit.freeze``).
 
 Weights are never downloaded: they come from a local file (``weights=``) or
 from the torch hub cache (``torch.hub.get_dir()/checkpoints``) when a file
@@ -145,8 +146,9 @@ class TorchExtractor(Extractor):
                 constants, so the JIT folds them; about 10-20% faster for
                 MobileNetV2 on a CPU, same outputs).  None: on for TorchScript.
     threads     torch intra-op threads (None: leave torch's setting).
-    loader_threads  decoder threads (None: every CPU); they decode the next batch
-                while torch runs the current one.
+    loader_threads  decoder threads (None: the CPUs torch leaves free, which decode
+                the next batch while torch runs the current one; every CPU when
+                torch's threads fill them all, between model calls).
     """
 
     kind = "torch"
@@ -249,13 +251,27 @@ class TorchExtractor(Extractor):
             return _image.load_batch(items, threads=threads, **self._loader_kwargs())
         return _load_squashed(items, self.size, self.mean, self.std)
 
+    def _free_cpus(self):
+        """CPUs that torch's own threads leave to the decoder (all of them on a GPU)."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if self.device.type != "cpu":
+            return cpus
+        return cpus - (int(self.threads) if self.threads else _torch().get_num_threads())
+
     def _iter_batches(self, items, threads=None):
-        if self.resize is not None:
-            yield from _image.iter_batches(items, batch_size=self.batch_size, threads=threads,
+        """(start, batch, failed) per batch.  When torch leaves CPUs free (or runs
+        on a GPU) the next batch is decoded on them while the model runs the
+        current one.  When torch's threads already fill every CPU, overlapping
+        only makes the decoder and torch preempt each other (about 10% slower
+        with MobileNetV2 on 2 cores, where decoding is 3% of the work): then
+        each batch is decoded on every CPU first, and the model runs after."""
+        free = self._free_cpus()
+        if self.resize is not None and free > 0:
+            yield from _image.iter_batches(items, batch_size=self.batch_size, threads=threads or free,
                                            **self._loader_kwargs())
             return
         for start in range(0, len(items), self.batch_size):
-            batch, failed = _load_squashed(items[start:start + self.batch_size], self.size, self.mean, self.std)
+            batch, failed = self._load_batch(items[start:start + self.batch_size], threads=threads)
             yield start, batch, [(start + i, p, r) for i, p, r in failed]
 
     # -- the Extractor protocol ------------------------------------------
@@ -273,8 +289,8 @@ class TorchExtractor(Extractor):
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
     def extract_files(self, paths, threads=None, progress=None):
-        """(features (n_ok, dim), failed [(index, path, reason)]).  The next batch is
-        decoded on native threads while the model runs on the current one."""
+        """(features (n_ok, dim), failed [(index, path, reason)]).  Batches are decoded
+        on native threads, overlapped with the model when torch leaves CPUs free."""
         paths = list(paths)
         feats, failed = [], []
         for start, batch, bad in self._iter_batches(paths, threads=threads or self.loader_threads):

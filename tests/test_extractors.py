@@ -165,3 +165,19 @@ def test_frozen_torchscript_gives_the_unfrozen_outputs(tmp_path, folder):
     plain = TorchExtractor.from_torchscript(path, size=32, resize=40, freeze=False, channels_last=False)
     assert isinstance(frozen.model, torch.jit.ScriptModule) and frozen.channels_last
     np.testing.assert_allclose(frozen.extract(good[:4]), plain.extract(good[:4]), rtol=1e-4, atol=1e-5)
+
+
+def test_decoding_overlaps_the_model_only_when_torch_leaves_cpus_free(folder, monkeypatch):
+    good, labels, bad = folder
+    ex = TorchExtractor(small_cnn(), size=32, resize=40, batch_size=4, threads=2)
+    calls = []
+    real = imgsearch.image.iter_batches
+    monkeypatch.setattr(imgsearch.image, "iter_batches", lambda *a, **k: calls.append(k["threads"]) or real(*a, **k))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    seq, f1 = ex.extract_files(good + bad)
+    assert calls == []  # torch's 2 threads fill the 2 CPUs: decode between model calls
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    over, f2 = ex.extract_files(good + bad)
+    assert calls == [6]  # the 6 CPUs torch leaves free decode the next batch
+    np.testing.assert_array_equal(seq, over)
+    assert f1 == f2 and sorted(p for _, p, _ in f1) == sorted(bad)
