@@ -127,6 +127,7 @@ def bench_indexing(paths, batch_size, rounds, per_image, loader_threads):
         results[name] = {**c, "images_per_s": len(paths) / c["seconds"],
                          "outside_torch": 1 - c["model_seconds"] / c["seconds"]}
     results["indexed"] = len(engine)
+    results["decoder_overlaps_model"] = ex._free_cpus() > 0
     # the features agree with the peers' pipeline (same model, different resampling)
     ours_f = engine.index.get(np.arange(len(paths)))
     ref = np.concatenate(feats["pillow_loop"])
@@ -202,8 +203,9 @@ def markdown(out, batch_size):
                   "",
                   "| pipeline | images/s | vs Pillow + torch loop | wall time outside torch |",
                   "|---|---|---|---|"]
-        labels = {"imgsearch": "imgsearch `ImageSearch.add` (C decoder, prefetch overlapped with torch, "
-                               "channels-last, frozen TorchScript)",
+        how = ("decoding the next batch on the CPUs torch leaves free" if ix.get("decoder_overlaps_model") else
+               "torch's threads fill every CPU, so batches are decoded between model calls")
+        labels = {"imgsearch": f"imgsearch `ImageSearch.add` (C decoder: {how}; channels-last, frozen TorchScript)",
                   "pillow_loop": f"Pillow + torch loop (per image PIL open/convert/resize/crop/normalise, "
                                  f"batch of {batch_size}, forward)",
                   "pillow_loop_tuned_model": "the same Pillow loop with our model settings (frozen TorchScript, "

@@ -169,7 +169,9 @@ def test_frozen_torchscript_gives_the_unfrozen_outputs(tmp_path, folder):
 
 def test_decoding_overlaps_the_model_only_when_torch_leaves_cpus_free(folder, monkeypatch):
     good, labels, bad = folder
-    ex = TorchExtractor(small_cnn(), size=32, resize=40, batch_size=4, threads=2)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep the process's setting
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    ex = TorchExtractor(small_cnn(), size=32, resize=40, batch_size=4)
     calls = []
     real = imgsearch.image.iter_batches
     monkeypatch.setattr(imgsearch.image, "iter_batches", lambda *a, **k: calls.append(k["threads"]) or real(*a, **k))
