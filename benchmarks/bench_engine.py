@@ -225,6 +225,12 @@ def markdown(out, batch_size):
         lines += ["", f"Indexed {ix['indexed']} of {out['images']} files, {ix['imgsearch']['failed']} failed. "
                   f"Feature cosine to the Pillow pipeline's: mean {ix['cosine_vs_pillow_loop']['mean']:.4f}, "
                   f"min {ix['cosine_vs_pillow_loop']['min']:.4f} (different resampling).", ""]
+        lines += ["Notes: on 2 cores torch's 2 threads fill the machine, so imgsearch decodes each batch between "
+                  "model calls; overlapping them there measured about 10% slower (decoder and torch preempt each "
+                  "other), so the overlap is used only on CPUs torch leaves free. Most of the gain is the model call "
+                  "(frozen TorchScript + oneDNN Graph fuser + channels-last, compare the third row), the rest is the C "
+                  "decoder (JPEG DCT-domain downscaling, no Pillow per image). Absolute rates swing with the load "
+                  "other processes put on the machine; the ratios come from one interleaved run.", ""]
     if "robustness" in out:
         r = out["robustness"]
         lines += ["## Unreadable files", "",
