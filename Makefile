@@ -80,7 +80,7 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "numpy>=2.0" "setuptools>=77" wheel pytest pillow pandas matplotlib tqdm nbclient nbformat ipykernel
+	$(PIP) install -q "numpy>=2.0" "setuptools>=77" wheel pytest pillow pandas matplotlib tqdm nbclient nbformat ipykernel scikit-learn
 	touch $@
 
 # PyTorch for the CNN extractors: pinned, so pip takes the CPU build (an

@@ -138,6 +138,8 @@ def cmd_eval(args):
     engine = _engine(args)
     _add(engine, args.dir)
     res = engine.evaluate(labels, k=args.k)
+    if "mAP" not in res:  # over the first k ranks only; "mAP" is always there for scripts
+        res["mAP"] = res[f"mAP@{res['k']}"]
     res["extractor"] = engine.extractor.name
     res["index"] = args.index
     if args.json:

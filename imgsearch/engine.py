@@ -430,19 +430,21 @@ class ImageSearch:
         n = len(self._paths)
         kk = k if k is not None else (n if n <= 2000 else 1000)
         kk = min(int(kk), n)
+        # one more than kk: each query finds itself, and the ranking is over the others
+        k_search = min(kk + 1, n)
         if "ef" not in search_params and self.index_kind == "hnsw":
-            search_params["ef"] = max(kk, 64)
+            search_params["ef"] = max(k_search, 64)
         I = []
         for s in range(0, len(ids), 1024):
             part = ids[s:s + 1024]
-            I.append(self.index.search(self.index.get(part), k=kk, **search_params)[1])
+            I.append(self.index.search(self.index.get(part), k=k_search, **search_params)[1])
         I = np.concatenate(I)
         # the ranking is over labelled items only
         I = np.where(np.isin(I, ids), I, -1)
         I = np.array([np.concatenate([r[r >= 0], r[r < 0]]) for r in I]) if len(I) else I
         res = label_retrieval_scores(I, ids, [lab[int(i)] for i in ids], ks=ks)
         res["k"] = kk
-        if kk < n:
+        if k_search < n:
             res[f"mAP@{kk}"] = res.pop("mAP")
         return res
 

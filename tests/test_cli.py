@@ -58,6 +58,10 @@ def test_eval_with_labels_csv(folder, tmp_path, capsys):
     assert code == 0
     res = json.loads(out)
     assert 0.8 < res["mAP"] <= 1 and "precision@10" in res and res["queries"] == len(good)
+    code, out, err = run(capsys, "eval", root, "--labels", csv_path, "--index", "flat", "--json", "-k", "10")
+    res10 = json.loads(out)
+    assert code == 0 and res10["k"] == 10 and res10["mAP"] == res10["mAP@10"] <= res["mAP"]
+    assert res10["precision@10"] == pytest.approx(res["precision@10"])
 
 
 def test_dups_and_errors(folder, tmp_path, capsys):
@@ -78,3 +82,36 @@ def test_python_dash_m(folder, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "imgsearch", "info", "--help"], capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0 and "index_file" in proc.stdout
+
+
+def test_torchscript_extractor_on_the_command_line(folder, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    root, good, labels, bad = folder
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU())
+    ts = str(tmp_path / "tiny.ts.pt")
+    torch.jit.script(model).save(ts)
+    out_file = str(tmp_path / "t.isx")
+    code, out, err = run(capsys, "index", root, "-o", out_file, "--index", "flat", "--extractor", ts,
+                         "--mean", "0.5,0.5,0.5", "--std", "0.5", "--size", "32")
+    assert code == 0, err
+    code, out, err = run(capsys, "info", out_file, "--json")
+    ex = json.loads(out)["extractor"]
+    assert ex["kind"] == "torch" and ex["dim"] == 8 and ex["mean"] == [0.5] * 3 and ex["std"] == [0.5] * 3
+    assert ex["size"] == 32 and ex["source"] == {"torchscript": os.path.abspath(ts)}
+    # search re-extracts a query that is not in the index with the same TorchScript file
+    code, out, err = run(capsys, "search", out_file, bad[0], good[0], "--json")
+    assert code == 2 and "error" in err  # an unreadable query is an error, not a silent miss
+    code, out, err = run(capsys, "search", out_file, good[0], "-k", "2", "--json")
+    assert code == 0 and json.loads(out)[0]["results"][0]["path"] == os.path.abspath(good[0])
+    code, out, err = run(capsys, "index", root, "-o", out_file, "--extractor", str(tmp_path / "none.ts.pt"))
+    assert code == 2 and "does not exist" in err
+
+
+def test_named_model_without_weights_fails_fast_and_says_where(folder, tmp_path, capsys, monkeypatch):
+    torch = pytest.importorskip("torch")
+    root, good, labels, bad = folder
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    code, out, err = run(capsys, "index", root, "-o", str(tmp_path / "m.isx"), "--extractor", "mobilenet_v2")
+    assert code == 2 and "nothing is downloaded" in err and "weights" in err
+    assert not os.path.exists(tmp_path / "m.isx")

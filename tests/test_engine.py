@@ -190,3 +190,66 @@ def test_results_table_and_html(folder):
     html = res._repr_html_()
     assert html.count("<img") == 2 + 6 and "data:image/jpeg;base64," in html
     assert "<script>" not in html
+
+
+def test_add_globs_pil_images_and_mixed_lists_with_a_report(folder):
+    from PIL import Image
+    root, good, labels, bad = folder
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    rep = engine.add(os.path.join(root, "blue", "*.png"))
+    blue = [p for p in good if labels[p] == "blue"]
+    assert rep.added == len(blue) and not rep.failed
+    assert sorted(engine.paths) == sorted(os.path.abspath(p) for p in blue)
+    # PIL images, arrays and paths in one list: every item gets an id, the bad path is reported
+    others = [p for p in good if labels[p] != "blue"]
+    pil = Image.open(others[0])
+    rep = engine.add([pil, imgsearch.image.load(others[1]), others[2], bad[0], blue[0]])
+    assert (rep.added, rep.updated) == (3, 1) and len(rep.failed) == 1
+    assert rep.failed[0][0] == os.path.abspath(bad[0]) and rep.failed[0][1]
+    assert len(engine) == len(blue) + 3
+    # the PIL image indexed what its file holds
+    np.testing.assert_allclose(engine.index.get([rep.ids[0]])[0], engine.extractor.extract([others[0]])[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_batch_search_mixes_paths_arrays_and_pil(folder):
+    from PIL import Image
+    root, good, labels, bad = folder
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    engine.add(root)
+    res = engine.search([good[0], imgsearch.image.load(good[1]), Image.open(good[2])], k=2)
+    assert res.ids.shape == (3, 2) and len(res) == 3
+    assert [res.paths[q][0] for q in range(3)] == [os.path.abspath(p) for p in good[:3]]
+    assert res.queries[0] == good[0] and res.queries[1].startswith("<")
+
+
+def test_evaluate_at_k_does_not_count_the_query_itself(folder):
+    root, good, labels, bad = folder
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    engine.add(root)
+    full = engine.evaluate("folders", ks=(1, 5))
+    at5 = engine.evaluate("folders", k=5, ks=(1, 5))
+    assert at5["precision@5"] == pytest.approx(full["precision@5"])
+    assert at5["precision@1"] == pytest.approx(full["precision@1"])
+    assert "mAP@5" in at5 and "mAP" in full
+
+
+def test_html_view_escapes_names_and_stays_bounded(tmp_path, rng):
+    from PIL import Image
+    from imgfolder import make_image
+    root = tmp_path / "x"
+    root.mkdir()
+    evil = root / '<img src=x onerror="alert(1)">.png'
+    Image.fromarray(make_image(rng, (200, 40, 40))).save(str(evil))
+    for i in range(14):
+        Image.fromarray(make_image(rng, (40, 40, 200))).save(str(root / f"b{i}.png"))
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    engine.add(str(root))
+    res = engine.search(engine.paths, k=len(engine))
+    html = res._repr_html_()
+    assert "onerror=\"alert" not in html and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+    # at most 10 queries x (1 + 10 hits) thumbnails, and a note about the rest
+    assert html.count("<img") <= 10 * 11 and "5 more queries not shown" in html
+    # a display hook never raises
+    res.to_html = lambda *a, **k: 1 / 0
+    assert res._repr_html_() is None

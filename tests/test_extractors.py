@@ -138,3 +138,48 @@ def test_real_mobilenet_v2_recognises_the_cat():
     a = ex.extract([os.path.join(MODELS, "cat.bmp")])
     b = ts.extract([os.path.join(MODELS, "cat.bmp")])
     assert float((a * b).sum()) > 0.8  # symmetric vs TF padding: README says about 0.90
+
+
+def test_builders_never_fall_back_to_random_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    try:
+        import torchvision  # noqa: F401
+        expected = extractors.MissingWeightsError  # weights are looked for, none are found
+    except Exception:
+        expected = ImportError  # torchvision does not import beside this torch: say so, suggest TorchScript
+    for name in ("resnet18", "resnet50", "efficientnet_b0", "vit_b_16"):
+        with pytest.raises(expected) as e:
+            extractors.build_extractor(name)
+        assert ("TorchScript" in str(e.value)) or ("nothing is downloaded" in str(e.value))
+    with pytest.raises(ValueError, match="unknown model"):
+        extractors.build_extractor("no_such_net")
+    with pytest.raises(ValueError, match="TorchScript"):
+        TorchExtractor(small_cnn(), size=16, freeze=True)
+
+
+def test_frozen_torchscript_gives_the_unfrozen_outputs(tmp_path, folder):
+    good, labels, bad = folder
+    path = str(tmp_path / "m.ts.pt")
+    torch.jit.script(small_cnn(2)).save(path)
+    frozen = TorchExtractor.from_torchscript(path, size=32, resize=40)
+    plain = TorchExtractor.from_torchscript(path, size=32, resize=40, freeze=False, channels_last=False)
+    assert isinstance(frozen.model, torch.jit.ScriptModule) and frozen.channels_last
+    np.testing.assert_allclose(frozen.extract(good[:4]), plain.extract(good[:4]), rtol=1e-4, atol=1e-5)
+
+
+def test_decoding_overlaps_the_model_only_when_torch_leaves_cpus_free(folder, monkeypatch):
+    good, labels, bad = folder
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep the process's setting
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    ex = TorchExtractor(small_cnn(), size=32, resize=40, batch_size=4)
+    calls = []
+    real = imgsearch.image.iter_batches
+    monkeypatch.setattr(imgsearch.image, "iter_batches", lambda *a, **k: calls.append(k["threads"]) or real(*a, **k))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    seq, f1 = ex.extract_files(good + bad)
+    assert calls == []  # torch's 2 threads fill the 2 CPUs: decode between model calls
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    over, f2 = ex.extract_files(good + bad)
+    assert calls == [6]  # the 6 CPUs torch leaves free decode the next batch
+    np.testing.assert_array_equal(seq, over)
+    assert f1 == f2 and sorted(p for _, p, _ in f1) == sorted(bad)

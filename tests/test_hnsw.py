@@ -449,3 +449,16 @@ def test_errors_say_what_was_expected(rng):
         HNSWIndex(8, dtype="float16").add(np.full((1, 8), 1e6, np.float32))
     assert len(index) == 0
     assert "HNSWIndex(dim=8" in repr(index)
+
+
+def test_parallel_build_leaves_no_node_unreachable():
+    # Regression: a node being inserted overwrote its own link list, dropping
+    # back-links that concurrent inserts had already put there; 2 to 18 of these
+    # 1360 nodes were then found by no search (k = n, ef = n), on 2 threads.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1360, 1280)).astype(np.float32)
+    for seed in range(3):
+        h = imgsearch.HNSWIndex(X.shape[1], metric="cosine", M=16, ef_construction=200, seed=seed)
+        h.add(X, threads=2)
+        D, I = h.search(X[:50], k=len(X), ef=len(X))
+        assert (I >= 0).sum(axis=1).min() == len(X)

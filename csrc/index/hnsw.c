@@ -923,11 +923,13 @@ static int insert_node(isx_hnsw *h, worker *w, uint32_t slot)
         ep = w->sel[0].s;
         ep_d = w->sel[0].d;
         nsel = select_neighbours(h, w, w->sel, m, h->M, chosen);
-        node_lock(h, slot);
-        uint32_t *own = links_at(h, slot, l);
-        memcpy(own + 1, chosen, nsel * sizeof(uint32_t));
-        own[0] = (uint32_t)nsel;
-        node_unlock(h, slot);
+        /* Linked through add_link, never copied over: in a parallel add another
+         * node may already have found this one (through its upper levels) and
+         * linked itself here; overwriting the list would drop that back-link and
+         * can leave nodes that no search reaches.  Alone, the list is empty here
+         * and add_link appends: the same graph as a plain copy. */
+        for (size_t i = 0; i < nsel; i++)
+            add_link(h, w, slot, chosen[i], l);
         for (size_t i = 0; i < nsel; i++)
             add_link(h, w, chosen[i], slot, l);
     }
