@@ -47,6 +47,7 @@ fuzz: deps venv
 	status=$$?; $(RESTORE_BUILD) && exit $$status
 
 bench: bench-flat bench-hnsw bench-kdtree bench-image bench-engine
+	$(PY) benchmarks/collect.py
 
 bench-flat: build $(VENV)/.bench
 	$(PY) benchmarks/bench_flat.py

@@ -1,0 +1,61 @@
+"""Assemble benchmarks/README.md from the Markdown each benchmark writes to
+benchmarks/results/<name>.md (run by `make bench` after the benchmarks).
+
+    python benchmarks/collect.py
+"""
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SECTIONS = [
+    ("flat", "Exact search: FlatIndex vs faiss IndexFlatL2 vs NumPy; pairwise vs simsimd",
+     "bench_flat.py", "make bench-flat"),
+    ("hnsw", "Approximate search: HNSWIndex vs hnswlib vs faiss IndexHNSWFlat vs usearch",
+     "bench_hnsw.py", "make bench-hnsw"),
+    ("kdtree", "KD-tree: KDTreeIndex vs scipy cKDTree vs scikit-learn KDTree vs FlatIndex",
+     "bench_kdtree.py", "make bench-kdtree"),
+    ("image", "Image pipeline and classic features: imgsearch vs Pillow + NumPy",
+     "bench_image.py", "make bench-image"),
+    ("engine", "End to end: ImageSearch with MobileNetV2 vs a Pillow + torch loop; retrieval quality",
+     "bench_engine.py", "make bench-engine"),
+]
+
+INTRO = """# Benchmarks
+
+Every figure here compares imgsearch with the peers installed from PyPI (faiss-cpu,
+hnswlib, usearch, scipy, scikit-learn, simsimd, Pillow, torch) on the same data, on
+the same machine, in the same run, with the same parameters; each table says how it
+was measured. The machine is a shared 2-core x86-64 (AMD Zen, AVX2/FMA; no AVX-512),
+so absolute rates move from run to run: read the ratios, which come from interleaved
+runs. Data: Fashion-MNIST from the Debian package `dataset-fashion-mnist`, and the
+1,360 flowers17 photos. Each benchmark writes `results/<name>.json` (all raw figures)
+and `results/<name>.md` (the tables below); `make bench` runs them all and rebuilds
+this page (`python benchmarks/collect.py`).
+"""
+
+
+def demote(text, top=3):
+    """Shift a section's own headings so that its highest becomes level `top`."""
+    lines = text.splitlines()
+    levels = [len(line) - len(line.lstrip("#")) for line in lines if line.startswith("#")]
+    shift = top - min(levels) if levels else 0
+    return "\n".join("#" * shift + line if line.startswith("#") else line for line in lines)
+
+
+def main():
+    parts = [INTRO]
+    for name, title, script, target in SECTIONS:
+        path = os.path.join(HERE, "results", name + ".md")
+        parts.append(f"\n## {title}\n\n`{script}` (`{target}`)\n")
+        if os.path.exists(path):
+            with open(path) as f:
+                body = f.read().strip()
+            body = demote(body)
+            parts.append("\n" + body + "\n")
+        else:
+            parts.append(f"\nNot run yet: `{target}`.\n")
+    with open(os.path.join(HERE, "README.md"), "w") as f:
+        f.write("".join(parts))
+
+
+if __name__ == "__main__":
+    main()
