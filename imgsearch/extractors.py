@@ -24,6 +24,7 @@ with the torchvision name is already there.  Without weights the builders
 raise, saying where to put the file; random weights only with
 ``weights="random"``.
 """
+import contextlib
 import os
 import time
 
@@ -108,6 +109,27 @@ def _frozen(torch, script_module):
         return script_module
 
 
+@contextlib.contextmanager
+def _onednn_graph(torch):
+    """Run TorchScript through oneDNN Graph (what ``torch.jit.fuser("fuser3")``
+    sets), without touching the nvFuser switch: torch 2.x removed nvFuser and
+    warns on stderr each time that switch is read or set, i.e. every batch."""
+    C = torch._C
+    saved = (C._jit_set_profiling_executor(True), C._get_graph_executor_optimize(True),
+             C._jit_can_fuse_on_cpu(), C._jit_texpr_fuser_enabled(), C._jit_llga_enabled())
+    C._jit_override_can_fuse_on_cpu(True)
+    C._jit_set_texpr_fuser_enabled(True)
+    C._jit_set_llga_enabled(True)
+    try:
+        yield
+    finally:
+        C._jit_set_profiling_executor(saved[0])
+        C._get_graph_executor_optimize(saved[1])
+        C._jit_override_can_fuse_on_cpu(saved[2])
+        C._jit_set_texpr_fuser_enabled(saved[3])
+        C._jit_set_llga_enabled(saved[4])
+
+
 def _load_squashed(items, size, mean, std):
     """The whole image resized to size x size (aspect ratio not kept), normalised,
     NCHW -- the preprocessing of models trained that way (resize=None).  Decoding
@@ -176,10 +198,9 @@ class TorchExtractor(Extractor):
             if not is_script:
                 raise ValueError("freeze=True needs a TorchScript model (torch.jit.script or from_torchscript)")
             self.model = _frozen(torch, self.model)
-        # A frozen graph on the CPU runs through oneDNN Graph ("fuser3"), which fuses
+        # A frozen graph on the CPU runs through oneDNN Graph, which fuses
         # convolutions with their activations (MobileNetV2 on 2 cores: ~30% faster).
-        frozen = is_script and self.model is not model and torch.device(device).type == "cpu"
-        self._fuser = "fuser3" if frozen else None
+        self._fuser = is_script and self.model is not model and torch.device(device).type == "cpu"
         self.size, self.resize = size, resize
         self.mean, self.std = _triple(mean, "mean"), _triple(std, "std")
         self.pooling, self.normalize, self.layer = pooling, bool(normalize), layer
@@ -220,7 +241,7 @@ class TorchExtractor(Extractor):
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if self._fuser:
-                with torch.jit.fuser(self._fuser):
+                with _onednn_graph(torch):
                     out = self.model(x)
             else:
                 out = self.model(x)
@@ -251,7 +272,7 @@ class TorchExtractor(Extractor):
             except Exception:
                 if not self._fuser:
                     raise
-                self._fuser = None  # this torch build cannot fuse the graph: run it as it is
+                self._fuser = False  # this torch build cannot fuse the graph: run it as it is
                 v = self._forward(x)
         except Exception as e:
             raise ValueError(f"the model failed on a (1, 3, {self.size}, {self.size}) input: {e}") from e
