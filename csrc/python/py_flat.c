@@ -178,22 +178,6 @@ error:
     return NULL;
 }
 
-static int parse_k(PyObject *obj, Py_ssize_t *k)
-{
-    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "k: expected an int >= 1, found %s", Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    *k = PyLong_AsSsize_t(obj);
-    if (*k == -1 && PyErr_Occurred())
-        return -1;
-    if (*k < 1 || (size_t)*k > ISX_MAX_K) {
-        PyErr_Format(PyExc_ValueError, "Expected 1 <= k <= %u. Got k=%zd", ISX_MAX_K, *k);
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *flat_search(FlatObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"Q", "k", "threads", "filter", NULL};
@@ -203,7 +187,7 @@ static PyObject *flat_search(FlatObject *self, PyObject *args, PyObject *kw)
         return NULL;
     Py_ssize_t k = 10;
     int threads;
-    if ((k_obj && parse_k(k_obj, &k) < 0) || isx_py_threads(threads_obj, &threads) < 0)
+    if ((k_obj && isx_py_parse_k(k_obj, &k) < 0) || isx_py_threads(threads_obj, &threads) < 0)
         return NULL;
     isx_flat *f = self->index;
     PyArrayObject *Q = isx_py_matrix(q_obj, row_dtype(f), (npy_intp)f->row_elems, 1, "queries");
@@ -236,14 +220,6 @@ error:
     Py_XDECREF(D);
     Py_XDECREF(L);
     return NULL;
-}
-
-static PyObject *copy_to_array(const void *src, npy_intp n, int type)
-{
-    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(1, &n, type);
-    if (a && n)
-        memcpy(PyArray_DATA(a), src, (size_t)n * (size_t)PyArray_ITEMSIZE(a));
-    return (PyObject *)a;
 }
 
 static PyObject *flat_range_search(FlatObject *self, PyObject *args, PyObject *kw)
@@ -282,8 +258,8 @@ static PyObject *flat_range_search(FlatObject *self, PyObject *args, PyObject *k
         goto error;
     }
     npy_intp total = ((int64_t *)PyArray_DATA(lims))[nl - 1];
-    Dout = copy_to_array(D, total, NPY_FLOAT32);
-    Iout = copy_to_array(Ilist, total, NPY_INT64);
+    Dout = isx_py_copy_array(D, total, NPY_FLOAT32);
+    Iout = isx_py_copy_array(Ilist, total, NPY_INT64);
     free(D);
     free(Ilist);
     D = NULL;
@@ -449,7 +425,7 @@ static PyObject *flat_get_ids(FlatObject *self, void *closure)
         return NULL;
     isx_flat_lock_read(self->index);
     npy_intp n = (npy_intp)self->index->count;
-    PyObject *out = copy_to_array(self->index->ids, n, NPY_INT64);
+    PyObject *out = isx_py_copy_array(self->index->ids, n, NPY_INT64);
     isx_flat_unlock(self->index);
     return out;
 }

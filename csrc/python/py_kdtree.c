@@ -180,22 +180,6 @@ error:
     return NULL;
 }
 
-static int parse_k(PyObject *obj, Py_ssize_t *k)
-{
-    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "k: expected an int >= 1, found %s", Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    *k = PyLong_AsSsize_t(obj);
-    if (*k == -1 && PyErr_Occurred())
-        return -1;
-    if (*k < 1 || (size_t)*k > ISX_MAX_K) {
-        PyErr_Format(PyExc_ValueError, "Expected 1 <= k <= %u. Got k=%zd", ISX_MAX_K, *k);
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *kd_search(KDTreeObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"Q", "k", "eps", "max_leaves", "filter", "threads", NULL};
@@ -206,7 +190,7 @@ static PyObject *kd_search(KDTreeObject *self, PyObject *args, PyObject *kw)
         return NULL;
     Py_ssize_t k = 10;
     int threads;
-    if ((k_obj && parse_k(k_obj, &k) < 0) || isx_py_threads(threads_obj, &threads) < 0)
+    if ((k_obj && isx_py_parse_k(k_obj, &k) < 0) || isx_py_threads(threads_obj, &threads) < 0)
         return NULL;
     if (!(eps >= 0.0) || isinf(eps))
     {
@@ -256,14 +240,6 @@ error:
     return NULL;
 }
 
-static PyObject *copy_to_array(const void *src, npy_intp n, int type)
-{
-    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(1, &n, type);
-    if (a && n)
-        memcpy(PyArray_DATA(a), src, (size_t)n * (size_t)PyArray_ITEMSIZE(a));
-    return (PyObject *)a;
-}
-
 static PyObject *kd_range_search(KDTreeObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"Q", "radius", "filter", "threads", NULL};
@@ -300,8 +276,8 @@ static PyObject *kd_range_search(KDTreeObject *self, PyObject *args, PyObject *k
         goto error;
     }
     npy_intp total = ((int64_t *)PyArray_DATA(lims))[nl - 1];
-    Dout = copy_to_array(D, total, NPY_FLOAT32);
-    Iout = copy_to_array(Ilist, total, NPY_INT64);
+    Dout = isx_py_copy_array(D, total, NPY_FLOAT32);
+    Iout = isx_py_copy_array(Ilist, total, NPY_INT64);
     free(D);
     free(Ilist);
     D = NULL;
