@@ -178,6 +178,21 @@ error:
     return NULL;
 }
 
+/* ---- the C index's calls in the shapes py_index.c takes ---- */
+
+static int flat_core_search(void *index, const void *params, const void *Q, size_t nq, size_t k,
+                            const isx_filter *filter, int nthreads, float *D, int64_t *labels)
+{
+    (void)params;
+    return isx_flat_search(index, Q, nq, k, filter, nthreads, D, labels);
+}
+
+static int flat_core_range_search(void *index, const void *Q, size_t nq, float radius, const isx_filter *filter,
+                                  int nthreads, int64_t *lims, float **D, int64_t **labels)
+{
+    return isx_flat_range_search(index, Q, nq, radius, filter, nthreads, lims, D, labels);
+}
+
 static PyObject *flat_search(FlatObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"Q", "k", "threads", "filter", NULL};
@@ -190,94 +205,16 @@ static PyObject *flat_search(FlatObject *self, PyObject *args, PyObject *kw)
     if ((k_obj && isx_py_parse_k(k_obj, &k) < 0) || isx_py_threads(threads_obj, &threads) < 0)
         return NULL;
     isx_flat *f = self->index;
-    PyArrayObject *Q = isx_py_matrix(q_obj, row_dtype(f), (npy_intp)f->row_elems, 1, "queries");
-    if (!Q)
-        return NULL;
-    isx_filter flt;
-    PyArrayObject *keep = NULL, *D = NULL, *L = NULL;
-    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
-        goto error;
-    npy_intp shape[2] = {PyArray_DIM(Q, 0), k};
-    D = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
-    L = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_INT64);
-    if (!D || !L)
-        goto error;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_flat_search(f, PyArray_DATA(Q), (size_t)shape[0], (size_t)k, &flt, threads,
-                         PyArray_DATA(D), PyArray_DATA(L));
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(Q);
-    Py_XDECREF(keep);
-    return Py_BuildValue("(NN)", D, L);
-error:
-    Py_XDECREF(Q);
-    Py_XDECREF(keep);
-    Py_XDECREF(D);
-    Py_XDECREF(L);
-    return NULL;
+    return isx_py_search(f, flat_core_search, NULL, row_dtype(f), (npy_intp)f->row_elems, q_obj, (size_t)k, threads,
+                         filter_obj);
 }
 
 static PyObject *flat_range_search(FlatObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"Q", "radius", "threads", "filter", NULL};
-    PyObject *q_obj, *threads_obj = Py_None, *filter_obj = Py_None;
-    double radius;
-    if (!flat_ready(self) ||
-        !PyArg_ParseTupleAndKeywords(args, kw, "Od|$OO:range_search", kwlist, &q_obj, &radius, &threads_obj, &filter_obj))
-        return NULL;
-    int threads;
-    if (isx_py_threads(threads_obj, &threads) < 0)
+    if (!flat_ready(self))
         return NULL;
     isx_flat *f = self->index;
-    PyArrayObject *Q = isx_py_matrix(q_obj, row_dtype(f), (npy_intp)f->row_elems, 1, "queries");
-    if (!Q)
-        return NULL;
-    isx_filter flt;
-    PyArrayObject *keep = NULL, *lims = NULL;
-    PyObject *Dout = NULL, *Iout = NULL;
-    float *D = NULL;
-    int64_t *Ilist = NULL;
-    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
-        goto error;
-    npy_intp nl = PyArray_DIM(Q, 0) + 1;
-    lims = (PyArrayObject *)PyArray_SimpleNew(1, &nl, NPY_INT64);
-    if (!lims)
-        goto error;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_flat_range_search(f, PyArray_DATA(Q), (size_t)PyArray_DIM(Q, 0), (float)radius, &flt, threads,
-                               PyArray_DATA(lims), &D, &Ilist);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
-    npy_intp total = ((int64_t *)PyArray_DATA(lims))[nl - 1];
-    Dout = isx_py_copy_array(D, total, NPY_FLOAT32);
-    Iout = isx_py_copy_array(Ilist, total, NPY_INT64);
-    free(D);
-    free(Ilist);
-    D = NULL;
-    Ilist = NULL;
-    if (!Dout || !Iout)
-        goto error;
-    Py_DECREF(Q);
-    Py_XDECREF(keep);
-    return Py_BuildValue("(NNN)", lims, Dout, Iout);
-error:
-    free(D);
-    free(Ilist);
-    Py_XDECREF(Q);
-    Py_XDECREF(keep);
-    Py_XDECREF(lims);
-    Py_XDECREF(Dout);
-    Py_XDECREF(Iout);
-    return NULL;
+    return isx_py_range_search(f, flat_core_range_search, row_dtype(f), (npy_intp)f->row_elems, args, kw);
 }
 
 static PyObject *flat_remove(FlatObject *self, PyObject *ids_obj)

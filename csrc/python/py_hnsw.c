@@ -180,6 +180,15 @@ static PyObject *hnsw_add(HNSWObject *self, PyObject *args, PyObject *kw)
     Py_RETURN_NONE;
 }
 
+/* ---- the C index's calls in the shapes py_index.c takes ---- */
+
+/* params: the search breadth ef (size_t, 0 = the index's default). */
+static int hnsw_core_search(void *index, const void *params, const void *Q, size_t nq, size_t k,
+                            const isx_filter *filter, int nthreads, float *D, int64_t *labels)
+{
+    return isx_hnsw_search(index, Q, nq, k, *(const size_t *)params, filter, nthreads, D, labels);
+}
+
 static PyObject *hnsw_search(HNSWObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"Q", "k", "ef", "filter", "threads", NULL};
@@ -195,36 +204,8 @@ static PyObject *hnsw_search(HNSWObject *self, PyObject *args, PyObject *kw)
         isx_py_threads(threads_obj, &threads) < 0)
         return NULL;
     isx_hnsw *h = self->index;
-    PyArrayObject *Q = isx_py_matrix(q_obj, row_dtype(h), (npy_intp)row_elems(h), 1, "queries");
-    if (!Q)
-        return NULL;
-    isx_filter flt;
-    PyArrayObject *keep = NULL, *D = NULL, *L = NULL;
-    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
-        goto error;
-    npy_intp shape[2] = {PyArray_DIM(Q, 0), (npy_intp)k};
-    D = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
-    L = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_INT64);
-    if (!D || !L)
-        goto error;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_hnsw_search(h, PyArray_DATA(Q), (size_t)shape[0], k, ef, &flt, threads, PyArray_DATA(D),
-                         PyArray_DATA(L));
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(Q);
-    Py_XDECREF(keep);
-    return Py_BuildValue("(NN)", D, L);
-error:
-    Py_XDECREF(Q);
-    Py_XDECREF(keep);
-    Py_XDECREF(D);
-    Py_XDECREF(L);
-    return NULL;
+    return isx_py_search(h, hnsw_core_search, &ef, row_dtype(h), (npy_intp)row_elems(h), q_obj, k, threads,
+                         filter_obj);
 }
 
 static PyObject *hnsw_remove(HNSWObject *self, PyObject *args, PyObject *kw)

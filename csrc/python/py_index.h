@@ -1,4 +1,13 @@
-/* py_index.h -- the index types, for module.c's loader. */
+/*
+ * py_index.h -- the index types, for module.c's loader, and the methods
+ * FlatIndex, KDTreeIndex and HNSWIndex share (py_index.c).
+ *
+ * A shared method takes the C index as void * and an adapter from its
+ * binding with the signature below, which calls the index's own function:
+ * adapters, not casts between function pointer types, keep the calls
+ * well-defined.  Each binding still checks that it is initialised and parses
+ * what is its own; every shared method runs the C call without the GIL.
+ */
 #ifndef ISX_PY_INDEX_H
 #define ISX_PY_INDEX_H
 
@@ -18,5 +27,23 @@ PyObject *isx_py_hnsw_wrap(isx_hnsw *h);
 extern PyTypeObject isx_KDTreeType;
 /* A new KDTreeIndex object owning kd (destroyed on failure). */
 PyObject *isx_py_kdtree_wrap(isx_kdtree *kd);
+
+/* ---- search: k nearest, and everything within a radius ---- */
+
+/* k nearest per query into D and labels (nq x k); `params` is the binding's
+ * own (search breadth, eps, ...), passed through. */
+typedef int (*isx_py_knn_fn)(void *index, const void *params, const void *Q, size_t nq, size_t k,
+                             const isx_filter *filter, int nthreads, float *D, int64_t *labels);
+/* (D, I) for queries q_obj: rows of `dtype` (NPY_FLOAT32 or NPY_UINT8) with
+ * ncols elements, converted as X is for add. */
+PyObject *isx_py_search(void *index, isx_py_knn_fn knn, const void *params, int dtype, npy_intp ncols,
+                        PyObject *q_obj, size_t k, int threads, PyObject *filter_obj);
+
+/* All hits with distance < radius: lims (nq + 1), *D and *labels malloc'd. */
+typedef int (*isx_py_range_fn)(void *index, const void *Q, size_t nq, float radius, const isx_filter *filter,
+                               int nthreads, int64_t *lims, float **D, int64_t **labels);
+/* range_search(Q, radius, *, threads=None, filter=None) -> (lims, D, I). */
+PyObject *isx_py_range_search(void *index, isx_py_range_fn range, int dtype, npy_intp ncols, PyObject *args,
+                              PyObject *kw);
 
 #endif

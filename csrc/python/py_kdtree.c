@@ -180,6 +180,20 @@ error:
     return NULL;
 }
 
+/* ---- the C index's calls in the shapes py_index.c takes ---- */
+
+static int kd_core_search(void *index, const void *params, const void *Q, size_t nq, size_t k,
+                          const isx_filter *filter, int nthreads, float *D, int64_t *labels)
+{
+    return isx_kdtree_search(index, Q, nq, k, params, filter, nthreads, D, labels);
+}
+
+static int kd_core_range_search(void *index, const void *Q, size_t nq, float radius, const isx_filter *filter,
+                                int nthreads, int64_t *lims, float **D, int64_t **labels)
+{
+    return isx_kdtree_range_search(index, Q, nq, radius, filter, nthreads, lims, D, labels);
+}
+
 static PyObject *kd_search(KDTreeObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"Q", "k", "eps", "max_leaves", "filter", "threads", NULL};
@@ -208,94 +222,16 @@ static PyObject *kd_search(KDTreeObject *self, PyObject *args, PyObject *kw)
         params.max_leaves = (size_t)ml;
     }
     isx_kdtree *kd = self->index;
-    PyArrayObject *Q = isx_py_matrix(q_obj, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), 1, "queries");
-    if (!Q)
-        return NULL;
-    isx_filter flt;
-    PyArrayObject *keep = NULL, *D = NULL, *L = NULL;
-    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
-        goto error;
-    npy_intp shape[2] = {PyArray_DIM(Q, 0), k};
-    D = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
-    L = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_INT64);
-    if (!D || !L)
-        goto error;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_kdtree_search(kd, PyArray_DATA(Q), (size_t)shape[0], (size_t)k, &params, &flt, threads,
-                           PyArray_DATA(D), PyArray_DATA(L));
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(Q);
-    Py_XDECREF(keep);
-    return Py_BuildValue("(NN)", D, L);
-error:
-    Py_XDECREF(Q);
-    Py_XDECREF(keep);
-    Py_XDECREF(D);
-    Py_XDECREF(L);
-    return NULL;
+    return isx_py_search(kd, kd_core_search, &params, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), q_obj, (size_t)k,
+                         threads, filter_obj);
 }
 
 static PyObject *kd_range_search(KDTreeObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"Q", "radius", "filter", "threads", NULL};
-    PyObject *q_obj, *threads_obj = Py_None, *filter_obj = Py_None;
-    double radius;
-    if (!kd_ready(self) ||
-        !PyArg_ParseTupleAndKeywords(args, kw, "Od|$OO:range_search", kwlist, &q_obj, &radius, &filter_obj, &threads_obj))
-        return NULL;
-    int threads;
-    if (isx_py_threads(threads_obj, &threads) < 0)
+    if (!kd_ready(self))
         return NULL;
     isx_kdtree *kd = self->index;
-    PyArrayObject *Q = isx_py_matrix(q_obj, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), 1, "queries");
-    if (!Q)
-        return NULL;
-    isx_filter flt;
-    PyArrayObject *keep = NULL, *lims = NULL;
-    PyObject *Dout = NULL, *Iout = NULL;
-    float *D = NULL;
-    int64_t *Ilist = NULL;
-    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
-        goto error;
-    npy_intp nl = PyArray_DIM(Q, 0) + 1;
-    lims = (PyArrayObject *)PyArray_SimpleNew(1, &nl, NPY_INT64);
-    if (!lims)
-        goto error;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_kdtree_range_search(kd, PyArray_DATA(Q), (size_t)PyArray_DIM(Q, 0), (float)radius, &flt, threads,
-                                 PyArray_DATA(lims), &D, &Ilist);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
-    npy_intp total = ((int64_t *)PyArray_DATA(lims))[nl - 1];
-    Dout = isx_py_copy_array(D, total, NPY_FLOAT32);
-    Iout = isx_py_copy_array(Ilist, total, NPY_INT64);
-    free(D);
-    free(Ilist);
-    D = NULL;
-    Ilist = NULL;
-    if (!Dout || !Iout)
-        goto error;
-    Py_DECREF(Q);
-    Py_XDECREF(keep);
-    return Py_BuildValue("(NNN)", lims, Dout, Iout);
-error:
-    free(D);
-    free(Ilist);
-    Py_XDECREF(Q);
-    Py_XDECREF(keep);
-    Py_XDECREF(lims);
-    Py_XDECREF(Dout);
-    Py_XDECREF(Iout);
-    return NULL;
+    return isx_py_range_search(kd, kd_core_range_search, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), args, kw);
 }
 
 static PyObject *kd_remove(KDTreeObject *self, PyObject *ids_obj)
