@@ -264,72 +264,36 @@ static PyObject *flat_get(FlatObject *self, PyObject *ids_obj)
     return (PyObject *)out;
 }
 
-/* Serialise under the read lock, to a file or (path == NULL) to bytes. */
-static PyObject *flat_serialise(FlatObject *self, const char *path, PyObject *meta)
+/* Under the read lock, which keeps the described sections valid. */
+static int flat_core_describe(void *index, isx_py_writer *w)
 {
+    isx_flat *f = index;
     isx_header h;
     isx_section_out secs[ISX_FLAT_SECTIONS + 1];
     uint32_t nsecs;
     uint8_t parm[256];
-    Py_buffer mb = {0};
-    if (meta && meta != Py_None && PyObject_GetBuffer(meta, &mb, PyBUF_SIMPLE) < 0)
-        return NULL;
-    uint8_t *buf = NULL;
-    size_t size = 0;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    isx_flat_lock_read(self->index);
-    rc = isx_flat_describe(self->index, &h, secs, &nsecs, parm, sizeof(parm));
-    if (rc == ISX_OK && mb.buf)
-        secs[nsecs++] = (isx_section_out){ISX_SEC_META, mb.buf, (uint64_t)mb.len};
+    isx_flat_lock_read(f);
+    int rc = isx_flat_describe(f, &h, secs, &nsecs, parm, sizeof(parm));
     if (rc == ISX_OK)
-        rc = path ? isx_format_write_file(path, &h, secs, nsecs) : isx_format_write_memory(&h, secs, nsecs, &buf, &size);
-    isx_flat_unlock(self->index);
-    Py_END_ALLOW_THREADS
-    if (mb.buf)
-        PyBuffer_Release(&mb);
-    if (rc)
-        return isx_py_raise(rc);
-    if (path)
-        Py_RETURN_NONE;
-    PyObject *b = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)size);
-    free(buf);
-    return b;
+        rc = isx_py_write(w, &h, secs, nsecs);
+    isx_flat_unlock(f);
+    return rc;
 }
 
 static PyObject *flat_save(FlatObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"path", "meta", NULL};
-    PyObject *path_bytes = NULL, *meta = Py_None;
-    if (!flat_ready(self) ||
-        !PyArg_ParseTupleAndKeywords(args, kw, "O&|$O:save", kwlist, PyUnicode_FSConverter, &path_bytes, &meta))
-        return NULL;
-    PyObject *r = flat_serialise(self, PyBytes_AS_STRING(path_bytes), meta);
-    Py_DECREF(path_bytes);
-    return r;
+    return flat_ready(self) ? isx_py_save(self->index, flat_core_describe, args, kw) : NULL;
 }
 
 static PyObject *flat_to_bytes(FlatObject *self, PyObject *noargs)
 {
     (void)noargs;
-    if (!flat_ready(self))
-        return NULL;
-    return flat_serialise(self, NULL, NULL);
+    return flat_ready(self) ? isx_py_to_bytes(self->index, flat_core_describe) : NULL;
 }
 
 static PyObject *flat_reduce(FlatObject *self, PyObject *noargs)
 {
-    PyObject *b = flat_to_bytes(self, noargs);
-    if (!b)
-        return NULL;
-    PyObject *mod = PyImport_ImportModule("imgsearch._core");
-    PyObject *fn = mod ? PyObject_GetAttrString(mod, "_from_bytes") : NULL;
-    Py_XDECREF(mod);
-    if (!fn) {
-        Py_DECREF(b);
-        return NULL;
-    }
-    return Py_BuildValue("(N(N))", fn, b);
+    return isx_py_reduce(flat_to_bytes(self, noargs));
 }
 
 static PyObject *flat_get_vectors(FlatObject *self, void *closure)

@@ -273,74 +273,38 @@ static PyObject *hnsw_check(HNSWObject *self, PyObject *noargs)
     Py_RETURN_TRUE;
 }
 
-/* Serialise under the read lock, to a file or (path == NULL) to bytes. */
-static PyObject *hnsw_serialise(HNSWObject *self, const char *path, PyObject *meta)
+/* Under the read lock, which keeps the described sections valid. */
+static int hnsw_core_describe(void *index, isx_py_writer *w)
 {
+    isx_hnsw *h = index;
     isx_header hd;
     isx_section_out secs[ISX_HNSW_SECTIONS + 1];
     uint32_t nsecs;
     uint8_t parm[1024];
     uint32_t *upper = NULL;
-    Py_buffer mb = {0};
-    if (meta && meta != Py_None && PyObject_GetBuffer(meta, &mb, PyBUF_SIMPLE) < 0)
-        return NULL;
-    uint8_t *buf = NULL;
-    size_t size = 0;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    isx_hnsw_lock_read(self->index);
-    rc = isx_hnsw_describe(self->index, &hd, secs, &nsecs, parm, sizeof(parm), &upper);
-    if (rc == ISX_OK && mb.buf)
-        secs[nsecs++] = (isx_section_out){ISX_SEC_META, mb.buf, (uint64_t)mb.len};
+    isx_hnsw_lock_read(h);
+    int rc = isx_hnsw_describe(h, &hd, secs, &nsecs, parm, sizeof(parm), &upper);
     if (rc == ISX_OK)
-        rc = path ? isx_format_write_file(path, &hd, secs, nsecs) : isx_format_write_memory(&hd, secs, nsecs, &buf, &size);
-    isx_hnsw_unlock(self->index);
+        rc = isx_py_write(w, &hd, secs, nsecs);
+    isx_hnsw_unlock(h);
     free(upper);
-    Py_END_ALLOW_THREADS
-    if (mb.buf)
-        PyBuffer_Release(&mb);
-    if (rc)
-        return isx_py_raise(rc);
-    if (path)
-        Py_RETURN_NONE;
-    PyObject *b = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)size);
-    free(buf);
-    return b;
+    return rc;
 }
 
 static PyObject *hnsw_save(HNSWObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"path", "meta", NULL};
-    PyObject *path_bytes = NULL, *meta = Py_None;
-    if (!hnsw_ready(self) ||
-        !PyArg_ParseTupleAndKeywords(args, kw, "O&|$O:save", kwlist, PyUnicode_FSConverter, &path_bytes, &meta))
-        return NULL;
-    PyObject *r = hnsw_serialise(self, PyBytes_AS_STRING(path_bytes), meta);
-    Py_DECREF(path_bytes);
-    return r;
+    return hnsw_ready(self) ? isx_py_save(self->index, hnsw_core_describe, args, kw) : NULL;
 }
 
 static PyObject *hnsw_to_bytes(HNSWObject *self, PyObject *noargs)
 {
     (void)noargs;
-    if (!hnsw_ready(self))
-        return NULL;
-    return hnsw_serialise(self, NULL, NULL);
+    return hnsw_ready(self) ? isx_py_to_bytes(self->index, hnsw_core_describe) : NULL;
 }
 
 static PyObject *hnsw_reduce(HNSWObject *self, PyObject *noargs)
 {
-    PyObject *b = hnsw_to_bytes(self, noargs);
-    if (!b)
-        return NULL;
-    PyObject *mod = PyImport_ImportModule("imgsearch._core");
-    PyObject *fn = mod ? PyObject_GetAttrString(mod, "_from_bytes") : NULL;
-    Py_XDECREF(mod);
-    if (!fn) {
-        Py_DECREF(b);
-        return NULL;
-    }
-    return Py_BuildValue("(N(N))", fn, b);
+    return isx_py_reduce(hnsw_to_bytes(self, noargs));
 }
 
 static PyObject *hnsw_get_ids(HNSWObject *self, void *closure)

@@ -96,3 +96,73 @@ error:
     Py_XDECREF(Iout);
     return NULL;
 }
+
+/* ======================================================================
+ * Serialisation
+ * ====================================================================== */
+
+struct isx_py_writer {
+    const char *path; /* NULL: into buf */
+    Py_buffer meta;   /* meta.buf == NULL: no META section */
+    uint8_t *buf;
+    size_t size;
+};
+
+int isx_py_write(isx_py_writer *w, const isx_header *h, isx_section_out *secs, uint32_t nsecs)
+{
+    if (w->meta.buf)
+        secs[nsecs++] = (isx_section_out){ISX_SEC_META, w->meta.buf, (uint64_t)w->meta.len};
+    return w->path ? isx_format_write_file(w->path, h, secs, nsecs)
+                   : isx_format_write_memory(h, secs, nsecs, &w->buf, &w->size);
+}
+
+/* To the file at path (None back) or, with path == NULL, to bytes. */
+static PyObject *serialise(void *index, isx_py_describe_fn describe, const char *path, PyObject *meta)
+{
+    isx_py_writer w = {path, {0}, NULL, 0};
+    if (meta && meta != Py_None && PyObject_GetBuffer(meta, &w.meta, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = describe(index, &w);
+    Py_END_ALLOW_THREADS
+    if (w.meta.buf)
+        PyBuffer_Release(&w.meta);
+    if (rc)
+        return isx_py_raise(rc);
+    if (path)
+        Py_RETURN_NONE;
+    PyObject *b = PyBytes_FromStringAndSize((const char *)w.buf, (Py_ssize_t)w.size);
+    free(w.buf);
+    return b;
+}
+
+PyObject *isx_py_save(void *index, isx_py_describe_fn describe, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"path", "meta", NULL};
+    PyObject *path_bytes = NULL, *meta = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|$O:save", kwlist, PyUnicode_FSConverter, &path_bytes, &meta))
+        return NULL;
+    PyObject *r = serialise(index, describe, PyBytes_AS_STRING(path_bytes), meta);
+    Py_DECREF(path_bytes);
+    return r;
+}
+
+PyObject *isx_py_to_bytes(void *index, isx_py_describe_fn describe)
+{
+    return serialise(index, describe, NULL, NULL);
+}
+
+PyObject *isx_py_reduce(PyObject *state)
+{
+    if (!state)
+        return NULL;
+    PyObject *mod = PyImport_ImportModule("imgsearch._core");
+    PyObject *fn = mod ? PyObject_GetAttrString(mod, "_from_bytes") : NULL;
+    Py_XDECREF(mod);
+    if (!fn) {
+        Py_DECREF(state);
+        return NULL;
+    }
+    return Py_BuildValue("(N(N))", fn, state);
+}

@@ -46,4 +46,20 @@ typedef int (*isx_py_range_fn)(void *index, const void *Q, size_t nq, float radi
 PyObject *isx_py_range_search(void *index, isx_py_range_fn range, int dtype, npy_intp ncols, PyObject *args,
                               PyObject *kw);
 
+/* ---- serialisation: save(path, *, meta=None), to_bytes(), __reduce__ ---- */
+
+/* Where describe sends the index's sections: a file or a bytes buffer, with
+ * the caller's META section appended. */
+typedef struct isx_py_writer isx_py_writer;
+/* Write h and secs[0..nsecs) to w; secs has room for one more (META). */
+int isx_py_write(isx_py_writer *w, const isx_header *h, isx_section_out *secs, uint32_t nsecs);
+/* Describe the index and pass its sections to isx_py_write while they are
+ * valid (under the index's read lock, or from a snapshot).  Runs without the GIL. */
+typedef int (*isx_py_describe_fn)(void *index, isx_py_writer *w);
+
+PyObject *isx_py_save(void *index, isx_py_describe_fn describe, PyObject *args, PyObject *kw);
+PyObject *isx_py_to_bytes(void *index, isx_py_describe_fn describe);
+/* (imgsearch._core._from_bytes, (state,)); steals state, NULL passes through. */
+PyObject *isx_py_reduce(PyObject *state);
+
 #endif

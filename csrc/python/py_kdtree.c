@@ -281,72 +281,35 @@ static PyObject *kd_get(KDTreeObject *self, PyObject *ids_obj)
     return (PyObject *)out;
 }
 
-/* Serialise a snapshot of the live points, to a file or (path == NULL) to bytes. */
-static PyObject *kd_serialise(KDTreeObject *self, const char *path, PyObject *meta)
+/* From a snapshot of the live points, which the tree need not be locked for. */
+static int kd_core_describe(void *index, isx_py_writer *w)
 {
     isx_header h;
     isx_section_out secs[ISX_KDTREE_SECTIONS + 1];
     uint32_t nsecs;
     isx_kdtree_snapshot snap;
-    Py_buffer mb = {0};
-    if (meta && meta != Py_None && PyObject_GetBuffer(meta, &mb, PyBUF_SIMPLE) < 0)
-        return NULL;
-    uint8_t *buf = NULL;
-    size_t size = 0;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_kdtree_describe(self->index, &h, secs, &nsecs, &snap);
+    int rc = isx_kdtree_describe(index, &h, secs, &nsecs, &snap);
     if (rc == ISX_OK) {
-        if (mb.buf)
-            secs[nsecs++] = (isx_section_out){ISX_SEC_META, mb.buf, (uint64_t)mb.len};
-        rc = path ? isx_format_write_file(path, &h, secs, nsecs) : isx_format_write_memory(&h, secs, nsecs, &buf, &size);
+        rc = isx_py_write(w, &h, secs, nsecs);
         isx_kdtree_release_snapshot(&snap);
     }
-    Py_END_ALLOW_THREADS
-    if (mb.buf)
-        PyBuffer_Release(&mb);
-    if (rc)
-        return isx_py_raise(rc);
-    if (path)
-        Py_RETURN_NONE;
-    PyObject *b = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)size);
-    free(buf);
-    return b;
+    return rc;
 }
 
 static PyObject *kd_save(KDTreeObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"path", "meta", NULL};
-    PyObject *path_bytes = NULL, *meta = Py_None;
-    if (!kd_ready(self) ||
-        !PyArg_ParseTupleAndKeywords(args, kw, "O&|$O:save", kwlist, PyUnicode_FSConverter, &path_bytes, &meta))
-        return NULL;
-    PyObject *r = kd_serialise(self, PyBytes_AS_STRING(path_bytes), meta);
-    Py_DECREF(path_bytes);
-    return r;
+    return kd_ready(self) ? isx_py_save(self->index, kd_core_describe, args, kw) : NULL;
 }
 
 static PyObject *kd_to_bytes(KDTreeObject *self, PyObject *noargs)
 {
     (void)noargs;
-    if (!kd_ready(self))
-        return NULL;
-    return kd_serialise(self, NULL, NULL);
+    return kd_ready(self) ? isx_py_to_bytes(self->index, kd_core_describe) : NULL;
 }
 
 static PyObject *kd_reduce(KDTreeObject *self, PyObject *noargs)
 {
-    PyObject *b = kd_to_bytes(self, noargs);
-    if (!b)
-        return NULL;
-    PyObject *mod = PyImport_ImportModule("imgsearch._core");
-    PyObject *fn = mod ? PyObject_GetAttrString(mod, "_from_bytes") : NULL;
-    Py_XDECREF(mod);
-    if (!fn) {
-        Py_DECREF(b);
-        return NULL;
-    }
-    return Py_BuildValue("(N(N))", fn, b);
+    return isx_py_reduce(kd_to_bytes(self, noargs));
 }
 
 static PyObject *kd_get_ids(KDTreeObject *self, void *closure)
