@@ -193,6 +193,17 @@ static int flat_core_range_search(void *index, const void *Q, size_t nq, float r
     return isx_flat_range_search(index, Q, nq, radius, filter, nthreads, lims, D, labels);
 }
 
+static int flat_core_remove(void *index, const int64_t *ids, size_t n, int nthreads, size_t *removed)
+{
+    (void)nthreads;
+    return isx_flat_remove(index, ids, n, removed);
+}
+
+static int flat_core_get(void *index, const int64_t *ids, size_t n, void *out)
+{
+    return isx_flat_get(index, ids, n, out);
+}
+
 static PyObject *flat_search(FlatObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"Q", "k", "threads", "filter", NULL};
@@ -221,47 +232,18 @@ static PyObject *flat_remove(FlatObject *self, PyObject *ids_obj)
 {
     if (!flat_ready(self))
         return NULL;
-    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
-    if (!ids)
-        return NULL;
-    size_t removed;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_flat_remove(self->index, PyArray_DATA(ids), (size_t)PyArray_SIZE(ids), &removed);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(ids);
-    if (rc)
-        return isx_py_raise(rc);
-    flat_drop_owner(self);
-    return PyLong_FromSize_t(removed);
+    PyObject *removed = isx_py_remove(self->index, flat_core_remove, ids_obj, 0);
+    if (removed)
+        flat_drop_owner(self);
+    return removed;
 }
 
 static PyObject *flat_get(FlatObject *self, PyObject *ids_obj)
 {
     if (!flat_ready(self))
         return NULL;
-    int scalar = PyLong_Check(ids_obj) || PyArray_IsScalar(ids_obj, Integer);
-    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
-    if (!ids)
-        return NULL;
     isx_flat *f = self->index;
-    npy_intp shape[2] = {PyArray_SIZE(ids), (npy_intp)f->row_elems};
-    PyArrayObject *out = scalar ? (PyArrayObject *)PyArray_SimpleNew(1, shape + 1, row_dtype(f))
-                                : (PyArrayObject *)PyArray_SimpleNew(2, shape, row_dtype(f));
-    if (!out) {
-        Py_DECREF(ids);
-        return NULL;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_flat_get(f, PyArray_DATA(ids), (size_t)shape[0], PyArray_DATA(out));
-    Py_END_ALLOW_THREADS
-    Py_DECREF(ids);
-    if (rc) {
-        Py_DECREF(out);
-        return isx_py_raise(rc);
-    }
-    return (PyObject *)out;
+    return isx_py_get(f, flat_core_get, row_dtype(f), (npy_intp)f->row_elems, ids_obj);
 }
 
 /* Under the read lock, which keeps the described sections valid. */

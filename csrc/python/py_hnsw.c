@@ -189,6 +189,16 @@ static int hnsw_core_search(void *index, const void *params, const void *Q, size
     return isx_hnsw_search(index, Q, nq, k, *(const size_t *)params, filter, nthreads, D, labels);
 }
 
+static int hnsw_core_remove(void *index, const int64_t *ids, size_t n, int nthreads, size_t *removed)
+{
+    return isx_hnsw_remove(index, ids, n, nthreads, removed);
+}
+
+static int hnsw_core_get(void *index, const int64_t *ids, size_t n, void *out)
+{
+    return isx_hnsw_get(index, ids, n, out);
+}
+
 static PyObject *hnsw_search(HNSWObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"Q", "k", "ef", "filter", "threads", NULL};
@@ -217,46 +227,15 @@ static PyObject *hnsw_remove(HNSWObject *self, PyObject *args, PyObject *kw)
     int threads;
     if (isx_py_threads(threads_obj, &threads) < 0)
         return NULL;
-    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
-    if (!ids)
-        return NULL;
-    size_t removed;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_hnsw_remove(self->index, PyArray_DATA(ids), (size_t)PyArray_SIZE(ids), threads, &removed);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(ids);
-    if (rc)
-        return isx_py_raise(rc);
-    return PyLong_FromSize_t(removed);
+    return isx_py_remove(self->index, hnsw_core_remove, ids_obj, threads);
 }
 
 static PyObject *hnsw_get(HNSWObject *self, PyObject *ids_obj)
 {
     if (!hnsw_ready(self))
         return NULL;
-    int scalar = PyLong_Check(ids_obj) || PyArray_IsScalar(ids_obj, Integer);
-    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
-    if (!ids)
-        return NULL;
     isx_hnsw *h = self->index;
-    npy_intp shape[2] = {PyArray_SIZE(ids), (npy_intp)row_elems(h)};
-    PyArrayObject *out = scalar ? (PyArrayObject *)PyArray_SimpleNew(1, shape + 1, row_dtype(h))
-                                : (PyArrayObject *)PyArray_SimpleNew(2, shape, row_dtype(h));
-    if (!out) {
-        Py_DECREF(ids);
-        return NULL;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_hnsw_get(h, PyArray_DATA(ids), (size_t)shape[0], PyArray_DATA(out));
-    Py_END_ALLOW_THREADS
-    Py_DECREF(ids);
-    if (rc) {
-        Py_DECREF(out);
-        return isx_py_raise(rc);
-    }
-    return (PyObject *)out;
+    return isx_py_get(h, hnsw_core_get, row_dtype(h), (npy_intp)row_elems(h), ids_obj);
 }
 
 static PyObject *hnsw_check(HNSWObject *self, PyObject *noargs)

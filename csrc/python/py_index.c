@@ -98,6 +98,54 @@ error:
 }
 
 /* ======================================================================
+ * Remove and get
+ * ====================================================================== */
+
+PyObject *isx_py_remove(void *index, isx_py_remove_fn remove, PyObject *ids_obj, int threads)
+{
+    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
+    if (!ids)
+        return NULL;
+    size_t removed;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = remove(index, PyArray_DATA(ids), (size_t)PyArray_SIZE(ids), threads, &removed);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(ids);
+    if (rc)
+        return isx_py_raise(rc);
+    return PyLong_FromSize_t(removed);
+}
+
+PyObject *isx_py_get(void *index, isx_py_get_fn get, int dtype, npy_intp ncols, PyObject *ids_obj)
+{
+    int scalar = PyLong_Check(ids_obj) || PyArray_IsScalar(ids_obj, Integer);
+    PyArrayObject *out = NULL;
+    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
+    if (!ids)
+        goto error;
+    npy_intp shape[2] = {PyArray_SIZE(ids), ncols};
+    out = scalar ? (PyArrayObject *)PyArray_SimpleNew(1, shape + 1, dtype)
+                 : (PyArrayObject *)PyArray_SimpleNew(2, shape, dtype);
+    if (!out)
+        goto error;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = get(index, PyArray_DATA(ids), (size_t)shape[0], PyArray_DATA(out));
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        isx_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(ids);
+    return (PyObject *)out;
+error:
+    Py_XDECREF(ids);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* ======================================================================
  * Serialisation
  * ====================================================================== */
 

@@ -46,6 +46,19 @@ typedef int (*isx_py_range_fn)(void *index, const void *Q, size_t nq, float radi
 PyObject *isx_py_range_search(void *index, isx_py_range_fn range, int dtype, npy_intp ncols, PyObject *args,
                               PyObject *kw);
 
+/* ---- remove(ids), get(ids) ---- */
+
+/* Remove ids (absent ones ignored); *removed counts the hits.  Indexes that
+ * remove on one thread ignore nthreads. */
+typedef int (*isx_py_remove_fn)(void *index, const int64_t *ids, size_t n, int nthreads, size_t *removed);
+/* How many of ids_obj were removed, as an int. */
+PyObject *isx_py_remove(void *index, isx_py_remove_fn remove, PyObject *ids_obj, int threads);
+
+/* The stored rows of ids into out (n x ncols); ISX_EKEY if one is absent. */
+typedef int (*isx_py_get_fn)(void *index, const int64_t *ids, size_t n, void *out);
+/* Copies of the rows of ids_obj as `dtype`: (n, ncols), or (ncols,) for a scalar id. */
+PyObject *isx_py_get(void *index, isx_py_get_fn get, int dtype, npy_intp ncols, PyObject *ids_obj);
+
 /* ---- serialisation: save(path, *, meta=None), to_bytes(), __reduce__ ---- */
 
 /* Where describe sends the index's sections: a file or a bytes buffer, with

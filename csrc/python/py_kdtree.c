@@ -194,6 +194,17 @@ static int kd_core_range_search(void *index, const void *Q, size_t nq, float rad
     return isx_kdtree_range_search(index, Q, nq, radius, filter, nthreads, lims, D, labels);
 }
 
+static int kd_core_remove(void *index, const int64_t *ids, size_t n, int nthreads, size_t *removed)
+{
+    (void)nthreads;
+    return isx_kdtree_remove(index, ids, n, removed);
+}
+
+static int kd_core_get(void *index, const int64_t *ids, size_t n, void *out)
+{
+    return isx_kdtree_get(index, ids, n, out);
+}
+
 static PyObject *kd_search(KDTreeObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"Q", "k", "eps", "max_leaves", "filter", "threads", NULL};
@@ -238,47 +249,17 @@ static PyObject *kd_remove(KDTreeObject *self, PyObject *ids_obj)
 {
     if (!kd_ready(self))
         return NULL;
-    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
-    if (!ids)
-        return NULL;
-    size_t removed;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_kdtree_remove(self->index, PyArray_DATA(ids), (size_t)PyArray_SIZE(ids), &removed);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(ids);
-    if (rc)
-        return isx_py_raise(rc);
-    kd_drop_owner(self);
-    return PyLong_FromSize_t(removed);
+    PyObject *removed = isx_py_remove(self->index, kd_core_remove, ids_obj, 0);
+    if (removed)
+        kd_drop_owner(self);
+    return removed;
 }
 
 static PyObject *kd_get(KDTreeObject *self, PyObject *ids_obj)
 {
     if (!kd_ready(self))
         return NULL;
-    int scalar = PyLong_Check(ids_obj) || PyArray_IsScalar(ids_obj, Integer);
-    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
-    if (!ids)
-        return NULL;
-    isx_kdtree *kd = self->index;
-    npy_intp shape[2] = {PyArray_SIZE(ids), (npy_intp)isx_kdtree_dim(kd)};
-    PyArrayObject *out = scalar ? (PyArrayObject *)PyArray_SimpleNew(1, shape + 1, NPY_FLOAT32)
-                                : (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
-    if (!out) {
-        Py_DECREF(ids);
-        return NULL;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_kdtree_get(kd, PyArray_DATA(ids), (size_t)shape[0], PyArray_DATA(out));
-    Py_END_ALLOW_THREADS
-    Py_DECREF(ids);
-    if (rc) {
-        Py_DECREF(out);
-        return isx_py_raise(rc);
-    }
-    return (PyObject *)out;
+    return isx_py_get(self->index, kd_core_get, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(self->index), ids_obj);
 }
 
 /* From a snapshot of the live points, which the tree need not be locked for. */
