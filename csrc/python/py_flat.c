@@ -92,35 +92,46 @@ PyObject *isx_py_flat_wrap(isx_flat *f)
     return (PyObject *)self;
 }
 
+/* ---- the C index's calls in the shapes py_index.c takes ---- */
+
+static int flat_core_add(void *index, const void *X, size_t n, const int64_t *ids, int nthreads)
+{
+    return isx_flat_add(index, X, n, ids, nthreads);
+}
+
+static int flat_core_search(void *index, const void *params, const void *Q, size_t nq, size_t k,
+                            const isx_filter *filter, int nthreads, float *D, int64_t *labels)
+{
+    (void)params;
+    return isx_flat_search(index, Q, nq, k, filter, nthreads, D, labels);
+}
+
+static int flat_core_range_search(void *index, const void *Q, size_t nq, float radius, const isx_filter *filter,
+                                  int nthreads, int64_t *lims, float **D, int64_t **labels)
+{
+    return isx_flat_range_search(index, Q, nq, radius, filter, nthreads, lims, D, labels);
+}
+
+static int flat_core_remove(void *index, const int64_t *ids, size_t n, int nthreads, size_t *removed)
+{
+    (void)nthreads;
+    return isx_flat_remove(index, ids, n, removed);
+}
+
+static int flat_core_get(void *index, const int64_t *ids, size_t n, void *out)
+{
+    return isx_flat_get(index, ids, n, out);
+}
+
 static PyObject *flat_add(FlatObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"X", "ids", "threads", NULL};
-    PyObject *x_obj, *ids_obj = Py_None, *threads_obj = Py_None;
-    if (!flat_ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|O$O:add", kwlist, &x_obj, &ids_obj, &threads_obj))
-        return NULL;
-    int threads;
-    if (isx_py_threads(threads_obj, &threads) < 0)
+    if (!flat_ready(self))
         return NULL;
     isx_flat *f = self->index;
-    PyArrayObject *X = isx_py_matrix(x_obj, row_dtype(f), (npy_intp)f->row_elems, 1, "X");
-    if (!X)
-        return NULL;
-    PyArrayObject *ids = NULL;
-    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids"))) {
-        Py_DECREF(X);
-        return NULL;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_flat_add(f, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
-                      ids ? (const int64_t *)PyArray_DATA(ids) : NULL, threads);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(X);
-    Py_XDECREF(ids);
-    if (rc)
-        return isx_py_raise(rc);
-    flat_drop_owner(self);
-    Py_RETURN_NONE;
+    PyObject *r = isx_py_add(f, flat_core_add, row_dtype(f), (npy_intp)f->row_elems, args, kw);
+    if (r)
+        flat_drop_owner(self);
+    return r;
 }
 
 static PyObject *flat_from_array(PyObject *cls, PyObject *args, PyObject *kw)
@@ -176,32 +187,6 @@ error:
     Py_XDECREF(X);
     Py_XDECREF(ids);
     return NULL;
-}
-
-/* ---- the C index's calls in the shapes py_index.c takes ---- */
-
-static int flat_core_search(void *index, const void *params, const void *Q, size_t nq, size_t k,
-                            const isx_filter *filter, int nthreads, float *D, int64_t *labels)
-{
-    (void)params;
-    return isx_flat_search(index, Q, nq, k, filter, nthreads, D, labels);
-}
-
-static int flat_core_range_search(void *index, const void *Q, size_t nq, float radius, const isx_filter *filter,
-                                  int nthreads, int64_t *lims, float **D, int64_t **labels)
-{
-    return isx_flat_range_search(index, Q, nq, radius, filter, nthreads, lims, D, labels);
-}
-
-static int flat_core_remove(void *index, const int64_t *ids, size_t n, int nthreads, size_t *removed)
-{
-    (void)nthreads;
-    return isx_flat_remove(index, ids, n, removed);
-}
-
-static int flat_core_get(void *index, const int64_t *ids, size_t n, void *out)
-{
-    return isx_flat_get(index, ids, n, out);
 }
 
 static PyObject *flat_search(FlatObject *self, PyObject *args, PyObject *kw)
@@ -271,11 +256,6 @@ static PyObject *flat_to_bytes(FlatObject *self, PyObject *noargs)
 {
     (void)noargs;
     return flat_ready(self) ? isx_py_to_bytes(self->index, flat_core_describe) : NULL;
-}
-
-static PyObject *flat_reduce(FlatObject *self, PyObject *noargs)
-{
-    return isx_py_reduce(flat_to_bytes(self, noargs));
 }
 
 static PyObject *flat_get_vectors(FlatObject *self, void *closure)
@@ -369,7 +349,7 @@ static PyMethodDef flat_methods[] = {
     {"save", (PyCFunction)(void (*)(void))flat_save, METH_VARARGS | METH_KEYWORDS,
      "save(path)\n--\n\nWrite the index atomically (temporary file, fsync, rename); see docs/FORMAT.md."},
     {"to_bytes", (PyCFunction)flat_to_bytes, METH_NOARGS, "to_bytes()\n--\n\nThe saved file's bytes."},
-    {"__reduce__", (PyCFunction)flat_reduce, METH_NOARGS, NULL},
+    {"__reduce__", (PyCFunction)isx_py_reduce, METH_NOARGS, NULL},
     {"from_array", (PyCFunction)(void (*)(void))flat_from_array, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
      "from_array(X, metric=\"l2\", *, copy=False, ids=None)\n--\n\n"
      "An index over X.  With copy=False (the default) nothing is copied: the index\n"

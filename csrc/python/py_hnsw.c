@@ -150,37 +150,12 @@ PyObject *isx_py_hnsw_wrap(isx_hnsw *h)
     return (PyObject *)self;
 }
 
-static PyObject *hnsw_add(HNSWObject *self, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"X", "ids", "threads", NULL};
-    PyObject *x_obj, *ids_obj = Py_None, *threads_obj = Py_None;
-    if (!hnsw_ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|O$O:add", kwlist, &x_obj, &ids_obj, &threads_obj))
-        return NULL;
-    int threads;
-    if (isx_py_threads(threads_obj, &threads) < 0)
-        return NULL;
-    isx_hnsw *h = self->index;
-    PyArrayObject *X = isx_py_matrix(x_obj, row_dtype(h), (npy_intp)row_elems(h), 1, "X");
-    if (!X)
-        return NULL;
-    PyArrayObject *ids = NULL;
-    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids"))) {
-        Py_DECREF(X);
-        return NULL;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_hnsw_add(h, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0), ids ? (const int64_t *)PyArray_DATA(ids) : NULL,
-                      threads);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(X);
-    Py_XDECREF(ids);
-    if (rc)
-        return isx_py_raise(rc);
-    Py_RETURN_NONE;
-}
-
 /* ---- the C index's calls in the shapes py_index.c takes ---- */
+
+static int hnsw_core_add(void *index, const void *X, size_t n, const int64_t *ids, int nthreads)
+{
+    return isx_hnsw_add(index, X, n, ids, nthreads);
+}
 
 /* params: the search breadth ef (size_t, 0 = the index's default). */
 static int hnsw_core_search(void *index, const void *params, const void *Q, size_t nq, size_t k,
@@ -197,6 +172,14 @@ static int hnsw_core_remove(void *index, const int64_t *ids, size_t n, int nthre
 static int hnsw_core_get(void *index, const int64_t *ids, size_t n, void *out)
 {
     return isx_hnsw_get(index, ids, n, out);
+}
+
+static PyObject *hnsw_add(HNSWObject *self, PyObject *args, PyObject *kw)
+{
+    if (!hnsw_ready(self))
+        return NULL;
+    isx_hnsw *h = self->index;
+    return isx_py_add(h, hnsw_core_add, row_dtype(h), (npy_intp)row_elems(h), args, kw);
 }
 
 static PyObject *hnsw_search(HNSWObject *self, PyObject *args, PyObject *kw)
@@ -279,11 +262,6 @@ static PyObject *hnsw_to_bytes(HNSWObject *self, PyObject *noargs)
 {
     (void)noargs;
     return hnsw_ready(self) ? isx_py_to_bytes(self->index, hnsw_core_describe) : NULL;
-}
-
-static PyObject *hnsw_reduce(HNSWObject *self, PyObject *noargs)
-{
-    return isx_py_reduce(hnsw_to_bytes(self, noargs));
 }
 
 static PyObject *hnsw_get_ids(HNSWObject *self, void *closure)
@@ -424,7 +402,7 @@ static PyMethodDef hnsw_methods[] = {
     {"save", (PyCFunction)(void (*)(void))hnsw_save, METH_VARARGS | METH_KEYWORDS,
      "save(path)\n--\n\nWrite the index atomically; imgsearch.load(path, mmap=True) maps it back."},
     {"to_bytes", (PyCFunction)hnsw_to_bytes, METH_NOARGS, "to_bytes()\n--\n\nThe saved file's bytes."},
-    {"__reduce__", (PyCFunction)hnsw_reduce, METH_NOARGS, NULL},
+    {"__reduce__", (PyCFunction)isx_py_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef hnsw_getset[] = {

@@ -9,6 +9,40 @@
 #include "py_index.h"
 
 /* ======================================================================
+ * Add
+ * ====================================================================== */
+
+PyObject *isx_py_add(void *index, isx_py_add_fn add, int dtype, npy_intp ncols, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"X", "ids", "threads", NULL};
+    PyObject *x_obj, *ids_obj = Py_None, *threads_obj = Py_None;
+    int threads;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$O:add", kwlist, &x_obj, &ids_obj, &threads_obj) ||
+        isx_py_threads(threads_obj, &threads) < 0)
+        return NULL;
+    PyArrayObject *ids = NULL;
+    PyArrayObject *X = isx_py_matrix(x_obj, dtype, ncols, 1, "X");
+    if (!X || (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids"))))
+        goto error;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = add(index, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0), ids ? (const int64_t *)PyArray_DATA(ids) : NULL,
+             threads);
+    Py_END_ALLOW_THREADS
+    if (rc) {
+        isx_py_raise(rc);
+        goto error;
+    }
+    Py_DECREF(X);
+    Py_XDECREF(ids);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(X);
+    Py_XDECREF(ids);
+    return NULL;
+}
+
+/* ======================================================================
  * Search
  * ====================================================================== */
 
@@ -201,8 +235,10 @@ PyObject *isx_py_to_bytes(void *index, isx_py_describe_fn describe)
     return serialise(index, describe, NULL, NULL);
 }
 
-PyObject *isx_py_reduce(PyObject *state)
+PyObject *isx_py_reduce(PyObject *self, PyObject *noargs)
 {
+    (void)noargs;
+    PyObject *state = PyObject_CallMethod(self, "to_bytes", NULL);
     if (!state)
         return NULL;
     PyObject *mod = PyImport_ImportModule("imgsearch._core");

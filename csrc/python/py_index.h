@@ -28,6 +28,13 @@ extern PyTypeObject isx_KDTreeType;
 /* A new KDTreeIndex object owning kd (destroyed on failure). */
 PyObject *isx_py_kdtree_wrap(isx_kdtree *kd);
 
+/* ---- add(X, ids=None, *, threads=None) ---- */
+
+/* Add n rows of X with ids (NULL: the next unused ones). */
+typedef int (*isx_py_add_fn)(void *index, const void *X, size_t n, const int64_t *ids, int nthreads);
+/* X converted to rows of `dtype` with ncols elements; None back. */
+PyObject *isx_py_add(void *index, isx_py_add_fn add, int dtype, npy_intp ncols, PyObject *args, PyObject *kw);
+
 /* ---- search: k nearest, and everything within a radius ---- */
 
 /* k nearest per query into D and labels (nq x k); `params` is the binding's
@@ -72,7 +79,7 @@ typedef int (*isx_py_describe_fn)(void *index, isx_py_writer *w);
 
 PyObject *isx_py_save(void *index, isx_py_describe_fn describe, PyObject *args, PyObject *kw);
 PyObject *isx_py_to_bytes(void *index, isx_py_describe_fn describe);
-/* (imgsearch._core._from_bytes, (state,)); steals state, NULL passes through. */
-PyObject *isx_py_reduce(PyObject *state);
+/* __reduce__ for every index type: (imgsearch._core._from_bytes, (self.to_bytes(),)). */
+PyObject *isx_py_reduce(PyObject *self, PyObject *noargs);
 
 #endif

@@ -92,35 +92,45 @@ PyObject *isx_py_kdtree_wrap(isx_kdtree *kd)
     return (PyObject *)self;
 }
 
+/* ---- the C index's calls in the shapes py_index.c takes ---- */
+
+static int kd_core_add(void *index, const void *X, size_t n, const int64_t *ids, int nthreads)
+{
+    return isx_kdtree_add(index, X, n, ids, nthreads);
+}
+
+static int kd_core_search(void *index, const void *params, const void *Q, size_t nq, size_t k,
+                          const isx_filter *filter, int nthreads, float *D, int64_t *labels)
+{
+    return isx_kdtree_search(index, Q, nq, k, params, filter, nthreads, D, labels);
+}
+
+static int kd_core_range_search(void *index, const void *Q, size_t nq, float radius, const isx_filter *filter,
+                                int nthreads, int64_t *lims, float **D, int64_t **labels)
+{
+    return isx_kdtree_range_search(index, Q, nq, radius, filter, nthreads, lims, D, labels);
+}
+
+static int kd_core_remove(void *index, const int64_t *ids, size_t n, int nthreads, size_t *removed)
+{
+    (void)nthreads;
+    return isx_kdtree_remove(index, ids, n, removed);
+}
+
+static int kd_core_get(void *index, const int64_t *ids, size_t n, void *out)
+{
+    return isx_kdtree_get(index, ids, n, out);
+}
+
 static PyObject *kd_add(KDTreeObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"X", "ids", "threads", NULL};
-    PyObject *x_obj, *ids_obj = Py_None, *threads_obj = Py_None;
-    if (!kd_ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|O$O:add", kwlist, &x_obj, &ids_obj, &threads_obj))
-        return NULL;
-    int threads;
-    if (isx_py_threads(threads_obj, &threads) < 0)
+    if (!kd_ready(self))
         return NULL;
     isx_kdtree *kd = self->index;
-    PyArrayObject *X = isx_py_matrix(x_obj, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), 1, "X");
-    if (!X)
-        return NULL;
-    PyArrayObject *ids = NULL;
-    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids"))) {
-        Py_DECREF(X);
-        return NULL;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_kdtree_add(kd, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
-                        ids ? (const int64_t *)PyArray_DATA(ids) : NULL, threads);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(X);
-    Py_XDECREF(ids);
-    if (rc)
-        return isx_py_raise(rc);
-    kd_drop_owner(self);
-    Py_RETURN_NONE;
+    PyObject *r = isx_py_add(kd, kd_core_add, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), args, kw);
+    if (r)
+        kd_drop_owner(self);
+    return r;
 }
 
 static PyObject *kd_from_array(PyObject *cls, PyObject *args, PyObject *kw)
@@ -178,31 +188,6 @@ error:
     Py_XDECREF(X);
     Py_XDECREF(ids);
     return NULL;
-}
-
-/* ---- the C index's calls in the shapes py_index.c takes ---- */
-
-static int kd_core_search(void *index, const void *params, const void *Q, size_t nq, size_t k,
-                          const isx_filter *filter, int nthreads, float *D, int64_t *labels)
-{
-    return isx_kdtree_search(index, Q, nq, k, params, filter, nthreads, D, labels);
-}
-
-static int kd_core_range_search(void *index, const void *Q, size_t nq, float radius, const isx_filter *filter,
-                                int nthreads, int64_t *lims, float **D, int64_t **labels)
-{
-    return isx_kdtree_range_search(index, Q, nq, radius, filter, nthreads, lims, D, labels);
-}
-
-static int kd_core_remove(void *index, const int64_t *ids, size_t n, int nthreads, size_t *removed)
-{
-    (void)nthreads;
-    return isx_kdtree_remove(index, ids, n, removed);
-}
-
-static int kd_core_get(void *index, const int64_t *ids, size_t n, void *out)
-{
-    return isx_kdtree_get(index, ids, n, out);
 }
 
 static PyObject *kd_search(KDTreeObject *self, PyObject *args, PyObject *kw)
@@ -286,11 +271,6 @@ static PyObject *kd_to_bytes(KDTreeObject *self, PyObject *noargs)
 {
     (void)noargs;
     return kd_ready(self) ? isx_py_to_bytes(self->index, kd_core_describe) : NULL;
-}
-
-static PyObject *kd_reduce(KDTreeObject *self, PyObject *noargs)
-{
-    return isx_py_reduce(kd_to_bytes(self, noargs));
 }
 
 static PyObject *kd_get_ids(KDTreeObject *self, void *closure)
@@ -388,7 +368,7 @@ static PyMethodDef kd_methods[] = {
     {"save", (PyCFunction)(void (*)(void))kd_save, METH_VARARGS | METH_KEYWORDS,
      "save(path)\n--\n\nWrite the index atomically; the tree is rebuilt on load (see docs/FORMAT.md)."},
     {"to_bytes", (PyCFunction)kd_to_bytes, METH_NOARGS, "to_bytes()\n--\n\nThe saved file's bytes."},
-    {"__reduce__", (PyCFunction)kd_reduce, METH_NOARGS, NULL},
+    {"__reduce__", (PyCFunction)isx_py_reduce, METH_NOARGS, NULL},
     {"from_array", (PyCFunction)(void (*)(void))kd_from_array, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
      "from_array(X, metric=\"l2\", *, copy=False, ids=None, leaf_size=12, threads=None)\n--\n\n"
      "Build a tree over X.  With copy=False (the default) X is neither copied nor\n"
