@@ -99,6 +99,11 @@ static int flat_core_add(void *index, const void *X, size_t n, const int64_t *id
     return isx_flat_add(index, X, n, ids, nthreads);
 }
 
+static int flat_core_borrow(void *index, const void *X, size_t n, const int64_t *ids, int nthreads)
+{
+    return isx_flat_borrow(index, X, n, ids, nthreads);
+}
+
 static int flat_core_search(void *index, const void *params, const void *Q, size_t nq, size_t k,
                             const isx_filter *filter, int nthreads, float *D, int64_t *labels)
 {
@@ -148,7 +153,6 @@ static PyObject *flat_from_array(PyObject *cls, PyObject *args, PyObject *kw)
     PyArrayObject *X = isx_py_matrix(x_obj, dtype, 0, copy, "X");
     if (!X)
         return NULL;
-    PyArrayObject *ids = NULL;
     FlatObject *self = NULL;
     isx_flat *f = NULL;
     size_t cols = (size_t)PyArray_DIM(X, 1);
@@ -157,20 +161,8 @@ static PyObject *flat_from_array(PyObject *cls, PyObject *args, PyObject *kw)
         isx_py_raise(rc);
         goto error;
     }
-    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids")))
+    if (isx_py_fill(f, copy ? flat_core_add : flat_core_borrow, X, ids_obj, 0) < 0)
         goto error;
-    Py_BEGIN_ALLOW_THREADS
-    if (copy)
-        rc = isx_flat_add(f, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
-                          ids ? (const int64_t *)PyArray_DATA(ids) : NULL, 0);
-    else
-        rc = isx_flat_borrow(f, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
-                             ids ? (const int64_t *)PyArray_DATA(ids) : NULL, 0);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
     self = (FlatObject *)((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
     if (!self)
         goto error;
@@ -180,12 +172,10 @@ static PyObject *flat_from_array(PyObject *cls, PyObject *args, PyObject *kw)
         X = NULL;
     }
     Py_XDECREF(X);
-    Py_XDECREF(ids);
     return (PyObject *)self;
 error:
     isx_flat_destroy(f);
     Py_XDECREF(X);
-    Py_XDECREF(ids);
     return NULL;
 }
 

@@ -12,6 +12,24 @@
  * Add
  * ====================================================================== */
 
+int isx_py_fill(void *index, isx_py_add_fn fill, PyArrayObject *X, PyObject *ids_obj, int threads)
+{
+    PyArrayObject *ids = NULL;
+    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids")))
+        return -1;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fill(index, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0), ids ? (const int64_t *)PyArray_DATA(ids) : NULL,
+              threads);
+    Py_END_ALLOW_THREADS
+    Py_XDECREF(ids);
+    if (rc) {
+        isx_py_raise(rc);
+        return -1;
+    }
+    return 0;
+}
+
 PyObject *isx_py_add(void *index, isx_py_add_fn add, int dtype, npy_intp ncols, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"X", "ids", "threads", NULL};
@@ -20,26 +38,14 @@ PyObject *isx_py_add(void *index, isx_py_add_fn add, int dtype, npy_intp ncols, 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O$O:add", kwlist, &x_obj, &ids_obj, &threads_obj) ||
         isx_py_threads(threads_obj, &threads) < 0)
         return NULL;
-    PyArrayObject *ids = NULL;
     PyArrayObject *X = isx_py_matrix(x_obj, dtype, ncols, 1, "X");
-    if (!X || (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids"))))
-        goto error;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = add(index, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0), ids ? (const int64_t *)PyArray_DATA(ids) : NULL,
-             threads);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
+    if (!X)
+        return NULL;
+    int rc = isx_py_fill(index, add, X, ids_obj, threads);
     Py_DECREF(X);
-    Py_XDECREF(ids);
+    if (rc < 0)
+        return NULL;
     Py_RETURN_NONE;
-error:
-    Py_XDECREF(X);
-    Py_XDECREF(ids);
-    return NULL;
 }
 
 /* ======================================================================

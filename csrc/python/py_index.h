@@ -35,6 +35,11 @@ typedef int (*isx_py_add_fn)(void *index, const void *X, size_t n, const int64_t
 /* X converted to rows of `dtype` with ncols elements; None back. */
 PyObject *isx_py_add(void *index, isx_py_add_fn add, int dtype, npy_intp ncols, PyObject *args, PyObject *kw);
 
+/* Put the rows of X into an empty index with `fill` (an add, or a borrow
+ * that uses X in place); ids_obj None: the next unused ids.  0, or -1 with
+ * an exception (the index may then hold part of X: destroy it). */
+int isx_py_fill(void *index, isx_py_add_fn fill, PyArrayObject *X, PyObject *ids_obj, int threads);
+
 /* ---- search: k nearest, and everything within a radius ---- */
 
 /* k nearest per query into D and labels (nq x k); `params` is the binding's

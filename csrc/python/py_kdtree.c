@@ -99,6 +99,11 @@ static int kd_core_add(void *index, const void *X, size_t n, const int64_t *ids,
     return isx_kdtree_add(index, X, n, ids, nthreads);
 }
 
+static int kd_core_borrow(void *index, const void *X, size_t n, const int64_t *ids, int nthreads)
+{
+    return isx_kdtree_borrow(index, X, n, ids, nthreads);
+}
+
 static int kd_core_search(void *index, const void *params, const void *Q, size_t nq, size_t k,
                           const isx_filter *filter, int nthreads, float *D, int64_t *labels)
 {
@@ -150,7 +155,6 @@ static PyObject *kd_from_array(PyObject *cls, PyObject *args, PyObject *kw)
     PyArrayObject *X = isx_py_matrix(x_obj, NPY_FLOAT32, 0, copy, "X");
     if (!X)
         return NULL;
-    PyArrayObject *ids = NULL;
     KDTreeObject *self = NULL;
     isx_kdtree *kd = NULL;
     int rc = isx_kdtree_create(metric, (size_t)PyArray_DIM(X, 1), (size_t)leaf, &kd);
@@ -158,20 +162,8 @@ static PyObject *kd_from_array(PyObject *cls, PyObject *args, PyObject *kw)
         isx_py_raise(rc);
         goto error;
     }
-    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids")))
+    if (isx_py_fill(kd, copy ? kd_core_add : kd_core_borrow, X, ids_obj, threads) < 0)
         goto error;
-    Py_BEGIN_ALLOW_THREADS
-    if (copy)
-        rc = isx_kdtree_add(kd, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
-                            ids ? (const int64_t *)PyArray_DATA(ids) : NULL, threads);
-    else
-        rc = isx_kdtree_borrow(kd, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
-                               ids ? (const int64_t *)PyArray_DATA(ids) : NULL, threads);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
     self = (KDTreeObject *)((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
     if (!self)
         goto error;
@@ -181,12 +173,10 @@ static PyObject *kd_from_array(PyObject *cls, PyObject *args, PyObject *kw)
         X = NULL;
     }
     Py_XDECREF(X);
-    Py_XDECREF(ids);
     return (PyObject *)self;
 error:
     isx_kdtree_destroy(kd);
     Py_XDECREF(X);
-    Py_XDECREF(ids);
     return NULL;
 }
 
