@@ -128,6 +128,20 @@ static int flat_core_get(void *index, const int64_t *ids, size_t n, void *out)
     return isx_flat_get(index, ids, n, out);
 }
 
+static size_t flat_core_count(void *index)
+{
+    isx_flat *f = index;
+    isx_flat_lock_read(f);
+    size_t n = f->count;
+    isx_flat_unlock(f);
+    return n;
+}
+
+static int flat_core_ids(void *index, int64_t *out, size_t cap, size_t *n)
+{
+    return isx_flat_ids(index, out, cap, n);
+}
+
 static PyObject *flat_add(FlatObject *self, PyObject *args, PyObject *kw)
 {
     if (!flat_ready(self))
@@ -274,13 +288,7 @@ static PyObject *flat_get_vectors(FlatObject *self, void *closure)
 static PyObject *flat_get_ids(FlatObject *self, void *closure)
 {
     (void)closure;
-    if (!flat_ready(self))
-        return NULL;
-    isx_flat_lock_read(self->index);
-    npy_intp n = (npy_intp)self->index->count;
-    PyObject *out = isx_py_copy_array(self->index->ids, n, NPY_INT64);
-    isx_flat_unlock(self->index);
-    return out;
+    return flat_ready(self) ? isx_py_index_ids(self->index, flat_core_count, flat_core_ids) : NULL;
 }
 
 static PyObject *flat_get_dim(FlatObject *self, void *c)

@@ -174,6 +174,20 @@ static int hnsw_core_get(void *index, const int64_t *ids, size_t n, void *out)
     return isx_hnsw_get(index, ids, n, out);
 }
 
+static size_t hnsw_core_count(void *index)
+{
+    isx_hnsw *h = index;
+    isx_hnsw_lock_read(h);
+    size_t n = h->live;
+    isx_hnsw_unlock(h);
+    return n;
+}
+
+static int hnsw_core_ids(void *index, int64_t *out, size_t cap, size_t *n)
+{
+    return isx_hnsw_ids(index, out, cap, n);
+}
+
 static PyObject *hnsw_add(HNSWObject *self, PyObject *args, PyObject *kw)
 {
     if (!hnsw_ready(self))
@@ -267,26 +281,7 @@ static PyObject *hnsw_to_bytes(HNSWObject *self, PyObject *noargs)
 static PyObject *hnsw_get_ids(HNSWObject *self, void *closure)
 {
     (void)closure;
-    if (!hnsw_ready(self))
-        return NULL;
-    isx_hnsw *h = self->index;
-    for (;;) {
-        isx_hnsw_lock_read(h);
-        npy_intp n = (npy_intp)h->live;
-        isx_hnsw_unlock(h);
-        PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT64);
-        if (!a)
-            return NULL;
-        size_t got;
-        isx_hnsw_lock_read(h);
-        int same = (npy_intp)h->live == n;
-        if (same)
-            isx_hnsw_ids(h, PyArray_DATA(a), (size_t)n, &got);
-        isx_hnsw_unlock(h);
-        if (same)
-            return (PyObject *)a;
-        Py_DECREF(a); /* an add or remove came in between: try again */
-    }
+    return hnsw_ready(self) ? isx_py_index_ids(self->index, hnsw_core_count, hnsw_core_ids) : NULL;
 }
 
 static PyObject *hnsw_get_dim(HNSWObject *self, void *c)

@@ -186,6 +186,39 @@ error:
 }
 
 /* ======================================================================
+ * The ids property
+ * ====================================================================== */
+
+PyObject *isx_py_index_ids(void *index, isx_py_count_fn count, isx_py_ids_fn ids)
+{
+    for (;;) {
+        /* One slot more than counted: ids fills it only if an add came in
+         * between, and then we try again.  Fewer (a remove) is still all
+         * the ids of one moment, since ids copies them under the lock. */
+        npy_intp cap = (npy_intp)count(index) + 1;
+        PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(1, &cap, NPY_INT64);
+        if (!out)
+            return NULL;
+        size_t got;
+        Py_BEGIN_ALLOW_THREADS
+        ids(index, PyArray_DATA(out), (size_t)cap, &got);
+        Py_END_ALLOW_THREADS
+        if ((npy_intp)got < cap) {
+            npy_intp len = (npy_intp)got;
+            PyArray_Dims shape = {&len, 1};
+            PyObject *none = PyArray_Resize(out, &shape, 0, NPY_CORDER);
+            if (!none) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(none);
+            return (PyObject *)out;
+        }
+        Py_DECREF(out);
+    }
+}
+
+/* ======================================================================
  * Serialisation
  * ====================================================================== */
 

@@ -71,6 +71,15 @@ typedef int (*isx_py_get_fn)(void *index, const int64_t *ids, size_t n, void *ou
 /* Copies of the rows of ids_obj as `dtype`: (n, ncols), or (ncols,) for a scalar id. */
 PyObject *isx_py_get(void *index, isx_py_get_fn get, int dtype, npy_intp ncols, PyObject *ids_obj);
 
+/* ---- the ids property ---- */
+
+/* How many ids the index holds now. */
+typedef size_t (*isx_py_count_fn)(void *index);
+/* Up to cap ids into out, under the index's read lock; *n: how many. */
+typedef int (*isx_py_ids_fn)(void *index, int64_t *out, size_t cap, size_t *n);
+/* All ids of one moment as an int64 array, copied without the GIL. */
+PyObject *isx_py_index_ids(void *index, isx_py_count_fn count, isx_py_ids_fn ids);
+
 /* ---- serialisation: save(path, *, meta=None), to_bytes(), __reduce__ ---- */
 
 /* Where describe sends the index's sections: a file or a bytes buffer, with

@@ -127,6 +127,16 @@ static int kd_core_get(void *index, const int64_t *ids, size_t n, void *out)
     return isx_kdtree_get(index, ids, n, out);
 }
 
+static size_t kd_core_count(void *index)
+{
+    return isx_kdtree_count(index);
+}
+
+static int kd_core_ids(void *index, int64_t *out, size_t cap, size_t *n)
+{
+    return isx_kdtree_ids(index, out, cap, n);
+}
+
 static PyObject *kd_add(KDTreeObject *self, PyObject *args, PyObject *kw)
 {
     if (!kd_ready(self))
@@ -266,22 +276,7 @@ static PyObject *kd_to_bytes(KDTreeObject *self, PyObject *noargs)
 static PyObject *kd_get_ids(KDTreeObject *self, void *closure)
 {
     (void)closure;
-    if (!kd_ready(self))
-        return NULL;
-    npy_intp n = (npy_intp)isx_kdtree_count(self->index);
-    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT64);
-    if (!out)
-        return NULL;
-    size_t got;
-    Py_BEGIN_ALLOW_THREADS
-    isx_kdtree_ids(self->index, PyArray_DATA(out), (size_t)n, &got);
-    Py_END_ALLOW_THREADS
-    if ((npy_intp)got != n) { /* changed meanwhile by another thread: take what is there */
-        PyObject *cut = PySequence_GetSlice((PyObject *)out, 0, (Py_ssize_t)got);
-        Py_DECREF(out);
-        return cut;
-    }
-    return (PyObject *)out;
+    return kd_ready(self) ? isx_py_index_ids(self->index, kd_core_count, kd_core_ids) : NULL;
 }
 
 static PyObject *kd_get_dim(KDTreeObject *self, void *c)
