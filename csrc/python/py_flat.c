@@ -7,6 +7,9 @@
  * index keeps itself).  Every method converts and checks its arguments with
  * the GIL held, then releases the GIL for the C call: results are allocated
  * before, so nothing in the released region touches Python objects.
+ * What the three index types share (add, search, range_search, remove,
+ * get, ids, save) is in py_index.c; this file keeps what is FlatIndex's own
+ * and the adapters through which those shared methods call index/flat.c.
  */
 #include "py_common.h"
 #include "py_index.h"

@@ -4,7 +4,8 @@
  * Same shape as py_flat.c: arguments are converted and checked with the GIL
  * held, outputs are allocated before the GIL is released, and every O(n)
  * call (add, search, remove, save, load) runs without the GIL on the C
- * index's own native threads.
+ * index's own native threads.  The methods shared with the other indexes
+ * are in py_index.c, called through the adapters below.
  */
 #include "py_common.h"
 #include "py_index.h"

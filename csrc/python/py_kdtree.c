@@ -4,7 +4,9 @@
  * Like FlatIndex: arguments are converted and checked with the GIL held,
  * outputs allocated, then the GIL is released for the C call.  While a tree
  * reads a caller's array (from_array(copy=False)) the object keeps that
- * array alive; it lets it go once the C index no longer borrows it.
+ * array alive; it lets it go once the C index no longer borrows it.  The
+ * methods shared with the other indexes are in py_index.c, called through
+ * the adapters below.
  */
 #include "py_common.h"
 #include "py_index.h"
