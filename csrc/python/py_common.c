@@ -273,6 +273,11 @@ int isx_py_metric(PyObject *obj, isx_metric *out)
     return 0;
 }
 
+int isx_py_row_dtype(isx_dtype d)
+{
+    return d == ISX_DTYPE_BITS ? NPY_UINT8 : NPY_FLOAT32;
+}
+
 int isx_py_parse_k(PyObject *obj, Py_ssize_t *k)
 {
     if (!PyLong_Check(obj) || PyBool_Check(obj)) {

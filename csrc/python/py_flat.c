@@ -38,11 +38,6 @@ static void flat_drop_owner(FlatObject *self)
         Py_CLEAR(self->owner);
 }
 
-static int row_dtype(const isx_flat *f)
-{
-    return f->dtype == ISX_DTYPE_BITS ? NPY_UINT8 : NPY_FLOAT32;
-}
-
 static PyObject *flat_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
     (void)args;
@@ -150,7 +145,7 @@ static PyObject *flat_add(FlatObject *self, PyObject *args, PyObject *kw)
     if (!flat_ready(self))
         return NULL;
     isx_flat *f = self->index;
-    PyObject *r = isx_py_add(f, flat_core_add, row_dtype(f), (npy_intp)f->row_elems, args, kw);
+    PyObject *r = isx_py_add(f, flat_core_add, isx_py_row_dtype(f->dtype), (npy_intp)f->row_elems, args, kw);
     if (r)
         flat_drop_owner(self);
     return r;
@@ -208,8 +203,8 @@ static PyObject *flat_search(FlatObject *self, PyObject *args, PyObject *kw)
     if ((k_obj && isx_py_parse_k(k_obj, &k) < 0) || isx_py_threads(threads_obj, &threads) < 0)
         return NULL;
     isx_flat *f = self->index;
-    return isx_py_search(f, flat_core_search, NULL, row_dtype(f), (npy_intp)f->row_elems, q_obj, (size_t)k, threads,
-                         filter_obj);
+    return isx_py_search(f, flat_core_search, NULL, isx_py_row_dtype(f->dtype), (npy_intp)f->row_elems, q_obj,
+                         (size_t)k, threads, filter_obj);
 }
 
 static PyObject *flat_range_search(FlatObject *self, PyObject *args, PyObject *kw)
@@ -217,7 +212,8 @@ static PyObject *flat_range_search(FlatObject *self, PyObject *args, PyObject *k
     if (!flat_ready(self))
         return NULL;
     isx_flat *f = self->index;
-    return isx_py_range_search(f, flat_core_range_search, row_dtype(f), (npy_intp)f->row_elems, args, kw);
+    return isx_py_range_search(f, flat_core_range_search, isx_py_row_dtype(f->dtype), (npy_intp)f->row_elems, args,
+                               kw);
 }
 
 static PyObject *flat_remove(FlatObject *self, PyObject *ids_obj)
@@ -235,7 +231,7 @@ static PyObject *flat_get(FlatObject *self, PyObject *ids_obj)
     if (!flat_ready(self))
         return NULL;
     isx_flat *f = self->index;
-    return isx_py_get(f, flat_core_get, row_dtype(f), (npy_intp)f->row_elems, ids_obj);
+    return isx_py_get(f, flat_core_get, isx_py_row_dtype(f->dtype), (npy_intp)f->row_elems, ids_obj);
 }
 
 /* Under the read lock, which keeps the described sections valid. */
@@ -276,7 +272,7 @@ static PyObject *flat_get_vectors(FlatObject *self, void *closure)
     npy_intp shape[2] = {(npy_intp)f->count, (npy_intp)f->row_elems};
     void *data = f->data;
     isx_flat_unlock(f);
-    PyArray_Descr *descr = PyArray_DescrFromType(row_dtype(f));
+    PyArray_Descr *descr = PyArray_DescrFromType(isx_py_row_dtype(f->dtype));
     PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, descr, 2, shape, NULL, data, 0, NULL);
     if (!arr)
         return NULL;

@@ -25,11 +25,6 @@ static int hnsw_ready(HNSWObject *self)
     return 1;
 }
 
-static int row_dtype(const isx_hnsw *h)
-{
-    return h->dtype == ISX_DTYPE_BITS ? NPY_UINT8 : NPY_FLOAT32;
-}
-
 static size_t row_elems(const isx_hnsw *h)
 {
     return h->dtype == ISX_DTYPE_BITS ? h->dim / 8 : h->dim;
@@ -194,7 +189,7 @@ static PyObject *hnsw_add(HNSWObject *self, PyObject *args, PyObject *kw)
     if (!hnsw_ready(self))
         return NULL;
     isx_hnsw *h = self->index;
-    return isx_py_add(h, hnsw_core_add, row_dtype(h), (npy_intp)row_elems(h), args, kw);
+    return isx_py_add(h, hnsw_core_add, isx_py_row_dtype(h->dtype), (npy_intp)row_elems(h), args, kw);
 }
 
 static PyObject *hnsw_search(HNSWObject *self, PyObject *args, PyObject *kw)
@@ -212,8 +207,8 @@ static PyObject *hnsw_search(HNSWObject *self, PyObject *args, PyObject *kw)
         isx_py_threads(threads_obj, &threads) < 0)
         return NULL;
     isx_hnsw *h = self->index;
-    return isx_py_search(h, hnsw_core_search, &ef, row_dtype(h), (npy_intp)row_elems(h), q_obj, k, threads,
-                         filter_obj);
+    return isx_py_search(h, hnsw_core_search, &ef, isx_py_row_dtype(h->dtype), (npy_intp)row_elems(h), q_obj, k,
+                         threads, filter_obj);
 }
 
 static PyObject *hnsw_remove(HNSWObject *self, PyObject *args, PyObject *kw)
@@ -233,7 +228,7 @@ static PyObject *hnsw_get(HNSWObject *self, PyObject *ids_obj)
     if (!hnsw_ready(self))
         return NULL;
     isx_hnsw *h = self->index;
-    return isx_py_get(h, hnsw_core_get, row_dtype(h), (npy_intp)row_elems(h), ids_obj);
+    return isx_py_get(h, hnsw_core_get, isx_py_row_dtype(h->dtype), (npy_intp)row_elems(h), ids_obj);
 }
 
 static PyObject *hnsw_check(HNSWObject *self, PyObject *noargs)
