@@ -272,3 +272,32 @@ int isx_py_metric(PyObject *obj, isx_metric *out)
     }
     return 0;
 }
+
+int isx_py_row_dtype(isx_dtype d)
+{
+    return d == ISX_DTYPE_BITS ? NPY_UINT8 : NPY_FLOAT32;
+}
+
+int isx_py_parse_k(PyObject *obj, Py_ssize_t *k)
+{
+    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "k: expected an int >= 1, found %s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *k = PyLong_AsSsize_t(obj);
+    if (*k == -1 && PyErr_Occurred())
+        return -1;
+    if (*k < 1 || (size_t)*k > ISX_MAX_K) {
+        PyErr_Format(PyExc_ValueError, "Expected 1 <= k <= %u. Got k=%zd", ISX_MAX_K, *k);
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *isx_py_copy_array(const void *src, npy_intp n, int type)
+{
+    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(1, &n, type);
+    if (a && n)
+        memcpy(PyArray_DATA(a), src, (size_t)n * (size_t)PyArray_ITEMSIZE(a));
+    return (PyObject *)a;
+}

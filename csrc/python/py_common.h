@@ -44,4 +44,14 @@ int isx_py_threads(PyObject *obj, int *out);
 /* A metric name -> isx_metric, or -1 with ValueError. */
 int isx_py_metric(PyObject *obj, isx_metric *out);
 
+/* The NumPy dtype of stored rows: NPY_UINT8 for packed bits, else NPY_FLOAT32
+ * (float16 and int8 storage is read and written as float32). */
+int isx_py_row_dtype(isx_dtype d);
+
+/* k: a Python int in 1..ISX_MAX_K (not a bool); -1 with an exception otherwise. */
+int isx_py_parse_k(PyObject *obj, Py_ssize_t *k);
+
+/* A new 1-D array of n items of NumPy `type`, copied from src. */
+PyObject *isx_py_copy_array(const void *src, npy_intp n, int type);
+
 #endif

@@ -7,6 +7,9 @@
  * index keeps itself).  Every method converts and checks its arguments with
  * the GIL held, then releases the GIL for the C call: results are allocated
  * before, so nothing in the released region touches Python objects.
+ * What the three index types share (add, search, range_search, remove,
+ * get, ids, save) is in py_index.c; this file keeps what is FlatIndex's own
+ * and the adapters through which those shared methods call index/flat.c.
  */
 #include "py_common.h"
 #include "py_index.h"
@@ -33,11 +36,6 @@ static void flat_drop_owner(FlatObject *self)
 {
     if (self->owner && self->index->data_owned && !self->index->pinned)
         Py_CLEAR(self->owner);
-}
-
-static int row_dtype(const isx_flat *f)
-{
-    return f->dtype == ISX_DTYPE_BITS ? NPY_UINT8 : NPY_FLOAT32;
 }
 
 static PyObject *flat_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -92,35 +90,65 @@ PyObject *isx_py_flat_wrap(isx_flat *f)
     return (PyObject *)self;
 }
 
+/* ---- the C index's calls in the shapes py_index.c takes ---- */
+
+static int flat_core_add(void *index, const void *X, size_t n, const int64_t *ids, int nthreads)
+{
+    return isx_flat_add(index, X, n, ids, nthreads);
+}
+
+static int flat_core_borrow(void *index, const void *X, size_t n, const int64_t *ids, int nthreads)
+{
+    return isx_flat_borrow(index, X, n, ids, nthreads);
+}
+
+static int flat_core_search(void *index, const void *params, const void *Q, size_t nq, size_t k,
+                            const isx_filter *filter, int nthreads, float *D, int64_t *labels)
+{
+    (void)params;
+    return isx_flat_search(index, Q, nq, k, filter, nthreads, D, labels);
+}
+
+static int flat_core_range_search(void *index, const void *Q, size_t nq, float radius, const isx_filter *filter,
+                                  int nthreads, int64_t *lims, float **D, int64_t **labels)
+{
+    return isx_flat_range_search(index, Q, nq, radius, filter, nthreads, lims, D, labels);
+}
+
+static int flat_core_remove(void *index, const int64_t *ids, size_t n, int nthreads, size_t *removed)
+{
+    (void)nthreads;
+    return isx_flat_remove(index, ids, n, removed);
+}
+
+static int flat_core_get(void *index, const int64_t *ids, size_t n, void *out)
+{
+    return isx_flat_get(index, ids, n, out);
+}
+
+static size_t flat_core_count(void *index)
+{
+    isx_flat *f = index;
+    isx_flat_lock_read(f);
+    size_t n = f->count;
+    isx_flat_unlock(f);
+    return n;
+}
+
+static int flat_core_ids(void *index, int64_t *out, size_t cap, size_t *n)
+{
+    return isx_flat_ids(index, out, cap, n);
+}
+
 static PyObject *flat_add(FlatObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"X", "ids", "threads", NULL};
-    PyObject *x_obj, *ids_obj = Py_None, *threads_obj = Py_None;
-    if (!flat_ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|O$O:add", kwlist, &x_obj, &ids_obj, &threads_obj))
-        return NULL;
-    int threads;
-    if (isx_py_threads(threads_obj, &threads) < 0)
+    if (!flat_ready(self))
         return NULL;
     isx_flat *f = self->index;
-    PyArrayObject *X = isx_py_matrix(x_obj, row_dtype(f), (npy_intp)f->row_elems, 1, "X");
-    if (!X)
-        return NULL;
-    PyArrayObject *ids = NULL;
-    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids"))) {
-        Py_DECREF(X);
-        return NULL;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_flat_add(f, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
-                      ids ? (const int64_t *)PyArray_DATA(ids) : NULL, threads);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(X);
-    Py_XDECREF(ids);
-    if (rc)
-        return isx_py_raise(rc);
-    flat_drop_owner(self);
-    Py_RETURN_NONE;
+    PyObject *r = isx_py_add(f, flat_core_add, isx_py_row_dtype(f->dtype), (npy_intp)f->row_elems, args, kw);
+    if (r)
+        flat_drop_owner(self);
+    return r;
 }
 
 static PyObject *flat_from_array(PyObject *cls, PyObject *args, PyObject *kw)
@@ -137,7 +165,6 @@ static PyObject *flat_from_array(PyObject *cls, PyObject *args, PyObject *kw)
     PyArrayObject *X = isx_py_matrix(x_obj, dtype, 0, copy, "X");
     if (!X)
         return NULL;
-    PyArrayObject *ids = NULL;
     FlatObject *self = NULL;
     isx_flat *f = NULL;
     size_t cols = (size_t)PyArray_DIM(X, 1);
@@ -146,20 +173,8 @@ static PyObject *flat_from_array(PyObject *cls, PyObject *args, PyObject *kw)
         isx_py_raise(rc);
         goto error;
     }
-    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids")))
+    if (isx_py_fill(f, copy ? flat_core_add : flat_core_borrow, X, ids_obj, 0) < 0)
         goto error;
-    Py_BEGIN_ALLOW_THREADS
-    if (copy)
-        rc = isx_flat_add(f, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
-                          ids ? (const int64_t *)PyArray_DATA(ids) : NULL, 0);
-    else
-        rc = isx_flat_borrow(f, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
-                             ids ? (const int64_t *)PyArray_DATA(ids) : NULL, 0);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
     self = (FlatObject *)((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
     if (!self)
         goto error;
@@ -169,29 +184,11 @@ static PyObject *flat_from_array(PyObject *cls, PyObject *args, PyObject *kw)
         X = NULL;
     }
     Py_XDECREF(X);
-    Py_XDECREF(ids);
     return (PyObject *)self;
 error:
     isx_flat_destroy(f);
     Py_XDECREF(X);
-    Py_XDECREF(ids);
     return NULL;
-}
-
-static int parse_k(PyObject *obj, Py_ssize_t *k)
-{
-    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "k: expected an int >= 1, found %s", Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    *k = PyLong_AsSsize_t(obj);
-    if (*k == -1 && PyErr_Occurred())
-        return -1;
-    if (*k < 1 || (size_t)*k > ISX_MAX_K) {
-        PyErr_Format(PyExc_ValueError, "Expected 1 <= k <= %u. Got k=%zd", ISX_MAX_K, *k);
-        return -1;
-    }
-    return 0;
 }
 
 static PyObject *flat_search(FlatObject *self, PyObject *args, PyObject *kw)
@@ -203,220 +200,65 @@ static PyObject *flat_search(FlatObject *self, PyObject *args, PyObject *kw)
         return NULL;
     Py_ssize_t k = 10;
     int threads;
-    if ((k_obj && parse_k(k_obj, &k) < 0) || isx_py_threads(threads_obj, &threads) < 0)
+    if ((k_obj && isx_py_parse_k(k_obj, &k) < 0) || isx_py_threads(threads_obj, &threads) < 0)
         return NULL;
     isx_flat *f = self->index;
-    PyArrayObject *Q = isx_py_matrix(q_obj, row_dtype(f), (npy_intp)f->row_elems, 1, "queries");
-    if (!Q)
-        return NULL;
-    isx_filter flt;
-    PyArrayObject *keep = NULL, *D = NULL, *L = NULL;
-    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
-        goto error;
-    npy_intp shape[2] = {PyArray_DIM(Q, 0), k};
-    D = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
-    L = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_INT64);
-    if (!D || !L)
-        goto error;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_flat_search(f, PyArray_DATA(Q), (size_t)shape[0], (size_t)k, &flt, threads,
-                         PyArray_DATA(D), PyArray_DATA(L));
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(Q);
-    Py_XDECREF(keep);
-    return Py_BuildValue("(NN)", D, L);
-error:
-    Py_XDECREF(Q);
-    Py_XDECREF(keep);
-    Py_XDECREF(D);
-    Py_XDECREF(L);
-    return NULL;
-}
-
-static PyObject *copy_to_array(const void *src, npy_intp n, int type)
-{
-    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(1, &n, type);
-    if (a && n)
-        memcpy(PyArray_DATA(a), src, (size_t)n * (size_t)PyArray_ITEMSIZE(a));
-    return (PyObject *)a;
+    return isx_py_search(f, flat_core_search, NULL, isx_py_row_dtype(f->dtype), (npy_intp)f->row_elems, q_obj,
+                         (size_t)k, threads, filter_obj);
 }
 
 static PyObject *flat_range_search(FlatObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"Q", "radius", "threads", "filter", NULL};
-    PyObject *q_obj, *threads_obj = Py_None, *filter_obj = Py_None;
-    double radius;
-    if (!flat_ready(self) ||
-        !PyArg_ParseTupleAndKeywords(args, kw, "Od|$OO:range_search", kwlist, &q_obj, &radius, &threads_obj, &filter_obj))
-        return NULL;
-    int threads;
-    if (isx_py_threads(threads_obj, &threads) < 0)
+    if (!flat_ready(self))
         return NULL;
     isx_flat *f = self->index;
-    PyArrayObject *Q = isx_py_matrix(q_obj, row_dtype(f), (npy_intp)f->row_elems, 1, "queries");
-    if (!Q)
-        return NULL;
-    isx_filter flt;
-    PyArrayObject *keep = NULL, *lims = NULL;
-    PyObject *Dout = NULL, *Iout = NULL;
-    float *D = NULL;
-    int64_t *Ilist = NULL;
-    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
-        goto error;
-    npy_intp nl = PyArray_DIM(Q, 0) + 1;
-    lims = (PyArrayObject *)PyArray_SimpleNew(1, &nl, NPY_INT64);
-    if (!lims)
-        goto error;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_flat_range_search(f, PyArray_DATA(Q), (size_t)PyArray_DIM(Q, 0), (float)radius, &flt, threads,
-                               PyArray_DATA(lims), &D, &Ilist);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
-    npy_intp total = ((int64_t *)PyArray_DATA(lims))[nl - 1];
-    Dout = copy_to_array(D, total, NPY_FLOAT32);
-    Iout = copy_to_array(Ilist, total, NPY_INT64);
-    free(D);
-    free(Ilist);
-    D = NULL;
-    Ilist = NULL;
-    if (!Dout || !Iout)
-        goto error;
-    Py_DECREF(Q);
-    Py_XDECREF(keep);
-    return Py_BuildValue("(NNN)", lims, Dout, Iout);
-error:
-    free(D);
-    free(Ilist);
-    Py_XDECREF(Q);
-    Py_XDECREF(keep);
-    Py_XDECREF(lims);
-    Py_XDECREF(Dout);
-    Py_XDECREF(Iout);
-    return NULL;
+    return isx_py_range_search(f, flat_core_range_search, isx_py_row_dtype(f->dtype), (npy_intp)f->row_elems, args,
+                               kw);
 }
 
 static PyObject *flat_remove(FlatObject *self, PyObject *ids_obj)
 {
     if (!flat_ready(self))
         return NULL;
-    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
-    if (!ids)
-        return NULL;
-    size_t removed;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_flat_remove(self->index, PyArray_DATA(ids), (size_t)PyArray_SIZE(ids), &removed);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(ids);
-    if (rc)
-        return isx_py_raise(rc);
-    flat_drop_owner(self);
-    return PyLong_FromSize_t(removed);
+    PyObject *removed = isx_py_remove(self->index, flat_core_remove, ids_obj, 0);
+    if (removed)
+        flat_drop_owner(self);
+    return removed;
 }
 
 static PyObject *flat_get(FlatObject *self, PyObject *ids_obj)
 {
     if (!flat_ready(self))
         return NULL;
-    int scalar = PyLong_Check(ids_obj) || PyArray_IsScalar(ids_obj, Integer);
-    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
-    if (!ids)
-        return NULL;
     isx_flat *f = self->index;
-    npy_intp shape[2] = {PyArray_SIZE(ids), (npy_intp)f->row_elems};
-    PyArrayObject *out = scalar ? (PyArrayObject *)PyArray_SimpleNew(1, shape + 1, row_dtype(f))
-                                : (PyArrayObject *)PyArray_SimpleNew(2, shape, row_dtype(f));
-    if (!out) {
-        Py_DECREF(ids);
-        return NULL;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_flat_get(f, PyArray_DATA(ids), (size_t)shape[0], PyArray_DATA(out));
-    Py_END_ALLOW_THREADS
-    Py_DECREF(ids);
-    if (rc) {
-        Py_DECREF(out);
-        return isx_py_raise(rc);
-    }
-    return (PyObject *)out;
+    return isx_py_get(f, flat_core_get, isx_py_row_dtype(f->dtype), (npy_intp)f->row_elems, ids_obj);
 }
 
-/* Serialise under the read lock, to a file or (path == NULL) to bytes. */
-static PyObject *flat_serialise(FlatObject *self, const char *path, PyObject *meta)
+/* Under the read lock, which keeps the described sections valid. */
+static int flat_core_describe(void *index, isx_py_writer *w)
 {
+    isx_flat *f = index;
     isx_header h;
     isx_section_out secs[ISX_FLAT_SECTIONS + 1];
     uint32_t nsecs;
     uint8_t parm[256];
-    Py_buffer mb = {0};
-    if (meta && meta != Py_None && PyObject_GetBuffer(meta, &mb, PyBUF_SIMPLE) < 0)
-        return NULL;
-    uint8_t *buf = NULL;
-    size_t size = 0;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    isx_flat_lock_read(self->index);
-    rc = isx_flat_describe(self->index, &h, secs, &nsecs, parm, sizeof(parm));
-    if (rc == ISX_OK && mb.buf)
-        secs[nsecs++] = (isx_section_out){ISX_SEC_META, mb.buf, (uint64_t)mb.len};
+    isx_flat_lock_read(f);
+    int rc = isx_flat_describe(f, &h, secs, &nsecs, parm, sizeof(parm));
     if (rc == ISX_OK)
-        rc = path ? isx_format_write_file(path, &h, secs, nsecs) : isx_format_write_memory(&h, secs, nsecs, &buf, &size);
-    isx_flat_unlock(self->index);
-    Py_END_ALLOW_THREADS
-    if (mb.buf)
-        PyBuffer_Release(&mb);
-    if (rc)
-        return isx_py_raise(rc);
-    if (path)
-        Py_RETURN_NONE;
-    PyObject *b = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)size);
-    free(buf);
-    return b;
+        rc = isx_py_write(w, &h, secs, nsecs);
+    isx_flat_unlock(f);
+    return rc;
 }
 
 static PyObject *flat_save(FlatObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"path", "meta", NULL};
-    PyObject *path_bytes = NULL, *meta = Py_None;
-    if (!flat_ready(self) ||
-        !PyArg_ParseTupleAndKeywords(args, kw, "O&|$O:save", kwlist, PyUnicode_FSConverter, &path_bytes, &meta))
-        return NULL;
-    PyObject *r = flat_serialise(self, PyBytes_AS_STRING(path_bytes), meta);
-    Py_DECREF(path_bytes);
-    return r;
+    return flat_ready(self) ? isx_py_save(self->index, flat_core_describe, args, kw) : NULL;
 }
 
 static PyObject *flat_to_bytes(FlatObject *self, PyObject *noargs)
 {
     (void)noargs;
-    if (!flat_ready(self))
-        return NULL;
-    return flat_serialise(self, NULL, NULL);
-}
-
-static PyObject *flat_reduce(FlatObject *self, PyObject *noargs)
-{
-    PyObject *b = flat_to_bytes(self, noargs);
-    if (!b)
-        return NULL;
-    PyObject *mod = PyImport_ImportModule("imgsearch._core");
-    PyObject *fn = mod ? PyObject_GetAttrString(mod, "_from_bytes") : NULL;
-    Py_XDECREF(mod);
-    if (!fn) {
-        Py_DECREF(b);
-        return NULL;
-    }
-    return Py_BuildValue("(N(N))", fn, b);
+    return flat_ready(self) ? isx_py_to_bytes(self->index, flat_core_describe) : NULL;
 }
 
 static PyObject *flat_get_vectors(FlatObject *self, void *closure)
@@ -430,7 +272,7 @@ static PyObject *flat_get_vectors(FlatObject *self, void *closure)
     npy_intp shape[2] = {(npy_intp)f->count, (npy_intp)f->row_elems};
     void *data = f->data;
     isx_flat_unlock(f);
-    PyArray_Descr *descr = PyArray_DescrFromType(row_dtype(f));
+    PyArray_Descr *descr = PyArray_DescrFromType(isx_py_row_dtype(f->dtype));
     PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, descr, 2, shape, NULL, data, 0, NULL);
     if (!arr)
         return NULL;
@@ -445,13 +287,7 @@ static PyObject *flat_get_vectors(FlatObject *self, void *closure)
 static PyObject *flat_get_ids(FlatObject *self, void *closure)
 {
     (void)closure;
-    if (!flat_ready(self))
-        return NULL;
-    isx_flat_lock_read(self->index);
-    npy_intp n = (npy_intp)self->index->count;
-    PyObject *out = copy_to_array(self->index->ids, n, NPY_INT64);
-    isx_flat_unlock(self->index);
-    return out;
+    return flat_ready(self) ? isx_py_index_ids(self->index, flat_core_count, flat_core_ids) : NULL;
 }
 
 static PyObject *flat_get_dim(FlatObject *self, void *c)
@@ -510,7 +346,7 @@ static PyMethodDef flat_methods[] = {
     {"save", (PyCFunction)(void (*)(void))flat_save, METH_VARARGS | METH_KEYWORDS,
      "save(path)\n--\n\nWrite the index atomically (temporary file, fsync, rename); see docs/FORMAT.md."},
     {"to_bytes", (PyCFunction)flat_to_bytes, METH_NOARGS, "to_bytes()\n--\n\nThe saved file's bytes."},
-    {"__reduce__", (PyCFunction)flat_reduce, METH_NOARGS, NULL},
+    {"__reduce__", (PyCFunction)isx_py_reduce, METH_NOARGS, NULL},
     {"from_array", (PyCFunction)(void (*)(void))flat_from_array, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
      "from_array(X, metric=\"l2\", *, copy=False, ids=None)\n--\n\n"
      "An index over X.  With copy=False (the default) nothing is copied: the index\n"

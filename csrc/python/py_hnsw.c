@@ -4,7 +4,8 @@
  * Same shape as py_flat.c: arguments are converted and checked with the GIL
  * held, outputs are allocated before the GIL is released, and every O(n)
  * call (add, search, remove, save, load) runs without the GIL on the C
- * index's own native threads.
+ * index's own native threads.  The methods shared with the other indexes
+ * are in py_index.c, called through the adapters below.
  */
 #include "py_common.h"
 #include "py_index.h"
@@ -22,11 +23,6 @@ static int hnsw_ready(HNSWObject *self)
         return 0;
     }
     return 1;
-}
-
-static int row_dtype(const isx_hnsw *h)
-{
-    return h->dtype == ISX_DTYPE_BITS ? NPY_UINT8 : NPY_FLOAT32;
 }
 
 static size_t row_elems(const isx_hnsw *h)
@@ -150,34 +146,50 @@ PyObject *isx_py_hnsw_wrap(isx_hnsw *h)
     return (PyObject *)self;
 }
 
+/* ---- the C index's calls in the shapes py_index.c takes ---- */
+
+static int hnsw_core_add(void *index, const void *X, size_t n, const int64_t *ids, int nthreads)
+{
+    return isx_hnsw_add(index, X, n, ids, nthreads);
+}
+
+/* params: the search breadth ef (size_t, 0 = the index's default). */
+static int hnsw_core_search(void *index, const void *params, const void *Q, size_t nq, size_t k,
+                            const isx_filter *filter, int nthreads, float *D, int64_t *labels)
+{
+    return isx_hnsw_search(index, Q, nq, k, *(const size_t *)params, filter, nthreads, D, labels);
+}
+
+static int hnsw_core_remove(void *index, const int64_t *ids, size_t n, int nthreads, size_t *removed)
+{
+    return isx_hnsw_remove(index, ids, n, nthreads, removed);
+}
+
+static int hnsw_core_get(void *index, const int64_t *ids, size_t n, void *out)
+{
+    return isx_hnsw_get(index, ids, n, out);
+}
+
+static size_t hnsw_core_count(void *index)
+{
+    isx_hnsw *h = index;
+    isx_hnsw_lock_read(h);
+    size_t n = h->live;
+    isx_hnsw_unlock(h);
+    return n;
+}
+
+static int hnsw_core_ids(void *index, int64_t *out, size_t cap, size_t *n)
+{
+    return isx_hnsw_ids(index, out, cap, n);
+}
+
 static PyObject *hnsw_add(HNSWObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"X", "ids", "threads", NULL};
-    PyObject *x_obj, *ids_obj = Py_None, *threads_obj = Py_None;
-    if (!hnsw_ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|O$O:add", kwlist, &x_obj, &ids_obj, &threads_obj))
-        return NULL;
-    int threads;
-    if (isx_py_threads(threads_obj, &threads) < 0)
+    if (!hnsw_ready(self))
         return NULL;
     isx_hnsw *h = self->index;
-    PyArrayObject *X = isx_py_matrix(x_obj, row_dtype(h), (npy_intp)row_elems(h), 1, "X");
-    if (!X)
-        return NULL;
-    PyArrayObject *ids = NULL;
-    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids"))) {
-        Py_DECREF(X);
-        return NULL;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_hnsw_add(h, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0), ids ? (const int64_t *)PyArray_DATA(ids) : NULL,
-                      threads);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(X);
-    Py_XDECREF(ids);
-    if (rc)
-        return isx_py_raise(rc);
-    Py_RETURN_NONE;
+    return isx_py_add(h, hnsw_core_add, isx_py_row_dtype(h->dtype), (npy_intp)row_elems(h), args, kw);
 }
 
 static PyObject *hnsw_search(HNSWObject *self, PyObject *args, PyObject *kw)
@@ -195,36 +207,8 @@ static PyObject *hnsw_search(HNSWObject *self, PyObject *args, PyObject *kw)
         isx_py_threads(threads_obj, &threads) < 0)
         return NULL;
     isx_hnsw *h = self->index;
-    PyArrayObject *Q = isx_py_matrix(q_obj, row_dtype(h), (npy_intp)row_elems(h), 1, "queries");
-    if (!Q)
-        return NULL;
-    isx_filter flt;
-    PyArrayObject *keep = NULL, *D = NULL, *L = NULL;
-    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
-        goto error;
-    npy_intp shape[2] = {PyArray_DIM(Q, 0), (npy_intp)k};
-    D = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
-    L = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_INT64);
-    if (!D || !L)
-        goto error;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_hnsw_search(h, PyArray_DATA(Q), (size_t)shape[0], k, ef, &flt, threads, PyArray_DATA(D),
-                         PyArray_DATA(L));
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(Q);
-    Py_XDECREF(keep);
-    return Py_BuildValue("(NN)", D, L);
-error:
-    Py_XDECREF(Q);
-    Py_XDECREF(keep);
-    Py_XDECREF(D);
-    Py_XDECREF(L);
-    return NULL;
+    return isx_py_search(h, hnsw_core_search, &ef, isx_py_row_dtype(h->dtype), (npy_intp)row_elems(h), q_obj, k,
+                         threads, filter_obj);
 }
 
 static PyObject *hnsw_remove(HNSWObject *self, PyObject *args, PyObject *kw)
@@ -236,46 +220,15 @@ static PyObject *hnsw_remove(HNSWObject *self, PyObject *args, PyObject *kw)
     int threads;
     if (isx_py_threads(threads_obj, &threads) < 0)
         return NULL;
-    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
-    if (!ids)
-        return NULL;
-    size_t removed;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_hnsw_remove(self->index, PyArray_DATA(ids), (size_t)PyArray_SIZE(ids), threads, &removed);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(ids);
-    if (rc)
-        return isx_py_raise(rc);
-    return PyLong_FromSize_t(removed);
+    return isx_py_remove(self->index, hnsw_core_remove, ids_obj, threads);
 }
 
 static PyObject *hnsw_get(HNSWObject *self, PyObject *ids_obj)
 {
     if (!hnsw_ready(self))
         return NULL;
-    int scalar = PyLong_Check(ids_obj) || PyArray_IsScalar(ids_obj, Integer);
-    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
-    if (!ids)
-        return NULL;
     isx_hnsw *h = self->index;
-    npy_intp shape[2] = {PyArray_SIZE(ids), (npy_intp)row_elems(h)};
-    PyArrayObject *out = scalar ? (PyArrayObject *)PyArray_SimpleNew(1, shape + 1, row_dtype(h))
-                                : (PyArrayObject *)PyArray_SimpleNew(2, shape, row_dtype(h));
-    if (!out) {
-        Py_DECREF(ids);
-        return NULL;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_hnsw_get(h, PyArray_DATA(ids), (size_t)shape[0], PyArray_DATA(out));
-    Py_END_ALLOW_THREADS
-    Py_DECREF(ids);
-    if (rc) {
-        Py_DECREF(out);
-        return isx_py_raise(rc);
-    }
-    return (PyObject *)out;
+    return isx_py_get(h, hnsw_core_get, isx_py_row_dtype(h->dtype), (npy_intp)row_elems(h), ids_obj);
 }
 
 static PyObject *hnsw_check(HNSWObject *self, PyObject *noargs)
@@ -292,99 +245,39 @@ static PyObject *hnsw_check(HNSWObject *self, PyObject *noargs)
     Py_RETURN_TRUE;
 }
 
-/* Serialise under the read lock, to a file or (path == NULL) to bytes. */
-static PyObject *hnsw_serialise(HNSWObject *self, const char *path, PyObject *meta)
+/* Under the read lock, which keeps the described sections valid. */
+static int hnsw_core_describe(void *index, isx_py_writer *w)
 {
+    isx_hnsw *h = index;
     isx_header hd;
     isx_section_out secs[ISX_HNSW_SECTIONS + 1];
     uint32_t nsecs;
     uint8_t parm[1024];
     uint32_t *upper = NULL;
-    Py_buffer mb = {0};
-    if (meta && meta != Py_None && PyObject_GetBuffer(meta, &mb, PyBUF_SIMPLE) < 0)
-        return NULL;
-    uint8_t *buf = NULL;
-    size_t size = 0;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    isx_hnsw_lock_read(self->index);
-    rc = isx_hnsw_describe(self->index, &hd, secs, &nsecs, parm, sizeof(parm), &upper);
-    if (rc == ISX_OK && mb.buf)
-        secs[nsecs++] = (isx_section_out){ISX_SEC_META, mb.buf, (uint64_t)mb.len};
+    isx_hnsw_lock_read(h);
+    int rc = isx_hnsw_describe(h, &hd, secs, &nsecs, parm, sizeof(parm), &upper);
     if (rc == ISX_OK)
-        rc = path ? isx_format_write_file(path, &hd, secs, nsecs) : isx_format_write_memory(&hd, secs, nsecs, &buf, &size);
-    isx_hnsw_unlock(self->index);
+        rc = isx_py_write(w, &hd, secs, nsecs);
+    isx_hnsw_unlock(h);
     free(upper);
-    Py_END_ALLOW_THREADS
-    if (mb.buf)
-        PyBuffer_Release(&mb);
-    if (rc)
-        return isx_py_raise(rc);
-    if (path)
-        Py_RETURN_NONE;
-    PyObject *b = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)size);
-    free(buf);
-    return b;
+    return rc;
 }
 
 static PyObject *hnsw_save(HNSWObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"path", "meta", NULL};
-    PyObject *path_bytes = NULL, *meta = Py_None;
-    if (!hnsw_ready(self) ||
-        !PyArg_ParseTupleAndKeywords(args, kw, "O&|$O:save", kwlist, PyUnicode_FSConverter, &path_bytes, &meta))
-        return NULL;
-    PyObject *r = hnsw_serialise(self, PyBytes_AS_STRING(path_bytes), meta);
-    Py_DECREF(path_bytes);
-    return r;
+    return hnsw_ready(self) ? isx_py_save(self->index, hnsw_core_describe, args, kw) : NULL;
 }
 
 static PyObject *hnsw_to_bytes(HNSWObject *self, PyObject *noargs)
 {
     (void)noargs;
-    if (!hnsw_ready(self))
-        return NULL;
-    return hnsw_serialise(self, NULL, NULL);
-}
-
-static PyObject *hnsw_reduce(HNSWObject *self, PyObject *noargs)
-{
-    PyObject *b = hnsw_to_bytes(self, noargs);
-    if (!b)
-        return NULL;
-    PyObject *mod = PyImport_ImportModule("imgsearch._core");
-    PyObject *fn = mod ? PyObject_GetAttrString(mod, "_from_bytes") : NULL;
-    Py_XDECREF(mod);
-    if (!fn) {
-        Py_DECREF(b);
-        return NULL;
-    }
-    return Py_BuildValue("(N(N))", fn, b);
+    return hnsw_ready(self) ? isx_py_to_bytes(self->index, hnsw_core_describe) : NULL;
 }
 
 static PyObject *hnsw_get_ids(HNSWObject *self, void *closure)
 {
     (void)closure;
-    if (!hnsw_ready(self))
-        return NULL;
-    isx_hnsw *h = self->index;
-    for (;;) {
-        isx_hnsw_lock_read(h);
-        npy_intp n = (npy_intp)h->live;
-        isx_hnsw_unlock(h);
-        PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT64);
-        if (!a)
-            return NULL;
-        size_t got;
-        isx_hnsw_lock_read(h);
-        int same = (npy_intp)h->live == n;
-        if (same)
-            isx_hnsw_ids(h, PyArray_DATA(a), (size_t)n, &got);
-        isx_hnsw_unlock(h);
-        if (same)
-            return (PyObject *)a;
-        Py_DECREF(a); /* an add or remove came in between: try again */
-    }
+    return hnsw_ready(self) ? isx_py_index_ids(self->index, hnsw_core_count, hnsw_core_ids) : NULL;
 }
 
 static PyObject *hnsw_get_dim(HNSWObject *self, void *c)
@@ -500,7 +393,7 @@ static PyMethodDef hnsw_methods[] = {
     {"save", (PyCFunction)(void (*)(void))hnsw_save, METH_VARARGS | METH_KEYWORDS,
      "save(path)\n--\n\nWrite the index atomically; imgsearch.load(path, mmap=True) maps it back."},
     {"to_bytes", (PyCFunction)hnsw_to_bytes, METH_NOARGS, "to_bytes()\n--\n\nThe saved file's bytes."},
-    {"__reduce__", (PyCFunction)hnsw_reduce, METH_NOARGS, NULL},
+    {"__reduce__", (PyCFunction)isx_py_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef hnsw_getset[] = {

@@ -4,7 +4,9 @@
  * Like FlatIndex: arguments are converted and checked with the GIL held,
  * outputs allocated, then the GIL is released for the C call.  While a tree
  * reads a caller's array (from_array(copy=False)) the object keeps that
- * array alive; it lets it go once the C index no longer borrows it.
+ * array alive; it lets it go once the C index no longer borrows it.  The
+ * methods shared with the other indexes are in py_index.c, called through
+ * the adapters below.
  */
 #include "py_common.h"
 #include "py_index.h"
@@ -92,35 +94,60 @@ PyObject *isx_py_kdtree_wrap(isx_kdtree *kd)
     return (PyObject *)self;
 }
 
+/* ---- the C index's calls in the shapes py_index.c takes ---- */
+
+static int kd_core_add(void *index, const void *X, size_t n, const int64_t *ids, int nthreads)
+{
+    return isx_kdtree_add(index, X, n, ids, nthreads);
+}
+
+static int kd_core_borrow(void *index, const void *X, size_t n, const int64_t *ids, int nthreads)
+{
+    return isx_kdtree_borrow(index, X, n, ids, nthreads);
+}
+
+static int kd_core_search(void *index, const void *params, const void *Q, size_t nq, size_t k,
+                          const isx_filter *filter, int nthreads, float *D, int64_t *labels)
+{
+    return isx_kdtree_search(index, Q, nq, k, params, filter, nthreads, D, labels);
+}
+
+static int kd_core_range_search(void *index, const void *Q, size_t nq, float radius, const isx_filter *filter,
+                                int nthreads, int64_t *lims, float **D, int64_t **labels)
+{
+    return isx_kdtree_range_search(index, Q, nq, radius, filter, nthreads, lims, D, labels);
+}
+
+static int kd_core_remove(void *index, const int64_t *ids, size_t n, int nthreads, size_t *removed)
+{
+    (void)nthreads;
+    return isx_kdtree_remove(index, ids, n, removed);
+}
+
+static int kd_core_get(void *index, const int64_t *ids, size_t n, void *out)
+{
+    return isx_kdtree_get(index, ids, n, out);
+}
+
+static size_t kd_core_count(void *index)
+{
+    return isx_kdtree_count(index);
+}
+
+static int kd_core_ids(void *index, int64_t *out, size_t cap, size_t *n)
+{
+    return isx_kdtree_ids(index, out, cap, n);
+}
+
 static PyObject *kd_add(KDTreeObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"X", "ids", "threads", NULL};
-    PyObject *x_obj, *ids_obj = Py_None, *threads_obj = Py_None;
-    if (!kd_ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "O|O$O:add", kwlist, &x_obj, &ids_obj, &threads_obj))
-        return NULL;
-    int threads;
-    if (isx_py_threads(threads_obj, &threads) < 0)
+    if (!kd_ready(self))
         return NULL;
     isx_kdtree *kd = self->index;
-    PyArrayObject *X = isx_py_matrix(x_obj, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), 1, "X");
-    if (!X)
-        return NULL;
-    PyArrayObject *ids = NULL;
-    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids"))) {
-        Py_DECREF(X);
-        return NULL;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_kdtree_add(kd, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
-                        ids ? (const int64_t *)PyArray_DATA(ids) : NULL, threads);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(X);
-    Py_XDECREF(ids);
-    if (rc)
-        return isx_py_raise(rc);
-    kd_drop_owner(self);
-    Py_RETURN_NONE;
+    PyObject *r = isx_py_add(kd, kd_core_add, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), args, kw);
+    if (r)
+        kd_drop_owner(self);
+    return r;
 }
 
 static PyObject *kd_from_array(PyObject *cls, PyObject *args, PyObject *kw)
@@ -140,7 +167,6 @@ static PyObject *kd_from_array(PyObject *cls, PyObject *args, PyObject *kw)
     PyArrayObject *X = isx_py_matrix(x_obj, NPY_FLOAT32, 0, copy, "X");
     if (!X)
         return NULL;
-    PyArrayObject *ids = NULL;
     KDTreeObject *self = NULL;
     isx_kdtree *kd = NULL;
     int rc = isx_kdtree_create(metric, (size_t)PyArray_DIM(X, 1), (size_t)leaf, &kd);
@@ -148,20 +174,8 @@ static PyObject *kd_from_array(PyObject *cls, PyObject *args, PyObject *kw)
         isx_py_raise(rc);
         goto error;
     }
-    if (ids_obj != Py_None && !(ids = isx_py_ids(ids_obj, PyArray_DIM(X, 0), "ids")))
+    if (isx_py_fill(kd, copy ? kd_core_add : kd_core_borrow, X, ids_obj, threads) < 0)
         goto error;
-    Py_BEGIN_ALLOW_THREADS
-    if (copy)
-        rc = isx_kdtree_add(kd, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
-                            ids ? (const int64_t *)PyArray_DATA(ids) : NULL, threads);
-    else
-        rc = isx_kdtree_borrow(kd, PyArray_DATA(X), (size_t)PyArray_DIM(X, 0),
-                               ids ? (const int64_t *)PyArray_DATA(ids) : NULL, threads);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
     self = (KDTreeObject *)((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
     if (!self)
         goto error;
@@ -171,29 +185,11 @@ static PyObject *kd_from_array(PyObject *cls, PyObject *args, PyObject *kw)
         X = NULL;
     }
     Py_XDECREF(X);
-    Py_XDECREF(ids);
     return (PyObject *)self;
 error:
     isx_kdtree_destroy(kd);
     Py_XDECREF(X);
-    Py_XDECREF(ids);
     return NULL;
-}
-
-static int parse_k(PyObject *obj, Py_ssize_t *k)
-{
-    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "k: expected an int >= 1, found %s", Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    *k = PyLong_AsSsize_t(obj);
-    if (*k == -1 && PyErr_Occurred())
-        return -1;
-    if (*k < 1 || (size_t)*k > ISX_MAX_K) {
-        PyErr_Format(PyExc_ValueError, "Expected 1 <= k <= %u. Got k=%zd", ISX_MAX_K, *k);
-        return -1;
-    }
-    return 0;
 }
 
 static PyObject *kd_search(KDTreeObject *self, PyObject *args, PyObject *kw)
@@ -206,7 +202,7 @@ static PyObject *kd_search(KDTreeObject *self, PyObject *args, PyObject *kw)
         return NULL;
     Py_ssize_t k = 10;
     int threads;
-    if ((k_obj && parse_k(k_obj, &k) < 0) || isx_py_threads(threads_obj, &threads) < 0)
+    if ((k_obj && isx_py_parse_k(k_obj, &k) < 0) || isx_py_threads(threads_obj, &threads) < 0)
         return NULL;
     if (!(eps >= 0.0) || isinf(eps))
     {
@@ -224,238 +220,65 @@ static PyObject *kd_search(KDTreeObject *self, PyObject *args, PyObject *kw)
         params.max_leaves = (size_t)ml;
     }
     isx_kdtree *kd = self->index;
-    PyArrayObject *Q = isx_py_matrix(q_obj, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), 1, "queries");
-    if (!Q)
-        return NULL;
-    isx_filter flt;
-    PyArrayObject *keep = NULL, *D = NULL, *L = NULL;
-    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
-        goto error;
-    npy_intp shape[2] = {PyArray_DIM(Q, 0), k};
-    D = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
-    L = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_INT64);
-    if (!D || !L)
-        goto error;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_kdtree_search(kd, PyArray_DATA(Q), (size_t)shape[0], (size_t)k, &params, &flt, threads,
-                           PyArray_DATA(D), PyArray_DATA(L));
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
-    Py_DECREF(Q);
-    Py_XDECREF(keep);
-    return Py_BuildValue("(NN)", D, L);
-error:
-    Py_XDECREF(Q);
-    Py_XDECREF(keep);
-    Py_XDECREF(D);
-    Py_XDECREF(L);
-    return NULL;
-}
-
-static PyObject *copy_to_array(const void *src, npy_intp n, int type)
-{
-    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(1, &n, type);
-    if (a && n)
-        memcpy(PyArray_DATA(a), src, (size_t)n * (size_t)PyArray_ITEMSIZE(a));
-    return (PyObject *)a;
+    return isx_py_search(kd, kd_core_search, &params, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), q_obj, (size_t)k,
+                         threads, filter_obj);
 }
 
 static PyObject *kd_range_search(KDTreeObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"Q", "radius", "filter", "threads", NULL};
-    PyObject *q_obj, *threads_obj = Py_None, *filter_obj = Py_None;
-    double radius;
-    if (!kd_ready(self) ||
-        !PyArg_ParseTupleAndKeywords(args, kw, "Od|$OO:range_search", kwlist, &q_obj, &radius, &filter_obj, &threads_obj))
-        return NULL;
-    int threads;
-    if (isx_py_threads(threads_obj, &threads) < 0)
+    if (!kd_ready(self))
         return NULL;
     isx_kdtree *kd = self->index;
-    PyArrayObject *Q = isx_py_matrix(q_obj, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), 1, "queries");
-    if (!Q)
-        return NULL;
-    isx_filter flt;
-    PyArrayObject *keep = NULL, *lims = NULL;
-    PyObject *Dout = NULL, *Iout = NULL;
-    float *D = NULL;
-    int64_t *Ilist = NULL;
-    if (isx_py_filter(filter_obj, &flt, &keep) < 0)
-        goto error;
-    npy_intp nl = PyArray_DIM(Q, 0) + 1;
-    lims = (PyArrayObject *)PyArray_SimpleNew(1, &nl, NPY_INT64);
-    if (!lims)
-        goto error;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_kdtree_range_search(kd, PyArray_DATA(Q), (size_t)PyArray_DIM(Q, 0), (float)radius, &flt, threads,
-                                 PyArray_DATA(lims), &D, &Ilist);
-    Py_END_ALLOW_THREADS
-    if (rc) {
-        isx_py_raise(rc);
-        goto error;
-    }
-    npy_intp total = ((int64_t *)PyArray_DATA(lims))[nl - 1];
-    Dout = copy_to_array(D, total, NPY_FLOAT32);
-    Iout = copy_to_array(Ilist, total, NPY_INT64);
-    free(D);
-    free(Ilist);
-    D = NULL;
-    Ilist = NULL;
-    if (!Dout || !Iout)
-        goto error;
-    Py_DECREF(Q);
-    Py_XDECREF(keep);
-    return Py_BuildValue("(NNN)", lims, Dout, Iout);
-error:
-    free(D);
-    free(Ilist);
-    Py_XDECREF(Q);
-    Py_XDECREF(keep);
-    Py_XDECREF(lims);
-    Py_XDECREF(Dout);
-    Py_XDECREF(Iout);
-    return NULL;
+    return isx_py_range_search(kd, kd_core_range_search, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(kd), args, kw);
 }
 
 static PyObject *kd_remove(KDTreeObject *self, PyObject *ids_obj)
 {
     if (!kd_ready(self))
         return NULL;
-    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
-    if (!ids)
-        return NULL;
-    size_t removed;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_kdtree_remove(self->index, PyArray_DATA(ids), (size_t)PyArray_SIZE(ids), &removed);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(ids);
-    if (rc)
-        return isx_py_raise(rc);
-    kd_drop_owner(self);
-    return PyLong_FromSize_t(removed);
+    PyObject *removed = isx_py_remove(self->index, kd_core_remove, ids_obj, 0);
+    if (removed)
+        kd_drop_owner(self);
+    return removed;
 }
 
 static PyObject *kd_get(KDTreeObject *self, PyObject *ids_obj)
 {
     if (!kd_ready(self))
         return NULL;
-    int scalar = PyLong_Check(ids_obj) || PyArray_IsScalar(ids_obj, Integer);
-    PyArrayObject *ids = isx_py_ids(ids_obj, -1, "ids");
-    if (!ids)
-        return NULL;
-    isx_kdtree *kd = self->index;
-    npy_intp shape[2] = {PyArray_SIZE(ids), (npy_intp)isx_kdtree_dim(kd)};
-    PyArrayObject *out = scalar ? (PyArrayObject *)PyArray_SimpleNew(1, shape + 1, NPY_FLOAT32)
-                                : (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
-    if (!out) {
-        Py_DECREF(ids);
-        return NULL;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_kdtree_get(kd, PyArray_DATA(ids), (size_t)shape[0], PyArray_DATA(out));
-    Py_END_ALLOW_THREADS
-    Py_DECREF(ids);
-    if (rc) {
-        Py_DECREF(out);
-        return isx_py_raise(rc);
-    }
-    return (PyObject *)out;
+    return isx_py_get(self->index, kd_core_get, NPY_FLOAT32, (npy_intp)isx_kdtree_dim(self->index), ids_obj);
 }
 
-/* Serialise a snapshot of the live points, to a file or (path == NULL) to bytes. */
-static PyObject *kd_serialise(KDTreeObject *self, const char *path, PyObject *meta)
+/* From a snapshot of the live points, which the tree need not be locked for. */
+static int kd_core_describe(void *index, isx_py_writer *w)
 {
     isx_header h;
     isx_section_out secs[ISX_KDTREE_SECTIONS + 1];
     uint32_t nsecs;
     isx_kdtree_snapshot snap;
-    Py_buffer mb = {0};
-    if (meta && meta != Py_None && PyObject_GetBuffer(meta, &mb, PyBUF_SIMPLE) < 0)
-        return NULL;
-    uint8_t *buf = NULL;
-    size_t size = 0;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = isx_kdtree_describe(self->index, &h, secs, &nsecs, &snap);
+    int rc = isx_kdtree_describe(index, &h, secs, &nsecs, &snap);
     if (rc == ISX_OK) {
-        if (mb.buf)
-            secs[nsecs++] = (isx_section_out){ISX_SEC_META, mb.buf, (uint64_t)mb.len};
-        rc = path ? isx_format_write_file(path, &h, secs, nsecs) : isx_format_write_memory(&h, secs, nsecs, &buf, &size);
+        rc = isx_py_write(w, &h, secs, nsecs);
         isx_kdtree_release_snapshot(&snap);
     }
-    Py_END_ALLOW_THREADS
-    if (mb.buf)
-        PyBuffer_Release(&mb);
-    if (rc)
-        return isx_py_raise(rc);
-    if (path)
-        Py_RETURN_NONE;
-    PyObject *b = PyBytes_FromStringAndSize((const char *)buf, (Py_ssize_t)size);
-    free(buf);
-    return b;
+    return rc;
 }
 
 static PyObject *kd_save(KDTreeObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"path", "meta", NULL};
-    PyObject *path_bytes = NULL, *meta = Py_None;
-    if (!kd_ready(self) ||
-        !PyArg_ParseTupleAndKeywords(args, kw, "O&|$O:save", kwlist, PyUnicode_FSConverter, &path_bytes, &meta))
-        return NULL;
-    PyObject *r = kd_serialise(self, PyBytes_AS_STRING(path_bytes), meta);
-    Py_DECREF(path_bytes);
-    return r;
+    return kd_ready(self) ? isx_py_save(self->index, kd_core_describe, args, kw) : NULL;
 }
 
 static PyObject *kd_to_bytes(KDTreeObject *self, PyObject *noargs)
 {
     (void)noargs;
-    if (!kd_ready(self))
-        return NULL;
-    return kd_serialise(self, NULL, NULL);
-}
-
-static PyObject *kd_reduce(KDTreeObject *self, PyObject *noargs)
-{
-    PyObject *b = kd_to_bytes(self, noargs);
-    if (!b)
-        return NULL;
-    PyObject *mod = PyImport_ImportModule("imgsearch._core");
-    PyObject *fn = mod ? PyObject_GetAttrString(mod, "_from_bytes") : NULL;
-    Py_XDECREF(mod);
-    if (!fn) {
-        Py_DECREF(b);
-        return NULL;
-    }
-    return Py_BuildValue("(N(N))", fn, b);
+    return kd_ready(self) ? isx_py_to_bytes(self->index, kd_core_describe) : NULL;
 }
 
 static PyObject *kd_get_ids(KDTreeObject *self, void *closure)
 {
     (void)closure;
-    if (!kd_ready(self))
-        return NULL;
-    npy_intp n = (npy_intp)isx_kdtree_count(self->index);
-    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT64);
-    if (!out)
-        return NULL;
-    size_t got;
-    Py_BEGIN_ALLOW_THREADS
-    isx_kdtree_ids(self->index, PyArray_DATA(out), (size_t)n, &got);
-    Py_END_ALLOW_THREADS
-    if ((npy_intp)got != n) { /* changed meanwhile by another thread: take what is there */
-        PyObject *cut = PySequence_GetSlice((PyObject *)out, 0, (Py_ssize_t)got);
-        Py_DECREF(out);
-        return cut;
-    }
-    return (PyObject *)out;
+    return kd_ready(self) ? isx_py_index_ids(self->index, kd_core_count, kd_core_ids) : NULL;
 }
 
 static PyObject *kd_get_dim(KDTreeObject *self, void *c)
@@ -532,7 +355,7 @@ static PyMethodDef kd_methods[] = {
     {"save", (PyCFunction)(void (*)(void))kd_save, METH_VARARGS | METH_KEYWORDS,
      "save(path)\n--\n\nWrite the index atomically; the tree is rebuilt on load (see docs/FORMAT.md)."},
     {"to_bytes", (PyCFunction)kd_to_bytes, METH_NOARGS, "to_bytes()\n--\n\nThe saved file's bytes."},
-    {"__reduce__", (PyCFunction)kd_reduce, METH_NOARGS, NULL},
+    {"__reduce__", (PyCFunction)isx_py_reduce, METH_NOARGS, NULL},
     {"from_array", (PyCFunction)(void (*)(void))kd_from_array, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
      "from_array(X, metric=\"l2\", *, copy=False, ids=None, leaf_size=12, threads=None)\n--\n\n"
      "Build a tree over X.  With copy=False (the default) X is neither copied nor\n"
