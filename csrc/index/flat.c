@@ -646,6 +646,43 @@ static void select_row_avx512(const float *row, const float *scale, const float 
     }
 }
 
+__attribute__((target("avx2,fma")))
+static void select_row_avx2(const float *row, const float *scale, const float *bias, size_t n,
+                            size_t slot0, const slotset *sel, isx_topk *h)
+{
+    float bound = isx_topk_bound(h);
+    __m256 vb = _mm256_set1_ps(bound);
+    float lanes[16];
+    size_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        __m256 v0 = _mm256_loadu_ps(row + j), v1 = _mm256_loadu_ps(row + j + 8);
+        if (scale) {
+            v0 = _mm256_mul_ps(v0, _mm256_loadu_ps(scale + j));
+            v1 = _mm256_mul_ps(v1, _mm256_loadu_ps(scale + j + 8));
+        }
+        if (bias) {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(bias + j));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(bias + j + 8));
+        }
+        unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v0, vb, _CMP_LT_OQ)) |
+                     ((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v1, vb, _CMP_LT_OQ)) << 8);
+        if (!m)
+            continue;
+        _mm256_storeu_ps(lanes, v0);
+        _mm256_storeu_ps(lanes + 8, v1);
+        for (; m; m &= m - 1) {
+            unsigned lane = (unsigned)__builtin_ctz(m);
+            if (lanes[lane] < bound && slot_allowed(sel, slot0 + j + lane)) {
+                isx_topk_push(h, lanes[lane], (int64_t)(slot0 + j + lane));
+                bound = isx_topk_bound(h);
+            }
+        }
+        vb = _mm256_set1_ps(bound);
+    }
+    if (j < n)
+        select_row_serial(row + j, scale ? scale + j : NULL, bias ? bias + j : NULL, n - j, slot0 + j, sel, h);
+}
+
 /* GEMM: one task = a block of queries against the whole database, through
  * the fused kernel (fused.h; AVX-512 or AVX2) or, on older CPUs or when
  * IMGSEARCH_FLAT_BLAS is set, OpenBLAS sgemm on product tiles followed by
@@ -670,7 +707,7 @@ static int task_gemm(void *ctx, size_t task, int worker)
         }
     } else {
         float *C = c->cbuf[worker];
-        int wide = isx_simd_level() >= ISX_ISA_AVX512;
+        isx_isa isa = isx_simd_level();
         for (size_t t0 = 0; t0 < f->count; t0 += FLAT_GEMM_TILE_ROWS) {
             size_t tn = t0 + FLAT_GEMM_TILE_ROWS < f->count ? FLAT_GEMM_TILE_ROWS : f->count - t0;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)tn, (int)d, c->alpha, Q,
@@ -678,8 +715,10 @@ static int task_gemm(void *ctx, size_t task, int worker)
             const float *scale = c->scale ? c->scale + t0 : NULL;
             const float *bias = c->bias ? c->bias + t0 : NULL;
             for (size_t i = 0; i < m; i++) {
-                if (wide)
+                if (isa >= ISX_ISA_AVX512)
                     select_row_avx512(C + i * tn, scale, bias, tn, t0, c->sel, &c->heaps[q0 + i]);
+                else if (isa >= ISX_ISA_AVX2)
+                    select_row_avx2(C + i * tn, scale, bias, tn, t0, c->sel, &c->heaps[q0 + i]);
                 else
                     select_row_serial(C + i * tn, scale, bias, tn, t0, c->sel, &c->heaps[q0 + i]);
             }
