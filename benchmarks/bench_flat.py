@@ -1,8 +1,10 @@
 """Exact search and pairwise distances: imgsearch vs faiss-cpu vs NumPy vs simsimd.
 
 Fashion-MNIST (60,000 x 784 base, test images as queries, k=10), one run,
-same inputs for everyone, best of --repeat timings.  Prints a Markdown table
-and writes benchmarks/results/flat.json.
+same inputs for everyone, best of --repeat timings.  The libraries are
+interleaved within each repeat (ours, faiss, NumPy, ours, ...), so a noisy,
+shared machine slows all of them alike.  Prints Markdown tables and writes
+benchmarks/results/flat.json (and flat.md next to it).
 
     python benchmarks/bench_flat.py [--repeat 3] [--batch 2000] [--singles 200]
 """
@@ -20,14 +22,25 @@ import imgsearch  # noqa: E402
 from imgsearch.datasets import fashion_mnist  # noqa: E402
 
 
-def best_time(fn, repeat):
-    best = float("inf")
-    out = None
+def interleaved(fns, repeat):
+    """Best time and last output of each named callable, alternating them
+    within every repeat.  A callable may be wrapped in a context (thread
+    limits) by passing (fn, context_factory)."""
+    best = {name: float("inf") for name in fns}
+    out = {}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
+        for name, fn in fns.items():
+            fn, ctx = fn if isinstance(fn, tuple) else (fn, None)
+            with ctx() if ctx else _null():
+                t0 = time.perf_counter()
+                out[name] = fn()
+                best[name] = min(best[name], time.perf_counter() - t0)
     return best, out
+
+
+def _null():
+    import contextlib
+    return contextlib.nullcontext()
 
 
 def recall(I, gt, k):
@@ -107,35 +120,33 @@ def main():
         print(f"{task:14s} {lib:10s} threads={threads} {nq / seconds:10.1f} QPS  recall={row['recall@10']:.4f}", flush=True)
 
     # ---- batch of queries ---------------------------------------------------
+    def faiss_with(threads, fn):
+        def run():
+            faiss.omp_set_num_threads(threads)
+            return fn()
+        return run
+
     for threads in (1, 2):
-        t, (D, I) = best_time(lambda: index.search(Q, k=k, threads=threads), args.repeat)
-        add("batch", "imgsearch", threads, len(Q), t, I, gt)
-        faiss.omp_set_num_threads(threads)
-        t, (D, I) = best_time(lambda: fidx.search(Q, k), args.repeat)
-        add("batch", "faiss", threads, len(Q), t, I, gt)
-        with blas_limits(threads):
-            t, I = best_time(lambda: numpy_knn(X, xn, Q, k), args.repeat)
-        add("batch", "numpy", threads, len(Q), t, I, gt)
+        best, out = interleaved({
+            "imgsearch": lambda: index.search(Q, k=k, threads=threads),
+            "faiss": faiss_with(threads, lambda: fidx.search(Q, k)),
+            "numpy": (lambda: (None, numpy_knn(X, xn, Q, k)), lambda: blas_limits(threads)),
+        }, args.repeat)
+        for lib in ("imgsearch", "faiss", "numpy"):
+            add("batch", lib, threads, len(Q), best[lib], out[lib][1], gt)
 
     # ---- one query per call ---------------------------------------------------
     bytes_scanned = X.nbytes
     for threads in (1, 2):
-        def ours():
-            return np.vstack([index.search(q, k=k, threads=threads)[1] for q in singles])
-        t, I = best_time(ours, args.repeat)
-        add("single", "imgsearch", threads, len(singles), t, I, gt_single,
-            gbps=bytes_scanned * len(singles) / t / 1e9)
-        faiss.omp_set_num_threads(threads)
-
-        def theirs():
-            return np.vstack([fidx.search(q[None], k)[1] for q in singles])
-        t, I = best_time(theirs, args.repeat)
-        add("single", "faiss", threads, len(singles), t, I, gt_single,
-            gbps=bytes_scanned * len(singles) / t / 1e9)
-        with blas_limits(threads):
-            t, I = best_time(lambda: np.vstack([numpy_knn(X, xn, q[None], k) for q in singles]), args.repeat)
-        add("single", "numpy", threads, len(singles), t, I, gt_single,
-            gbps=bytes_scanned * len(singles) / t / 1e9)
+        best, out = interleaved({
+            "imgsearch": lambda: np.vstack([index.search(q, k=k, threads=threads)[1] for q in singles]),
+            "faiss": faiss_with(threads, lambda: np.vstack([fidx.search(q[None], k)[1] for q in singles])),
+            "numpy": (lambda: np.vstack([numpy_knn(X, xn, q[None], k) for q in singles]),
+                      lambda: blas_limits(threads)),
+        }, args.repeat)
+        for lib in ("imgsearch", "faiss", "numpy"):
+            add("single", lib, threads, len(singles), best[lib], out[lib], gt_single,
+                gbps=bytes_scanned * len(singles) / best[lib] / 1e9)
 
     # ---- pairwise -------------------------------------------------------------
     A = np.ascontiguousarray(Qall[:500])
@@ -144,20 +155,25 @@ def main():
     names = {"l2": "sqeuclidean", "cosine": "cosine", "ip": "inner", "l1": None}
     for metric, sname in names.items():
         for threads in (1, 2):
-            t, ours = best_time(lambda: imgsearch.distance.pairwise(A, B, metric, threads=threads), args.repeat)
-            entry = {"metric": metric, "threads": threads, "pairs": A.shape[0] * B.shape[0], "imgsearch_s": t}
+            fns = {"imgsearch": lambda: imgsearch.distance.pairwise(A, B, metric, threads=threads)}
+            entry = {"metric": metric, "threads": threads, "pairs": A.shape[0] * B.shape[0]}
             if sname:
                 try:
-                    ts, theirs = best_time(lambda: np.asarray(simsimd.cdist(A, B, metric=sname, threads=threads)), args.repeat)
-                    entry["simsimd_s"] = ts
-                    ref = theirs if metric != "ip" else 1 - theirs
-                    entry["max_rel_diff_vs_simsimd"] = float(np.max(np.abs(ours - ref) / (np.abs(ref) + 1)))
+                    simsimd.cdist(A[:2], B[:2], metric=sname, threads=threads)
+                    fns["simsimd"] = lambda: np.asarray(simsimd.cdist(A, B, metric=sname, threads=threads))
                 except Exception as e:  # a metric this simsimd lacks
                     entry["simsimd_error"] = str(e)
+            best, out = interleaved(fns, args.repeat)
+            entry["imgsearch_s"] = best["imgsearch"]
+            if "simsimd" in best:
+                entry["simsimd_s"] = best["simsimd"]
+                ref = out["simsimd"] if metric != "ip" else 1 - out["simsimd"]
+                entry["max_rel_diff_vs_simsimd"] = float(np.max(np.abs(out["imgsearch"] - ref) / (np.abs(ref) + 1)))
             if metric == "l1":
                 from scipy.spatial.distance import cdist
-                ts, _ = best_time(lambda: cdist(A, B, "cityblock"), 1)
-                entry["scipy_s"] = ts
+                best, _ = interleaved({"scipy": lambda: cdist(A, B, "cityblock")}, 1)
+                entry["scipy_s"] = best["scipy"]
+            t = entry["imgsearch_s"]
             pw.append(entry)
             print(f"pairwise {metric:6s} threads={threads} imgsearch {t * 1e3:8.1f} ms  "
                   + "  ".join(f"{k2} {v * 1e3:8.1f} ms" for k2, v in entry.items() if k2.endswith("_s") and k2 != "imgsearch_s"),
@@ -168,23 +184,29 @@ def main():
         json.dump({"meta": meta, "search": rows, "pairwise": pw}, f, indent=2)
 
     # ---- Markdown -------------------------------------------------------------
-    print("\n| task | threads | imgsearch QPS | faiss QPS | NumPy QPS | imgsearch / faiss | recall@10 (ours / faiss) |")
-    print("|---|---|---|---|---|---|---|")
+    lines = [f"Fashion-MNIST {X.shape[0]:,} x {X.shape[1]}, k={k}, {meta['cpus']} CPUs, simd={meta['simd']}, "
+             f"faiss {meta['faiss']}, best of {args.repeat} interleaved repeats.", "",
+             "| task | threads | imgsearch QPS | faiss QPS | NumPy QPS | imgsearch / faiss | recall@10 (ours / faiss) |",
+             "|---|---|---|---|---|---|---|"]
     for task in ("batch", "single"):
         for threads in (1, 2):
             r = {x["library"]: x for x in rows if x["task"] == task and x["threads"] == threads}
             extra = f" ({r['imgsearch']['gbps']:.1f} GB/s)" if task == "single" else ""
-            print(f"| {task} ({r['imgsearch']['queries']} q) | {threads} | {r['imgsearch']['qps']:,.1f}{extra} | "
-                  f"{r['faiss']['qps']:,.1f} | {r['numpy']['qps']:,.1f} | "
-                  f"{r['imgsearch']['qps'] / r['faiss']['qps']:.2f}x | "
-                  f"{r['imgsearch']['recall@10']:.4f} / {r['faiss']['recall@10']:.4f} |")
-    print("\n| pairwise 500 x 10,000 x 784 | threads | imgsearch ms | simsimd ms | ratio (simsimd / imgsearch) |")
-    print("|---|---|---|---|---|")
+            lines.append(f"| {task} ({r['imgsearch']['queries']} q) | {threads} | {r['imgsearch']['qps']:,.1f}{extra} | "
+                         f"{r['faiss']['qps']:,.1f} | {r['numpy']['qps']:,.1f} | "
+                         f"{r['imgsearch']['qps'] / r['faiss']['qps']:.2f}x | "
+                         f"{r['imgsearch']['recall@10']:.4f} / {r['faiss']['recall@10']:.4f} |")
+    lines += ["", "| pairwise 500 x 10,000 x 784 | threads | imgsearch ms | other ms | ratio (other / imgsearch) |",
+              "|---|---|---|---|---|"]
     for e in pw:
         other = e.get("simsimd_s") or e.get("scipy_s")
         who = "simsimd" if "simsimd_s" in e else "scipy cdist"
-        print(f"| {e['metric']} | {e['threads']} | {e['imgsearch_s'] * 1e3:.1f} | "
-              f"{other * 1e3:.1f} ({who}) | {other / e['imgsearch_s']:.2f}x |")
+        lines.append(f"| {e['metric']} | {e['threads']} | {e['imgsearch_s'] * 1e3:.1f} | "
+                     f"{other * 1e3:.1f} ({who}) | {other / e['imgsearch_s']:.2f}x |")
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":

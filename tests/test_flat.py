@@ -41,6 +41,27 @@ def test_gemm_plan_distances_are_exact_for_near_duplicates(metric, rng):
         assert np.array_equal(I[:, 0], np.arange(32))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_norm_pruned_plan_matches_brute_force(threads, rng):
+    # >= 128 l2 queries without a filter take the norm-pruned fused plan: rows
+    # and queries are visited in order of norm.  Norms here span two decades,
+    # rows repeat (ties keep the lower id), ids are not slots, and k is larger
+    # than some norm shells.
+    X = (rng.normal(size=(3000, 40)) * rng.uniform(0.05, 5.0, size=(3000, 1))).astype(np.float32)
+    X[1500:1600] = X[:100]
+    Q = np.concatenate([X[:60] + np.float32(1e-3),
+                        (rng.normal(size=(140, 40)) * rng.uniform(0.05, 5.0, size=(140, 1))).astype(np.float32)])
+    ids = rng.permutation(10 ** 6)[:3000].astype(np.int64)
+    index = FlatIndex(40)
+    index.add(X, ids=ids)
+    for k in (1, 10, 50):
+        D, I = index.search(Q, k=k, threads=threads)
+        check_knn(D, I, X, ids, Q, k, "l2")
+    index.remove(ids[:700])
+    D, I = index.search(Q, k=10, threads=threads)
+    check_knn(D, I, X[700:], ids[700:], Q, 10, "l2")
+
+
 def test_padding_when_fewer_than_k(rng):
     index = FlatIndex(4)
     D, I = index.search(np.zeros(4, np.float32), k=3)

@@ -31,15 +31,19 @@ void isx_fused_pack(const float *Q, size_t m, size_t d, float alpha, size_t widt
 
 /* Offer rows [r0, r1) of X (row stride d) to the heaps of the m packed
  * queries.  scale/bias may be NULL (1 / 0); allowed is a bitmap over rows or
- * NULL (all rows).  The AVX-512 kernel takes panels of ISX_FUSED_PANEL_AVX512
+ * NULL (all rows).  Row r reaches the heaps as slot slot0 + r (a caller
+ * that gathers rows into a buffer numbers them itself).  The AVX-512 kernel takes panels of ISX_FUSED_PANEL_AVX512
  * and needs AVX-512F; the AVX2 one panels of ISX_FUSED_PANEL_AVX2 and needs
  * AVX2 + FMA (check isx_simd_level first). */
 typedef void (*isx_fused_fn)(const float *packed, size_t m, size_t d, const float *X, size_t r0, size_t r1,
-                             const float *scale, const float *bias, const uint64_t *allowed, isx_topk *heaps);
+                             const float *scale, const float *bias, const uint64_t *allowed, isx_topk *heaps,
+                        size_t slot0);
 void isx_fused_knn_avx512(const float *packed, size_t m, size_t d, const float *X, size_t r0, size_t r1,
-                          const float *scale, const float *bias, const uint64_t *allowed, isx_topk *heaps);
+                          const float *scale, const float *bias, const uint64_t *allowed, isx_topk *heaps,
+                        size_t slot0);
 void isx_fused_knn_avx2(const float *packed, size_t m, size_t d, const float *X, size_t r0, size_t r1,
-                        const float *scale, const float *bias, const uint64_t *allowed, isx_topk *heaps);
+                        const float *scale, const float *bias, const uint64_t *allowed, isx_topk *heaps,
+                        size_t slot0);
 
 static inline int isx_fused_row_allowed(const uint64_t *allowed, size_t row)
 {

@@ -21,14 +21,14 @@
  * the lanes of a partly filled last panel. */
 __attribute__((target("avx2,fma")))
 static inline void offer_row(__m256 lo, __m256 hi, size_t row, const float *scale, const float *bias,
-                             unsigned valid, float *bounds, isx_topk *heaps)
+                             unsigned valid, float *bounds, isx_topk *heaps, size_t slot0)
 {
     __m256 s = _mm256_set1_ps(scale ? scale[row] : 1.0f);
     __m256 b = _mm256_set1_ps(bias ? bias[row] : 0.0f);
     __m256 vlo = _mm256_fmadd_ps(lo, s, b);
     __m256 vhi = _mm256_fmadd_ps(hi, s, b);
-    unsigned mlo = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(vlo, _mm256_loadu_ps(bounds), _CMP_LT_OQ));
-    unsigned mhi = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(vhi, _mm256_loadu_ps(bounds + 8), _CMP_LT_OQ));
+    unsigned mlo = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(vlo, _mm256_loadu_ps(bounds), _CMP_LE_OQ));
+    unsigned mhi = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(vhi, _mm256_loadu_ps(bounds + 8), _CMP_LE_OQ));
     unsigned m = (mlo | (mhi << 8)) & valid;
     if (!m)
         return;
@@ -37,7 +37,7 @@ static inline void offer_row(__m256 lo, __m256 hi, size_t row, const float *scal
     _mm256_storeu_ps(v + 8, vhi);
     for (; m; m &= m - 1) {
         unsigned lane = (unsigned)__builtin_ctz(m);
-        isx_topk_push(&heaps[lane], v[lane], (int64_t)row);
+        isx_topk_push(&heaps[lane], v[lane], (int64_t)(slot0 + row));
         bounds[lane] = isx_topk_bound(&heaps[lane]);
     }
 }
@@ -52,7 +52,7 @@ static inline void offer_row(__m256 lo, __m256 hi, size_t row, const float *scal
 /* 16 queries x 6 rows starting at x (row stride d). */
 __attribute__((target("avx2,fma")))
 static void block_6(const float *panel, const float *x, size_t d, size_t row0, const float *scale,
-                    const float *bias, const uint64_t *allowed, unsigned valid, float *bounds, isx_topk *heaps)
+                    const float *bias, const uint64_t *allowed, unsigned valid, float *bounds, isx_topk *heaps, size_t slot0)
 {
     const float *x0 = x, *x1 = x + d, *x2 = x + 2 * d, *x3 = x + 3 * d, *x4 = x + 4 * d, *x5 = x + 5 * d;
     __m256 c0a = _mm256_setzero_ps(), c0b = c0a, c1a = c0a, c1b = c0a, c2a = c0a, c2b = c0a;
@@ -64,7 +64,7 @@ static void block_6(const float *panel, const float *x, size_t d, size_t row0, c
     }
 #define OFFER(i)                                                                    \
     if (isx_fused_row_allowed(allowed, row0 + i))                                  \
-        offer_row(c##i##a, c##i##b, row0 + i, scale, bias, valid, bounds, heaps)
+        offer_row(c##i##a, c##i##b, row0 + i, scale, bias, valid, bounds, heaps, slot0)
     OFFER(0); OFFER(1); OFFER(2); OFFER(3); OFFER(4); OFFER(5);
 #undef OFFER
 }
@@ -72,7 +72,7 @@ static void block_6(const float *panel, const float *x, size_t d, size_t row0, c
 /* 16 queries x 1 row: the tail of the database. */
 __attribute__((target("avx2,fma")))
 static void block_1(const float *panel, const float *x, size_t d, size_t row, const float *scale,
-                    const float *bias, const uint64_t *allowed, unsigned valid, float *bounds, isx_topk *heaps)
+                    const float *bias, const uint64_t *allowed, unsigned valid, float *bounds, isx_topk *heaps, size_t slot0)
 {
     if (!isx_fused_row_allowed(allowed, row))
         return;
@@ -90,12 +90,13 @@ static void block_1(const float *panel, const float *x, size_t d, size_t row, co
         c0a = _mm256_fmadd_ps(_mm256_load_ps(panel + j * PANEL), b0, c0a);
         c0b = _mm256_fmadd_ps(_mm256_load_ps(panel + j * PANEL + 8), b0, c0b);
     }
-    offer_row(_mm256_add_ps(c0a, c1a), _mm256_add_ps(c0b, c1b), row, scale, bias, valid, bounds, heaps);
+    offer_row(_mm256_add_ps(c0a, c1a), _mm256_add_ps(c0b, c1b), row, scale, bias, valid, bounds, heaps, slot0);
 }
 
 __attribute__((target("avx2,fma")))
 void isx_fused_knn_avx2(const float *packed, size_t m, size_t d, const float *X, size_t r0, size_t r1,
-                        const float *scale, const float *bias, const uint64_t *allowed, isx_topk *heaps)
+                        const float *scale, const float *bias, const uint64_t *allowed, isx_topk *heaps,
+                        size_t slot0)
 {
     size_t panels = (m + PANEL - 1) / PANEL;
     for (size_t p = 0; p < panels; p++) {
@@ -108,8 +109,8 @@ void isx_fused_knn_avx2(const float *packed, size_t m, size_t d, const float *X,
             bounds[l] = l < live ? isx_topk_bound(&h[l]) : 0.0f;
         size_t r = r0;
         for (; r + ROWS <= r1; r += ROWS)
-            block_6(panel, X + r * d, d, r, scale, bias, allowed, valid, bounds, h);
+            block_6(panel, X + r * d, d, r, scale, bias, allowed, valid, bounds, h, slot0);
         for (; r < r1; r++)
-            block_1(panel, X + r * d, d, r, scale, bias, allowed, valid, bounds, h);
+            block_1(panel, X + r * d, d, r, scale, bias, allowed, valid, bounds, h, slot0);
     }
 }

@@ -37,14 +37,14 @@ void isx_fused_pack(const float *Q, size_t m, size_t d, float alpha, size_t widt
 /* The epilogue for one row: 32 lanes of v against 32 bounds. */
 __attribute__((target("avx512f")))
 static inline void offer_row(__m512 lo, __m512 hi, size_t row, const float *scale, const float *bias,
-                             __mmask16 valid_lo, __mmask16 valid_hi, float *bounds, isx_topk *heaps)
+                             __mmask16 valid_lo, __mmask16 valid_hi, float *bounds, isx_topk *heaps, size_t slot0)
 {
     __m512 s = _mm512_set1_ps(scale ? scale[row] : 1.0f);
     __m512 b = _mm512_set1_ps(bias ? bias[row] : 0.0f);
     __m512 vlo = _mm512_fmadd_ps(lo, s, b);
     __m512 vhi = _mm512_fmadd_ps(hi, s, b);
-    __mmask16 mlo = _mm512_mask_cmp_ps_mask(valid_lo, vlo, _mm512_loadu_ps(bounds), _CMP_LT_OQ);
-    __mmask16 mhi = _mm512_mask_cmp_ps_mask(valid_hi, vhi, _mm512_loadu_ps(bounds + 16), _CMP_LT_OQ);
+    __mmask16 mlo = _mm512_mask_cmp_ps_mask(valid_lo, vlo, _mm512_loadu_ps(bounds), _CMP_LE_OQ);
+    __mmask16 mhi = _mm512_mask_cmp_ps_mask(valid_hi, vhi, _mm512_loadu_ps(bounds + 16), _CMP_LE_OQ);
     if (!(mlo | mhi))
         return;
     float v[32];
@@ -53,7 +53,7 @@ static inline void offer_row(__m512 lo, __m512 hi, size_t row, const float *scal
     uint32_t m = (uint32_t)mlo | ((uint32_t)mhi << 16);
     for (; m; m &= m - 1) {
         unsigned lane = (unsigned)__builtin_ctz(m);
-        isx_topk_push(&heaps[lane], v[lane], (int64_t)row);
+        isx_topk_push(&heaps[lane], v[lane], (int64_t)(slot0 + row));
         bounds[lane] = isx_topk_bound(&heaps[lane]);
     }
 }
@@ -69,7 +69,7 @@ static inline void offer_row(__m512 lo, __m512 hi, size_t row, const float *scal
 __attribute__((target("avx512f")))
 static void block_12(const float *panel, const float *x, size_t d, size_t row0, const float *scale,
                      const float *bias, const uint64_t *allowed, __mmask16 vlo, __mmask16 vhi,
-                     float *bounds, isx_topk *heaps)
+                     float *bounds, isx_topk *heaps, size_t slot0)
 {
     const float *x0 = x, *x1 = x + d, *x2 = x + 2 * d, *x3 = x + 3 * d, *x4 = x + 4 * d, *x5 = x + 5 * d;
     const float *x6 = x + 6 * d, *x7 = x + 7 * d, *x8 = x + 8 * d, *x9 = x + 9 * d, *x10 = x + 10 * d,
@@ -86,7 +86,7 @@ static void block_12(const float *panel, const float *x, size_t d, size_t row0, 
     }
 #define OFFER(i)                                                                                    \
     if (isx_fused_row_allowed(allowed, row0 + i))                                                            \
-        offer_row(c##i##a, c##i##b, row0 + i, scale, bias, vlo, vhi, bounds, heaps)
+        offer_row(c##i##a, c##i##b, row0 + i, scale, bias, vlo, vhi, bounds, heaps, slot0)
     OFFER(0); OFFER(1); OFFER(2); OFFER(3); OFFER(4); OFFER(5);
     OFFER(6); OFFER(7); OFFER(8); OFFER(9); OFFER(10); OFFER(11);
 #undef OFFER
@@ -96,7 +96,7 @@ static void block_12(const float *panel, const float *x, size_t d, size_t row0, 
 __attribute__((target("avx512f")))
 static void block_1(const float *panel, const float *x, size_t d, size_t row, const float *scale,
                     const float *bias, const uint64_t *allowed, __mmask16 vlo, __mmask16 vhi,
-                    float *bounds, isx_topk *heaps)
+                    float *bounds, isx_topk *heaps, size_t slot0)
 {
     if (!isx_fused_row_allowed(allowed, row))
         return;
@@ -114,12 +114,13 @@ static void block_1(const float *panel, const float *x, size_t d, size_t row, co
         c0a = _mm512_fmadd_ps(_mm512_load_ps(panel + j * ISX_FUSED_PANEL), b0, c0a);
         c0b = _mm512_fmadd_ps(_mm512_load_ps(panel + j * ISX_FUSED_PANEL + 16), b0, c0b);
     }
-    offer_row(_mm512_add_ps(c0a, c1a), _mm512_add_ps(c0b, c1b), row, scale, bias, vlo, vhi, bounds, heaps);
+    offer_row(_mm512_add_ps(c0a, c1a), _mm512_add_ps(c0b, c1b), row, scale, bias, vlo, vhi, bounds, heaps, slot0);
 }
 
 __attribute__((target("avx512f")))
 void isx_fused_knn_avx512(const float *packed, size_t m, size_t d, const float *X, size_t r0, size_t r1,
-                          const float *scale, const float *bias, const uint64_t *allowed, isx_topk *heaps)
+                          const float *scale, const float *bias, const uint64_t *allowed, isx_topk *heaps,
+                        size_t slot0)
 {
     size_t panels = (m + ISX_FUSED_PANEL - 1) / ISX_FUSED_PANEL;
     for (size_t p = 0; p < panels; p++) {
@@ -133,8 +134,8 @@ void isx_fused_knn_avx512(const float *packed, size_t m, size_t d, const float *
             bounds[l] = l < live ? isx_topk_bound(&h[l]) : 0.0f;
         size_t r = r0;
         for (; r + ROWS <= r1; r += ROWS)
-            block_12(panel, X + r * d, d, r, scale, bias, allowed, vlo, vhi, bounds, h);
+            block_12(panel, X + r * d, d, r, scale, bias, allowed, vlo, vhi, bounds, h, slot0);
         for (; r < r1; r++)
-            block_1(panel, X + r * d, d, r, scale, bias, allowed, vlo, vhi, bounds, h);
+            block_1(panel, X + r * d, d, r, scale, bias, allowed, vlo, vhi, bounds, h, slot0);
     }
 }

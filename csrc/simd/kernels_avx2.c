@@ -5,13 +5,11 @@
  * with -mavx2, so the rest of the library (and this file's table) stays
  * runnable on any x86-64; dispatch.c only calls in here after CPUID/XGETBV.
  *
- * The float kernels are one generic block, rows_f32(), specialised by
- * always_inline with constant metric, rows-per-block R and unroll U.  Blocks
- * of R = 4 rows share each query load between four rows (the scan is bound
- * by loads and memory bandwidth, not arithmetic); with U = 2 that is eight
- * independent FMA chains, enough to hide FMA latency.  Cosine keeps two sums
- * per row, so it uses U = 1 to stay within the 16 YMM registers.  Leftover
- * rows go one at a time with U = 4.  The last dim % 8 floats are read with
+ * The float kernels are one generic row, rows_f32(), specialised by
+ * always_inline with constant metric and unroll U = 4: four independent
+ * accumulators (eight for cosine, which keeps two sums), enough to hide FMA
+ * latency; rows go one at a time (see scan() for why not blocks of rows).
+ * The last dim % 8 floats are read with
  * VMASKMOVPS, which never touches (or faults on) the masked-out bytes, so no
  * kernel reads past the end of a row.  Sums are float32 in many lanes and
  * accumulators, which keeps the rounding error near float32 resolution.
@@ -92,67 +90,45 @@ INLINE float finish(enum kind k, float a, float xx, float qq)
     }
 }
 
-/* pf, when not NULL, is a block of R rows further on to prefetch (see scan). */
-INLINE AVX2 void rows_f32(enum kind k, int R, int U, const float *q, const float *x, size_t dim, float qq,
-                          const float *pf, float *out)
+/* One row: U independent accumulators of eight lanes. */
+INLINE AVX2 void rows_f32(enum kind k, int U, const float *q, const float *x, size_t dim, float qq, float *out)
 {
-    __m256 a[4][4], b[4][4];
-    for (int r = 0; r < R; r++)
-        for (int u = 0; u < U; u++)
-            a[r][u] = b[r][u] = _mm256_setzero_ps();
+    __m256 a[4], b[4];
+    for (int u = 0; u < U; u++)
+        a[u] = b[u] = _mm256_setzero_ps();
     size_t i = 0;
     for (; i + 8 * (size_t)U <= dim; i += 8 * (size_t)U)
         for (int u = 0; u < U; u++) {
             size_t j = i + 8 * (size_t)u;
-            if (pf && j % 16 == 0) /* one prefetch per 64 bytes of row */
-                for (int r = 0; r < R; r++)
-                    _mm_prefetch((const char *)(pf + (size_t)r * dim + j), _MM_HINT_T0);
-            __m256 qv = load_q(k, q + j);
-            for (int r = 0; r < R; r++)
-                step(k, qv, _mm256_loadu_ps(x + (size_t)r * dim + j), &a[r][u], &b[r][u]);
+            step(k, load_q(k, q + j), _mm256_loadu_ps(x + j), &a[u], &b[u]);
         }
-    for (; i + 8 <= dim; i += 8) {
-        __m256 qv = load_q(k, q + i);
-        for (int r = 0; r < R; r++)
-            step(k, qv, _mm256_loadu_ps(x + (size_t)r * dim + i), &a[r][0], &b[r][0]);
-    }
+    for (; i + 8 <= dim; i += 8)
+        step(k, load_q(k, q + i), _mm256_loadu_ps(x + i), &a[0], &b[0]);
     if (i < dim) {
         __m256i m = _mm256_loadu_si256((const __m256i *)(mask_window + 8 - (dim - i)));
-        __m256 qv = load_q_masked(k, q + i, m);
-        for (int r = 0; r < R; r++)
-            step(k, qv, _mm256_maskload_ps(x + (size_t)r * dim + i, m), &a[r][0], &b[r][0]);
+        step(k, load_q_masked(k, q + i, m), _mm256_maskload_ps(x + i, m), &a[0], &b[0]);
     }
-    for (int r = 0; r < R; r++) {
-        for (int u = 1; u < U; u++) {
-            a[r][0] = _mm256_add_ps(a[r][0], a[r][u]);
-            b[r][0] = _mm256_add_ps(b[r][0], b[r][u]);
-        }
-        out[r] = finish(k, hsum(a[r][0]), k == K_COS ? hsum(b[r][0]) : 0, qq);
+    for (int u = 1; u < U; u++) {
+        a[0] = _mm256_add_ps(a[0], a[u]);
+        b[0] = _mm256_add_ps(b[0], b[u]);
     }
+    *out = finish(k, hsum(a[0]), k == K_COS ? hsum(b[0]) : 0, qq);
 }
 
-/* Blocks of four rows go through rows_f32() with a prefetch PREFETCH_ROWS
- * rows ahead: at 32 bytes a load the out-of-order window alone does not run
- * far enough ahead to keep DRAM busy (+20% on a one-query scan of 188 MB;
- * the AVX-512 kernels, at 64 bytes a load, are faster without it). */
-#define PREFETCH_ROWS 8
-
+/* Rows go one at a time, each read front to back.  Blocks of four rows
+ * sharing each query load were measured here (Zen 4, AVX2): a one-query
+ * scan of 188 MB streamed at 12-13 GB/s with them, software prefetch or
+ * not, and at 20-28 GB/s one row at a time (one sequential stream is what
+ * the hardware prefetcher follows best); L2-resident chunks (l1 pairwise,
+ * the query-parallel scan) were 20% faster too. */
 INLINE AVX2 void scan(enum kind k, const void *qv, const void *xv, size_t nrows, size_t dim, float *out)
 {
     const float *q = qv, *x = xv;
     float qq = 0;
     if (k == K_COS)
-        rows_f32(K_SQ, 1, 4, NULL, q, dim, 0, NULL, &qq);
-    size_t r = 0;
-    for (; r + 4 <= nrows; r += 4) {
-        const float *pf = r + PREFETCH_ROWS + 4 <= nrows ? x + (r + PREFETCH_ROWS) * dim : NULL;
-        if (k == K_COS)
-            rows_f32(k, 4, 1, q, x + r * dim, dim, qq, pf, out + r);
-        else
-            rows_f32(k, 4, 2, q, x + r * dim, dim, qq, pf, out + r);
-    }
-    for (; r < nrows; r++)
-        rows_f32(k, 1, 4, q, x + r * dim, dim, qq, NULL, out + r);
+        rows_f32(K_SQ, 4, NULL, q, dim, 0, &qq);
+    for (size_t r = 0; r < nrows; r++)
+        rows_f32(k, 4, q, x + r * dim, dim, qq, out + r);
 }
 
 static AVX2 void l2sq_f32_avx2(const void *q, const void *x, size_t nrows, size_t dim, float *out)
@@ -210,7 +186,7 @@ INLINE AVX2_F16C void scan_coded(enum kind k, enum coding c, const void *qv, con
     size_t esz = c == C_F16 ? 2 : 1;
     float qq = 0;
     if (k == K_COS)
-        rows_f32(K_SQ, 1, 4, NULL, q, dim, 0, NULL, &qq);
+        rows_f32(K_SQ, 4, NULL, q, dim, 0, &qq);
     for (size_t r = 0; r < nrows; r++) {
         const uint8_t *row = x + r * dim * esz;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
