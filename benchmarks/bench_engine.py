@@ -35,8 +35,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import imgsearch  # noqa: E402
 from imgsearch import ImageSearch  # noqa: E402
+from imgsearch.datasets import shared_data  # noqa: E402
 
-DATA = os.path.join(HERE, "..", "..", "shared", "data")
+DATA = shared_data()
 FLOWERS = os.path.join(DATA, "flowers17")
 MODEL = os.path.join(DATA, "models", "mobilenet_v2_coral_features.ts.pt")
 

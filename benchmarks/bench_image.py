@@ -37,8 +37,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import imgsearch  # noqa: E402
 from imgsearch import evaluate, features, image  # noqa: E402
+from imgsearch.datasets import shared_data  # noqa: E402
 
-FLOWERS = os.path.join(HERE, "..", "..", "shared", "data", "flowers17")
+FLOWERS = shared_data("flowers17")
 BATCH = 64
 MEAN = np.array(image.IMAGENET_MEAN, np.float32)
 STD = np.array(image.IMAGENET_STD, np.float32)

@@ -17,9 +17,9 @@ import time
 import numpy as np
 
 import imgsearch
+from imgsearch.datasets import shared_data
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_MODEL = os.path.join(HERE, "..", "..", "shared", "data", "models", "mobilenet_v2_coral_features.ts.pt")
+DEFAULT_MODEL = shared_data("models", "mobilenet_v2_coral_features.ts.pt")
 
 
 def pick_extractor(requested):

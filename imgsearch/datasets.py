@@ -11,6 +11,24 @@ import numpy as np
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
+# Where the project's shared real data (flowers17 photos, converted pretrained
+# weights) may lie: $IMGSEARCH_DATA, then ../shared/data beside the checkout,
+# then the workplace's /work/shared/data.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA_DIRS = [d for d in (os.environ.get("IMGSEARCH_DATA"),
+                                os.path.join(_REPO, "..", "shared", "data"),
+                                "/work/shared/data") if d]
+
+
+def shared_data(*parts):
+    """The path of ``parts`` under the first shared-data folder that has it
+    (else under the first candidate, so that messages name a useful place)."""
+    for d in SHARED_DATA_DIRS:
+        path = os.path.join(d, *parts)
+        if os.path.exists(path):
+            return os.path.abspath(path)
+    return os.path.abspath(os.path.join(SHARED_DATA_DIRS[0], *parts))
+
 
 def read_idx(path):
     """Read an IDX file (optionally gzip-compressed) into a NumPy array."""

@@ -31,8 +31,9 @@ sys.path[:0] = [os.path.dirname(__file__), os.path.join(os.path.dirname(__file__
 from test_image import encode, exif_jpeg, photo_like, png_bytes, psd_bytes  # noqa: E402
 
 from imgsearch import features, image  # noqa: E402
+from imgsearch.datasets import shared_data  # noqa: E402
 
-FLOWERS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "flowers17")
+FLOWERS = shared_data("flowers17")
 
 
 def seeds(n_photos):

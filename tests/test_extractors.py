@@ -9,10 +9,11 @@ pytest.importorskip("PIL")
 
 import imgsearch
 from imgsearch import extractors
+from imgsearch.datasets import shared_data
 from imgsearch.extractors import TorchExtractor
 from imgfolder import make_folder
 
-MODELS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "models")
+MODELS = shared_data("models")
 
 
 def small_cnn(seed=0):
