@@ -109,6 +109,24 @@ def _frozen(torch, script_module):
         return script_module
 
 
+PREPROCESS_KEYS = ("size", "resize", "mean", "std")
+
+
+def _preprocess_settings(preprocess, size, resize, mean, std):
+    """(size, resize, mean, std) from a ``preprocess`` dict over the defaults given."""
+    if not isinstance(preprocess, dict):
+        raise TypeError(
+            f"preprocess: expected a dict with keys among {PREPROCESS_KEYS}, found {type(preprocess).__name__}; "
+            "imgsearch decodes, resizes and normalises in C, so give the transform's settings "
+            "(e.g. preprocess={'size': 224, 'resize': 256, 'mean': (0.485, 0.456, 0.406), "
+            "'std': (0.229, 0.224, 0.225)}) instead of a Python transform")
+    unknown = sorted(set(preprocess) - set(PREPROCESS_KEYS))
+    if unknown:
+        raise ValueError(f"preprocess: unknown keys {unknown}; expected keys among {PREPROCESS_KEYS}")
+    settings = {"size": size, "resize": resize, "mean": mean, "std": std, **preprocess}
+    return tuple(settings[k] for k in PREPROCESS_KEYS)
+
+
 @contextlib.contextmanager
 def _onednn_graph(torch):
     """Run TorchScript through oneDNN Graph (what ``torch.jit.fuser("fuser3")``
@@ -159,6 +177,11 @@ class TorchExtractor(Extractor):
                 centre crop (``resize=None``: the whole image resized to size x size).
     mean, std   per-channel normalisation of [0, 1] RGB (ImageNet's by default;
                 e.g. 0.5 / 0.5 for TF-trained models).
+    preprocess  the same four settings as one dict, e.g. a model card's
+                ``{"size": 224, "resize": 256, "mean": ..., "std": ...}``; keys it
+                lacks keep the arguments' values.  Preprocessing runs in the C
+                batch loader (decode, resize, crop, normalise on native threads),
+                so it is described, not given as a Python transform.
     pooling     "avg", "max" or "gem" (generalised mean, p=3).
     normalize   L2-normalise each vector (then metric "cosine" and "l2" rank alike).
     layer       name of a sub-module whose output to take (a forward hook),
@@ -179,9 +202,11 @@ class TorchExtractor(Extractor):
     kind = "torch"
 
     def __init__(self, model, *, size=224, resize=256, mean=_image.IMAGENET_MEAN, std=_image.IMAGENET_STD,
-                 pooling="avg", normalize=True, layer=None, device="cpu", batch_size=32,
+                 preprocess=None, pooling="avg", normalize=True, layer=None, device="cpu", batch_size=32,
                  channels_last=None, freeze=None, threads=None, name=None, source=None, loader_threads=None):
         torch = _torch()
+        if preprocess is not None:
+            size, resize, mean, std = _preprocess_settings(preprocess, size, resize, mean, std)
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module (or TorchScript module), found {type(model).__name__}")
         if pooling not in POOLINGS:

@@ -68,6 +68,23 @@ def test_features_match_torch_run_by_hand(folder, pooling):
         ex.extract([bad[0]])
 
 
+def test_preprocess_dict_sets_the_c_pipeline(folder):
+    good, _, _ = folder
+    model = small_cnn()
+    spec = {"size": 32, "resize": 40, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    by_dict = TorchExtractor(model, preprocess=spec, batch_size=4)
+    by_args = TorchExtractor(model, size=32, resize=40, mean=0.5, std=0.25, batch_size=4)
+    assert (by_dict.size, by_dict.resize) == (32, 40)
+    np.testing.assert_array_equal(by_dict.extract(good[:3]), by_args.extract(good[:3]))
+    # keys the dict lacks keep the arguments' values
+    partial = TorchExtractor(model, size=32, resize=48, preprocess={"mean": 0.5, "std": 0.25})
+    assert (partial.size, partial.resize) == (32, 48)
+    with pytest.raises(TypeError, match="instead of a Python transform"):
+        TorchExtractor(model, preprocess=lambda im: im)
+    with pytest.raises(ValueError, match="unknown keys"):
+        TorchExtractor(model, preprocess={"size": 32, "crop": 28})
+
+
 def test_named_layer_and_errors():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(5))
     ex = TorchExtractor(model, size=16, resize=None, layer="1", normalize=False)
