@@ -616,29 +616,6 @@ static int task_scan_database(void *ctx, size_t task, int worker)
     return ISX_OK;
 }
 
-/* ---- the packed query panels of the fused kernel (simd/fused.h) ---------- */
-
-/* Floats needed to pack m queries of dimension d in panels of `width`. */
-static size_t fused_packed_size(size_t m, size_t d, size_t width)
-{
-    size_t panels = (m + width - 1) / width;
-    return panels * d * width;
-}
-
-/* Pack Q (m x d, row-major) into panels of `width` lanes, multiplied by
- * alpha, zero-padded. */
-static void fused_pack(const float *Q, size_t m, size_t d, float alpha, size_t width, float *packed)
-{
-    size_t panels = (m + width - 1) / width;
-    memset(packed, 0, panels * d * width * sizeof(float));
-    for (size_t q = 0; q < m; q++) {
-        float *panel = packed + (q / width) * d * width;
-        size_t lane = q % width;
-        for (size_t j = 0; j < d; j++)
-            panel[j * width + lane] = alpha * Q[q * d + j];
-    }
-}
-
 /* ---- norm pruning for l2 ------------------------------------------------
  *
  * |q - x| >= | |q| - |x| |, so a row whose norm lies outside
@@ -793,7 +770,7 @@ static int task_gemm(void *ctx, size_t task, int worker)
     const float *X = (const float *)f->data;
     if (c->fused) {
         float *packed = c->cbuf[worker];
-        fused_pack(Q, m, d, c->alpha, c->fused_width, packed);
+        isx_fused_pack(Q, m, d, c->alpha, c->fused_width, packed);
         if (c->rorder) {
             pruned_scan(c, q0, m, packed, c->gbuf[worker]);
         } else {
@@ -988,7 +965,7 @@ int isx_flat_search(isx_flat *f, const void *Q, size_t nq, size_t k, const isx_f
             c.fused_width = c.kern->fused.panel;
             c.fused_rows = c.kern->fused.rows;
         }
-        c.cbuf = alloc_buffers(nbuf, c.fused ? fused_packed_size(c.qblock, f->dim, c.fused_width)
+        c.cbuf = alloc_buffers(nbuf, c.fused ? isx_fused_packed_size(c.qblock, f->dim, c.fused_width)
                                              : c.qblock * FLAT_GEMM_TILE_ROWS);
         if (!c.cbuf) {
             rc = isx_error(ISX_ENOMEM, "cannot allocate product tiles");

@@ -243,3 +243,20 @@ const isx_cpu_features *isx_cpu(void)
     isx_simd_init();
     return &cpu;
 }
+
+size_t isx_fused_packed_size(size_t m, size_t d, size_t panel)
+{
+    size_t panels = (m + panel - 1) / panel;
+    return panels * d * panel;
+}
+
+void isx_fused_pack(const float *Q, size_t m, size_t d, float alpha, size_t panel, float *packed)
+{
+    memset(packed, 0, isx_fused_packed_size(m, d, panel) * sizeof(float));
+    for (size_t q = 0; q < m; q++) {
+        float *p = packed + (q / panel) * d * panel;
+        size_t lane = q % panel;
+        for (size_t j = 0; j < d; j++)
+            p[j * panel + lane] = alpha * Q[q * d + j];
+    }
+}

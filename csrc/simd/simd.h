@@ -74,6 +74,12 @@ typedef struct {
     size_t rows;  /* rows per micro-kernel call */
 } isx_fused_kernel;
 
+/* The packed panels a fused kernel reads: floats needed for m queries of
+ * dimension d in panels of `panel` lanes, and the packing (multiplied by
+ * alpha, zero-padded). */
+size_t isx_fused_packed_size(size_t m, size_t d, size_t panel);
+void isx_fused_pack(const float *Q, size_t m, size_t d, float alpha, size_t panel, float *packed);
+
 typedef enum {
     ISX_ISA_SERIAL = 0,
     ISX_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C + POPCNT + SSE4.2 */
