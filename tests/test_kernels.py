@@ -319,3 +319,14 @@ def test_capabilities_report_each_slot_and_set_simd_moves_every_slot():
     assert imgsearch.capabilities()["simd"] == old
     with pytest.raises(ValueError, match="unknown ISA"):
         _core._set_simd("sse9")
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("length", LENGTHS)
+def test_sqnorm_and_dot_kernels_match_oracle(isa, length, rng):
+    q = rng.normal(size=(1, length)).astype(np.float32)
+    X = rng.normal(size=(9, length)).astype(np.float32)
+    X64, q64 = X.astype(np.float64), q.astype(np.float64)[0]
+    scale = (np.abs(X64) * (np.abs(X64) + np.abs(q64))).sum(1)
+    assert np.all(np.abs(_core._kernel("sqnorm", isa, q, X) - (X64 * X64).sum(1)) <= 2e-6 * scale + 1e-6)
+    assert np.all(np.abs(_core._kernel("dot", isa, q, X) - X64 @ q64) <= 2e-6 * scale + 1e-6)

@@ -7,7 +7,8 @@
  * are private (underscore names) and check only what keeps them memory-safe:
  * dtypes, shapes and bounds; the public API validates properly.
  *
- *   _kernel(metric, isa, q, X, storage=None)   dist / dist_f16 / dist_i8
+ *   _kernel(metric, isa, q, X, storage=None)   dist / dist_f16 / dist_i8; metric
+ *                                              "sqnorm" / "dot": those slots
  *   _bounded(metric, isa, q, X, bound)         bounded, one value per row
  *   _select(isa, row, scale, bias, k, allowed) select -> (values, slots)
  *   _fused(isa, Q, X, k, scale, bias, allowed) fused -> (values, rows)
@@ -82,13 +83,21 @@ PyObject *isx_py_kernel(PyObject *mod, PyObject *args)
     const char *isa_name, *storage = NULL;
     if (!PyArg_ParseTuple(args, "OsOO|z:_kernel", &metric_obj, &isa_name, &q_obj, &x_obj, &storage))
         return NULL;
-    isx_metric metric;
-    if (isx_py_metric(metric_obj, &metric) < 0)
-        return NULL;
     const isx_kernels *k = table_named(isa_name, NULL);
     if (!k)
         return NULL;
-    isx_dist_fn fn = k->dist[metric];
+    isx_dist_fn fn = NULL;
+    isx_metric metric = ISX_METRIC_L2; /* sqnorm and dot read float32 rows, as l2 does */
+    if (PyUnicode_Check(metric_obj) && PyUnicode_CompareWithASCIIString(metric_obj, "sqnorm") == 0)
+        fn = k->sqnorm;
+    else if (PyUnicode_Check(metric_obj) && PyUnicode_CompareWithASCIIString(metric_obj, "dot") == 0)
+        fn = k->dot;
+    else if (isx_py_metric(metric_obj, &metric) < 0)
+        return NULL;
+    if (fn && storage)
+        return PyErr_Format(PyExc_ValueError, "sqnorm and dot read float32 rows only");
+    if (!fn)
+        fn = k->dist[metric];
     int row_type = metric_row_type(metric);
     if (storage && strcmp(storage, "float16") == 0) {
         fn = k->dist_f16[metric];

@@ -126,12 +126,11 @@ INLINE AVX512 void scan(enum kind k, const void *qv, const void *xv, size_t nrow
     { \
         scan(k, q, x, nrows, dim, out); \
     }
+/* ip, cosine, sqnorm and dot run the AVX2 kernels: on Zen 4 the 512-bit
+ * versions tied with them (ip, sqnorm, dot) or lost by 10-15% in cache
+ * (cosine), where l2 and l1 won by 5-15% (bench_kernels.py). */
 F32_KERNEL(l2sq_f32_avx512, K_L2)
-F32_KERNEL(ip_f32_avx512, K_IP)
-F32_KERNEL(cosine_f32_avx512, K_COS)
 F32_KERNEL(l1_f32_avx512, K_L1)
-F32_KERNEL(sqnorm_f32_avx512, K_SQ)
-F32_KERNEL(dot_f32_avx512, K_DOT)
 
 /* ---------- float32 query against float16 / int8 rows ------------------
  * Sixteen elements a step, widened to float32 as they are loaded
@@ -314,12 +313,8 @@ static AVX512_POPCNT void hamming_u8_avx512(const void *qv, const void *xv, size
 const isx_kernels isx_raw_avx512 = {
     .dist = {
         [ISX_METRIC_L2] = l2sq_f32_avx512,
-        [ISX_METRIC_IP] = ip_f32_avx512,
-        [ISX_METRIC_COSINE] = cosine_f32_avx512,
         [ISX_METRIC_L1] = l1_f32_avx512,
     },
-    .sqnorm = sqnorm_f32_avx512,
-    .dot = dot_f32_avx512,
     .dist_f16 = {
         [ISX_METRIC_L2] = l2sq_f16_avx512,
         [ISX_METRIC_IP] = ip_f16_avx512,
