@@ -1,9 +1,10 @@
-"""The flat index's batch plans, each forced in a child process.
+"""The flat index's batch plans and the HNSW walk at every SIMD level, each
+forced in a child process.
 
-Which plan runs depends on the CPU (fused AVX-512, fused AVX2, or OpenBLAS
-sgemm + select): the main run exercises only the best one, so the oracle
-tests are re-run here with the environment variables that lower the SIMD
-level or force the sgemm path.
+Which kernels run depends on the CPU (fused AVX-512, fused AVX2, or OpenBLAS
+sgemm + select; the bounded distances of the HNSW walk per level): the main
+run exercises only the best level, so the oracle tests are re-run here with
+the environment variables that lower the SIMD level or force the sgemm path.
 """
 import os
 import subprocess
@@ -26,5 +27,17 @@ def test_flat_oracle_tests_pass_under_every_plan(env):
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.join(here, "test_flat.py"),
          "-k", "brute_force or filters or exact or padding"],
         cwd=os.path.dirname(here), env=full_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout
+
+
+@pytest.mark.parametrize("level", isa_levels(ISA_ORDER))
+def test_hnsw_recall_tests_pass_at_every_level(level):
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.join(here, "test_hnsw.py"),
+         "-k", "recall_against_flat or filters_match or compressed_storage or padding"],
+        cwd=os.path.dirname(here), env=dict(os.environ, IMGSEARCH_SIMD=level), capture_output=True, text=True,
+        timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and " failed" not in proc.stdout
