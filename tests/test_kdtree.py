@@ -3,8 +3,6 @@ and dynamic trees, filters, radius search, eps, persistence, hostile files."""
 import os
 import pickle
 import struct
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 
 import imgsearch
 from imgsearch import FlatIndex, IndexFormatError, KDTreeIndex
-from conftest import check_knn, isa_levels, oracle_pairwise, supported_levels
+from conftest import check_knn, isa_levels, oracle_pairwise, run_tests_in_child, supported_levels
 from test_format import ENTRY, HEADER, crc32c, reseal, sections
 
 KD_METRICS = ["l2", "l1"]
@@ -512,11 +510,6 @@ def test_oracle_tests_pass_at_every_simd_level(level):
     # the main run uses this CPU's best leaf scan; each level runs in a child
     if level == supported_levels()[-1]:
         pytest.skip(f"{level} is this CPU's best level: the main run of these tests is its run")
-    here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.join(here, "test_kdtree.py"),
-         "-k", "exact_search or filters or dynamic_adds or where_it_lives or range_search_matches or eps"],
-        cwd=os.path.dirname(here), env=dict(os.environ, IMGSEARCH_SIMD=level), capture_output=True, text=True,
-        timeout=600)
-    assert proc.returncode == 0, level + ": " + proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout and " failed" not in proc.stdout
+    run_tests_in_child("test_kdtree.py",
+                       "exact_search or filters or dynamic_adds or where_it_lives or range_search_matches or eps",
+                       {"IMGSEARCH_SIMD": level})

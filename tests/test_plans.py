@@ -6,13 +6,9 @@ sgemm + select; the bounded distances of the HNSW walk per level): the main
 run exercises only the best level, so the oracle tests are re-run here with
 the environment variables that lower the SIMD level or force the sgemm path.
 """
-import os
-import subprocess
-import sys
-
 import pytest
 
-from conftest import ISA_ORDER, isa_levels
+from conftest import ISA_ORDER, isa_levels, run_tests_in_child
 
 CASES = [pytest.param({"IMGSEARCH_FLAT_BLAS": "1"}, id="IMGSEARCH_FLAT_BLAS=1")] + [
     pytest.param({"IMGSEARCH_SIMD": p.values[0]}, id=f"IMGSEARCH_SIMD={p.values[0]}", marks=p.marks)
@@ -21,23 +17,10 @@ CASES = [pytest.param({"IMGSEARCH_FLAT_BLAS": "1"}, id="IMGSEARCH_FLAT_BLAS=1")]
 
 @pytest.mark.parametrize("env", CASES)
 def test_flat_oracle_tests_pass_under_every_plan(env):
-    here = os.path.dirname(os.path.abspath(__file__))
-    full_env = dict(os.environ, **env)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.join(here, "test_flat.py"),
-         "-k", "brute_force or filters or exact or padding"],
-        cwd=os.path.dirname(here), env=full_env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout and " failed" not in proc.stdout
+    run_tests_in_child("test_flat.py", "brute_force or filters or exact or padding", env)
 
 
 @pytest.mark.parametrize("level", isa_levels(ISA_ORDER))
 def test_hnsw_recall_tests_pass_at_every_level(level):
-    here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.join(here, "test_hnsw.py"),
-         "-k", "recall_against_flat or filters_match or compressed_storage or padding"],
-        cwd=os.path.dirname(here), env=dict(os.environ, IMGSEARCH_SIMD=level), capture_output=True, text=True,
-        timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout and " failed" not in proc.stdout
+    run_tests_in_child("test_hnsw.py", "recall_against_flat or filters_match or compressed_storage or padding",
+                       {"IMGSEARCH_SIMD": level})
