@@ -1,6 +1,5 @@
 """KDTreeIndex against NumPy brute force and FlatIndex: every metric, static
 and dynamic trees, filters, radius search, eps, persistence, hostile files."""
-import os
 import pickle
 import struct
 import threading
