@@ -334,11 +334,22 @@ class ImageSearch:
         return self.extractor.extract(items), labels
 
     def _filter(self, filter):
-        if filter is None or isinstance(filter, np.ndarray):
-            return filter
+        """The index's filter for an engine one: bool arrays stay masks over ids and
+        integer arrays stay ids (the index applies the rule to both); a predicate,
+        paths or a list mixing paths and ids become the ids they name."""
+        if filter is None:
+            return None
         if callable(filter):  # a predicate on (path, metadata)
             return np.fromiter((i for i, p in self._paths.items() if filter(p, self._meta.get(i))), dtype=np.int64)
-        return np.asarray(self._ids_of(filter), dtype=np.int64)
+        if isinstance(filter, (str, os.PathLike)):
+            filter = [filter]
+        if not hasattr(filter, "dtype"):  # a list: of bools, of ids, or of paths
+            filter = list(filter)
+            if filter and all(isinstance(f, (bool, np.bool_)) for f in filter):
+                return np.asarray(filter, dtype=bool)
+            if any(not isinstance(f, (int, np.integer)) for f in filter):
+                return np.unique(np.asarray(self._ids_of(filter), dtype=np.int64))
+        return np.asarray(filter)  # NumPy / pandas arrays, lists of ints: as given
 
     def search(self, query, k=10, *, filter=None, **search_params):
         """Nearest images to one query or a batch: paths, arrays (H, W, 3), PIL images.

@@ -90,6 +90,32 @@ def test_arrays_get_ids_and_metadata_and_filters(folder):
     assert res.ids[0, 2:].tolist() == [-1, -1] and np.isinf(res.distances[0, 2:]).all()
 
 
+def test_filter_forms_agree_with_brute_force_and_masks_in_disguise_are_refused(folder):
+    root, good, labels, bad = folder
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    engine.add(good)
+    ids = np.arange(len(good))
+    feats = engine.index.get(ids).astype(np.float64)
+    blue = np.array([labels[p] == "blue" for p in good])
+    d = ((feats - feats[0]) ** 2).sum(1)
+    d[~blue] = np.inf
+    expected = np.argsort(d, kind="stable")[: blue.sum()]
+    forms = {"bool array": blue, "list of bools": blue.tolist(), "ids": ids[blue],
+             "list of ids": ids[blue].tolist(), "paths": [p for p in good if labels[p] == "blue"],
+             "predicate": lambda path, meta: "blue" in os.path.basename(path)}
+    pd = pytest.importorskip("pandas")
+    forms["pandas bool Series"] = pd.Series(blue)
+    for name, flt in forms.items():
+        res = engine.search(good[0], k=len(good), filter=flt)
+        assert res.ids[0, : blue.sum()].tolist() == expected.tolist(), name
+        assert (res.ids[0, blue.sum():] == -1).all(), name
+    for disguised in (blue.astype(np.uint8), pd.Series(blue).astype(int), blue.astype(int).tolist()):
+        with pytest.raises(ValueError, match=r"mask\.astype\(bool\)"):
+            engine.search(good[0], k=3, filter=disguised)
+    with pytest.raises(ValueError, match=f"expected length >= {len(good)}"):
+        engine.search(good[0], k=3, filter=blue[:-1])
+
+
 @pytest.mark.parametrize("index", ["flat", "hnsw", "kdtree"])
 def test_save_and_load_give_the_same_results(folder, tmp_path, index):
     if not hasattr(imgsearch, {"flat": "FlatIndex", "hnsw": "HNSWIndex", "kdtree": "KDTreeIndex"}[index]):

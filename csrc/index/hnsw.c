@@ -1482,12 +1482,19 @@ static int filter_bitmap(const isx_hnsw *h, const isx_filter *flt, uint64_t **ou
         return isx_error(ISX_ENOMEM, "cannot allocate a filter bitmap");
     size_t cnt = 0;
     if (flt->mask) {
+        int64_t max_id = -1;
         for (size_t s = 0; s < h->nslots; s++) {
             int64_t id = h->ids[s];
+            max_id = id > max_id ? id : max_id;
             if (id >= 0 && (uint64_t)id < flt->mask_len && flt->mask[id]) {
                 bits[s >> 6] |= 1ull << (s & 63);
                 cnt++;
             }
+        }
+        int rc = isx_filter_check_mask(flt, max_id);
+        if (rc) {
+            free(bits);
+            return rc;
         }
     } else {
         for (size_t i = 0; i < flt->n_ids; i++) {

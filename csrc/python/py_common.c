@@ -197,6 +197,25 @@ PyArrayObject *isx_py_ids(PyObject *obj, npy_intp n, const char *what)
     return out;
 }
 
+/* Integer filters are ids (bool ones are masks), but a 0/1 mask cast to int
+ * -- (x > 0).astype(numpy.uint8), pandas' .astype(int) -- would then allow
+ * ids 0 and 1 alone and return silently wrong results.  A list of ids that
+ * holds only 0s and 1s and repeats one of them has no other sensible
+ * reading, so it is refused; [0, 1] or [1] stay valid lists of ids. */
+static int looks_like_a_mask(const int64_t *ids, size_t n)
+{
+    size_t zeros = 0, ones = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] == 0)
+            zeros++;
+        else if (ids[i] == 1)
+            ones++;
+        else
+            return 0;
+    }
+    return zeros > 1 || ones > 1;
+}
+
 int isx_py_filter(PyObject *obj, isx_filter *flt, PyArrayObject **keep)
 {
     memset(flt, 0, sizeof(*flt));
@@ -224,12 +243,29 @@ int isx_py_filter(PyObject *obj, isx_filter *flt, PyArrayObject **keep)
         *keep = c;
         return 0;
     }
+    PyArray_Descr *given = PyArray_DESCR(arr);
+    Py_INCREF(given);
     Py_DECREF(arr);
     PyArrayObject *ids = isx_py_ids(obj, -1, "filter");
-    if (!ids)
+    if (!ids) {
+        Py_DECREF(given);
         return -1;
+    }
     flt->ids = (const int64_t *)PyArray_DATA(ids);
     flt->n_ids = (size_t)PyArray_SIZE(ids);
+    if (looks_like_a_mask(flt->ids, flt->n_ids)) {
+        PyErr_Format(PyExc_ValueError,
+                     "filter: an integer array is a list of allowed ids, but this one holds only 0s and 1s "
+                     "(%zu entries of dtype %s), so it would allow ids 0 and 1 alone: it looks like a mask. "
+                     "For a mask over ids pass mask.astype(bool); for ids pass numpy.flatnonzero(mask) "
+                     "(or numpy.unique(ids))",
+                     flt->n_ids, given->typeobj->tp_name);
+        Py_DECREF(given);
+        Py_DECREF(ids);
+        memset(flt, 0, sizeof(*flt));
+        return -1;
+    }
+    Py_DECREF(given);
     static const int64_t no_ids[1] = {0};
     if (flt->n_ids == 0)
         flt->ids = no_ids; /* an empty allow-list still filters everything out */
