@@ -1,4 +1,5 @@
 """Save / load / mmap / pickle, and the loader against hostile files."""
+import errno
 import json
 import os
 import pickle
@@ -112,6 +113,25 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     with pytest.raises(FileNotFoundError):
         imgsearch.load(tmp_path / "nope.isx")
     assert len(imgsearch.load(path)) == 20
+
+
+def test_io_errors_keep_errno_and_the_path(tmp_path):
+    missing = str(tmp_path / "nope.isx")
+    for call in (lambda: imgsearch.load(missing), lambda: imgsearch.load(missing, mmap=True),
+                 lambda: imgsearch._core.read_meta(missing)):
+        with pytest.raises(FileNotFoundError) as e:
+            call()
+        assert e.value.errno == errno.ENOENT and e.value.filename == missing
+    with pytest.raises(IsADirectoryError) as e:
+        imgsearch.load(tmp_path)
+    assert e.value.filename == str(tmp_path)
+    target = str(tmp_path / "missing-dir" / "x.isx")
+    with pytest.raises(FileNotFoundError) as e:
+        small_index().save(target)
+    assert e.value.errno == errno.ENOENT and e.value.filename == target
+    (tmp_path / "junk.isx").write_bytes(b"junk" * 40)
+    with pytest.raises(IndexFormatError, match="bad magic"):
+        imgsearch.load(tmp_path / "junk.isx")
 
 
 def test_meta_section_round_trips(tmp_path):

@@ -4,7 +4,10 @@ EXIF orientation, NumPy for resampling, preprocessing, histograms and hashes.
 
 Every image is made here, with NumPy and Pillow (no downloads).
 """
+import errno
 import io
+import os
+import pickle
 import struct
 import zlib
 
@@ -491,6 +494,61 @@ def test_load_batch_jpeg_close_to_pillow_pipeline(tmp_path):
     ours, theirs = batch[0], pillow_preprocess(data)
     assert np.abs(ours - theirs).mean() < 0.05  # ~1% of the normalised range
     assert np.abs(ours - ref_preprocess(pil_rgb(data))).mean() < 0.05
+
+
+def unreadable_cases(tmp_path):
+    """name -> (item, the exception class, errno or None) for the ways a file can fail."""
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(encode(RGB, "PNG")[:70])
+    return {"missing": (str(tmp_path / "missing.png"), FileNotFoundError, errno.ENOENT),
+            "directory": (str(tmp_path), IsADirectoryError, errno.EISDIR),
+            "corrupt": (str(corrupt), ImageDecodeError, None)}
+
+
+def assert_error(err, path, cls, code):
+    assert type(err) is cls, (type(err), err)
+    if code is None:
+        assert path in str(err) and "cannot decode" in str(err)
+    else:
+        assert err.errno == code and err.filename == path and path in err.strerror
+
+
+def test_one_route_from_c_status_to_exception_keeps_errno_and_path(tmp_path):
+    """load(), a batch's failures and a feature extractor raise the same exception
+    for the same file: errno and filename kept, the C message as its text."""
+    cases = unreadable_cases(tmp_path)
+    items = [item for item, _, _ in cases.values()]
+    batch, failed = image.load_batch(items)
+    assert len(batch) == 0 and [f[0] for f in failed] == [0, 1, 2]
+    for (name, (path, cls, code)), failure in zip(cases.items(), failed):
+        with pytest.raises(cls) as e:
+            image.load(path)
+        assert_error(e.value, path, cls, code)
+        assert failure[1] == path and failure[2] in str(e.value)
+        assert_error(failure.error, path, cls, code)
+        assert str(failure.error) == str(e.value), name
+        with pytest.raises(cls) as e:
+            features.ColorHistogram().extract([path])
+        assert_error(e.value, path, cls, code)
+    again = pickle.loads(pickle.dumps(failed[0]))
+    assert again == failed[0] and type(again.error) is FileNotFoundError
+
+
+def test_permission_denied_is_a_permission_error(tmp_path):
+    p = tmp_path / "locked.png"
+    p.write_bytes(encode(RGB, "PNG"))
+    p.chmod(0)
+    try:
+        if os.access(p, os.R_OK):
+            pytest.skip("running as root: chmod 000 does not stop root from reading, so no permission "
+                        "error can be produced here")
+        with pytest.raises(PermissionError) as e:
+            image.load(str(p))
+        assert_error(e.value, str(p), PermissionError, errno.EACCES)
+        _, failed = image.load_batch([str(p)])
+        assert_error(failed[0].error, str(p), PermissionError, errno.EACCES)
+    finally:
+        p.chmod(0o644)
 
 
 def test_load_batch_reports_failures_in_order(tmp_path):

@@ -136,6 +136,7 @@ typedef struct {
     uint8_t *out;      /* n rows of row_bytes */
     size_t row_bytes;
     int *status;       /* n: 0 or the item's error status */
+    int *errnos;       /* n: the errno of an ISX_EIO failure, else 0 */
     char **messages;   /* n: NULL, or a malloc'd message for a failed item */
 } isx_image_batch;
 

@@ -7,41 +7,67 @@
 
 PyObject *isx_IndexFormatError = NULL;
 
-PyObject *isx_py_raise(int status)
+/* The one route from a C status to a Python exception; see py_common.h. */
+PyObject *isx_py_exception(int status, int err, const char *msg, PyObject *format_error, const char *filename)
 {
-    const char *msg = isx_last_error();
+    PyObject *type, *args;
     switch (status) {
     case ISX_ENOMEM:
-        PyErr_SetString(PyExc_MemoryError, msg[0] ? msg : "out of memory");
+        type = PyExc_MemoryError;
+        args = Py_BuildValue("(s)", msg[0] ? msg : "out of memory");
         break;
     case ISX_ETYPE:
-        PyErr_SetString(PyExc_TypeError, msg);
+        type = PyExc_TypeError;
+        args = Py_BuildValue("(s)", msg);
         break;
     case ISX_EFORMAT:
-        PyErr_SetString(isx_IndexFormatError, msg);
+        type = format_error ? format_error : isx_IndexFormatError;
+        args = Py_BuildValue("(s)", msg);
         break;
-    case ISX_EKEY: {
-        PyObject *m = PyUnicode_FromString(msg);
-        if (m) {
-            PyErr_SetObject(PyExc_KeyError, m);
-            Py_DECREF(m);
-        }
+    case ISX_EKEY:
+        type = PyExc_KeyError;
+        args = Py_BuildValue("(s)", msg);
         break;
-    }
-    case ISX_EIO: {
-        /* OSError(errno, msg) picks FileNotFoundError, PermissionError, ... */
-        PyObject *e = PyObject_CallFunction(PyExc_OSError, "is", isx_last_errno(), msg);
-        if (e) {
-            PyErr_SetObject((PyObject *)Py_TYPE(e), e);
-            Py_DECREF(e);
-        }
+    case ISX_EIO:
+        /* OSError(errno, text, filename) is FileNotFoundError, PermissionError,
+         * IsADirectoryError, ... as errno says, with .errno and .filename set */
+        type = PyExc_OSError;
+        if (err && filename)
+            args = Py_BuildValue("(isN)", err, msg, PyUnicode_DecodeFSDefault(filename));
+        else if (err)
+            args = Py_BuildValue("(is)", err, msg);
+        else
+            args = Py_BuildValue("(s)", msg);
         break;
-    }
     default:
-        PyErr_SetString(PyExc_ValueError, msg[0] ? msg : "invalid argument");
+        type = PyExc_ValueError;
+        args = Py_BuildValue("(s)", msg[0] ? msg : "invalid argument");
         break;
+    }
+    if (!args)
+        return NULL;
+    PyObject *e = PyObject_Call(type, args, NULL);
+    Py_DECREF(args);
+    return e;
+}
+
+PyObject *isx_py_raise_object(PyObject *e)
+{
+    if (e) {
+        PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+        Py_DECREF(e);
     }
     return NULL;
+}
+
+PyObject *isx_py_raise_as(int status, PyObject *format_error, const char *filename)
+{
+    return isx_py_raise_object(isx_py_exception(status, isx_last_errno(), isx_last_error(), format_error, filename));
+}
+
+PyObject *isx_py_raise(int status)
+{
+    return isx_py_raise_as(status, isx_IndexFormatError, NULL);
 }
 
 static const char *kind_name(PyArray_Descr *d)
