@@ -7,18 +7,20 @@
     ...     features = model(torch.from_numpy(batch))  # the next batch decodes meanwhile
 
 Formats: JPEG (libjpeg-turbo when the build found it, else stb_image), PNG (8
-and 16-bit), BMP, GIF (first frame), TGA (recognised by a .tga name or the
-TGA 2.0 footer), PSD (composite), PNM (P5/P6).  Output is always RGB: grey is
-replicated, alpha is composited on white, 16-bit samples keep their high
-byte, CMYK/YCCK JPEGs are converted.  The EXIF orientation of JPEGs is
-applied (values 2..8 mirror and rotate as Pillow's ``ImageOps.exif_transpose``).
+and 16-bit), WebP (lossy, lossless, alpha; still images; when the build found
+libwebp), BMP, GIF (first frame), TGA (recognised by a .tga name or the TGA
+2.0 footer), PSD (composite), PNM (P5/P6).  TIFF and HEIF/AVIF are recognised
+and refused by name.  Output is always RGB: grey is replicated, alpha is
+composited on white, 16-bit samples keep their high byte, CMYK/YCCK JPEGs are
+converted.  The EXIF orientation of JPEGs and WebPs is applied (values 2..8
+mirror and rotate as Pillow's ``ImageOps.exif_transpose``).
 
 Limits: images above 100 megapixels or 65535 pixels per side are refused
 from their header, before any memory is allocated, and so are PNG, GIF, BMP,
 PSD, TGA and PNM headers that claim more pixels than the file could hold
-(JPEG headers are only held to the pixel limit).  Truncated files are errors
-in every format, never images with a blank tail.  Files that are not images
-are reported as such, not guessed.
+(JPEG and WebP headers are only held to the pixel limit).  Truncated files
+are errors in every format, never images with a blank tail.  Files that are
+not images are reported as such, not guessed.
 
 Items (``paths`` below) may be paths (``str``/``os.PathLike``), the encoded
 bytes of an image file (``bytes``, ``bytearray``, ``memoryview``), or uint8

@@ -30,6 +30,33 @@ def test_add_folder_reports_every_unreadable_file(folder):
     assert sorted(engine.paths) == sorted(os.path.abspath(p) for p in good)
 
 
+def test_webp_is_indexed_tiff_fails_with_a_reason_and_other_files_are_counted_as_skipped(tmp_path, rng):
+    from PIL import Image
+    from imgfolder import make_image
+    root = tmp_path / "mixed"
+    (root / "sub").mkdir(parents=True)
+    arr = make_image(rng, (200, 40, 40))
+    Image.fromarray(arr).save(root / "a.png")
+    Image.fromarray(arr).save(root / "sub" / "b.webp", lossless=True)
+    Image.fromarray(arr).save(root / "c.tiff")
+    for name in ("notes.txt", "sub/photo.heic", "README"):
+        (root / name).write_bytes(b"not read")
+    (root / ".DS_Store").write_bytes(b"hidden: not counted")
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    report = engine.add(str(root))
+    assert sorted(report.skipped) == sorted(str(root / n) for n in ("README", "notes.txt", "sub/photo.heic"))
+    assert "skipped=3" in repr(report) and ".heic 1" in repr(report) and ".txt 1" in repr(report)
+    assert [(os.path.basename(p), r) for p, r in report.failed if p.endswith(".tiff")] == [
+        ("c.tiff", "TIFF is not supported (convert to PNG or JPEG)")]
+    if imgsearch._core._HAVE_WEBP:
+        assert report.added == 2 and report.ok is False
+        res = engine.search(str(root / "a.png"), k=2)
+        assert res.distances[0].max() < 1e-6  # the lossless WebP is the same picture
+    # a list of sources adds up what each skipped
+    again = ImageSearch(extractor="colorhist", index="flat").add([str(root / "sub"), str(root / "a.png")])
+    assert again.skipped == [str(root / "sub" / "photo.heic")]
+
+
 def test_search_by_path_matches_brute_force_over_the_features(folder):
     root, good, labels, bad = folder
     engine = ImageSearch(extractor="colorhist", index="flat")

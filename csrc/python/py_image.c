@@ -577,5 +577,12 @@ int isx_py_image_init(PyObject *m)
                             0
 #endif
     );
+    PyModule_AddIntConstant(m, "_HAVE_WEBP",
+#ifdef ISX_HAVE_WEBP
+                            1
+#else
+                            0
+#endif
+    );
     return 0;
 }
