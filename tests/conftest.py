@@ -84,10 +84,23 @@ def rng():
     return np.random.default_rng(12345)
 
 
-def isa_levels():
+ISA_ORDER = ["serial", "avx2", "avx512"]
+ISA_NEEDS = {"avx2": "AVX2 + FMA + F16C", "avx512": "AVX-512 F/BW/DQ/VL"}
+
+
+def supported_levels():
+    """The SIMD levels this CPU and OS can run, lowest first."""
     supported = imgsearch.capabilities()["simd_supported"]
-    order = ["serial", "avx2", "avx512"]
-    return order[: order.index(supported) + 1]
+    return ISA_ORDER[: ISA_ORDER.index(supported) + 1]
+
+
+def isa_levels(levels=ISA_ORDER):
+    """Every level as a pytest parameter: one this CPU lacks is a visible skip
+    with the reason, never silently left out."""
+    have = supported_levels()
+    return [pytest.param(lv, id=lv, marks=pytest.mark.skipif(
+        lv not in have, reason=f"this CPU has no {ISA_NEEDS.get(lv)}: the {lv} kernels cannot run here"))
+        for lv in levels]
 
 
 def filter_ids(n, rng):

@@ -11,14 +11,14 @@ import sys
 
 import pytest
 
-import imgsearch
+from conftest import ISA_ORDER, isa_levels
 
-LEVELS = ["serial", "avx2", "avx512"]
-SUPPORTED = LEVELS[: LEVELS.index(imgsearch.capabilities()["simd_supported"]) + 1]
-CASES = [{"IMGSEARCH_FLAT_BLAS": "1"}] + [{"IMGSEARCH_SIMD": level} for level in SUPPORTED]
+CASES = [pytest.param({"IMGSEARCH_FLAT_BLAS": "1"}, id="IMGSEARCH_FLAT_BLAS=1")] + [
+    pytest.param({"IMGSEARCH_SIMD": p.values[0]}, id=f"IMGSEARCH_SIMD={p.values[0]}", marks=p.marks)
+    for p in isa_levels(ISA_ORDER)]
 
 
-@pytest.mark.parametrize("env", CASES, ids=lambda e: ",".join(f"{k}={v}" for k, v in e.items()))
+@pytest.mark.parametrize("env", CASES)
 def test_flat_oracle_tests_pass_under_every_plan(env):
     here = os.path.dirname(os.path.abspath(__file__))
     full_env = dict(os.environ, **env)
