@@ -375,7 +375,8 @@ class ImageSearch:
         """Nearest images to one query or a batch: paths, arrays (H, W, 3), PIL images.
 
         A query path already in the engine uses its stored vector.  ``filter``:
-        allowed ids or paths, a boolean mask over ids, or a callable
+        allowed ids or paths, a bool mask over ids (covering every id; an integer
+        array of 0s and 1s is refused -- pass ``mask.astype(bool)``), or a callable
         ``(path, metadata) -> bool``.  Extra keywords (e.g. ``ef``) go to the index.
         """
         Q, labels = self._query_vectors(query)
