@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-APT_PACKAGES := libopenblas-dev pkg-config libstb-dev libjpeg-dev dataset-fashion-mnist
+APT_PACKAGES := libopenblas-dev pkg-config libstb-dev libjpeg-dev libwebp-dev dataset-fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 C_SOURCES := $(shell find csrc -name '*.[ch]')
 IMAGES ?=

@@ -9,6 +9,7 @@ time, so one build runs on any x86-64 CPU.
 Environment:
   IMGSEARCH_SANITIZE=1   build with AddressSanitizer + UBSan (make test-asan)
   IMGSEARCH_DEBUG=1      -O0 -g
+  IMGSEARCH_NO_LIBJPEG=1 / IMGSEARCH_NO_WEBP=1   build without libjpeg / libwebp
   OPENBLAS_CFLAGS / OPENBLAS_LIBS   override pkg-config
 """
 import os
@@ -71,6 +72,34 @@ if stb_dir is None:
 image_cflags, image_libs = [], []
 if os.environ.get("IMGSEARCH_NO_LIBJPEG") is None and find_header("jpeglib.h", include_search):
     image_cflags, image_libs = ["-DISX_HAVE_LIBJPEG"], ["jpeg"]
+
+
+def optional_package(package, define, header, lib, disable):
+    """(cflags, libs) of an optional library found by pkg-config, else by its header,
+    with `define` set; ([], []) when it is absent or the environment sets `disable`."""
+    if os.environ.get(disable) is not None:
+        return [], []
+    try:
+        cflags = subprocess.check_output(["pkg-config", "--cflags", package], text=True, stderr=subprocess.DEVNULL)
+        libs = subprocess.check_output(["pkg-config", "--libs", package], text=True, stderr=subprocess.DEVNULL)
+        return ["-D" + define] + shlex.split(cflags), shlex.split(libs)
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    if find_header(header, include_search):
+        return ["-D" + define], ["-l" + lib]
+    return [], []
+
+
+# libwebp (Debian libwebp-dev) decodes WebP; without it a WebP file is refused
+# with a message that says so (IMGSEARCH_NO_WEBP=1 builds without it).
+webp_cflags, webp_libs = optional_package("libwebp", "ISX_HAVE_WEBP", os.path.join("webp", "decode.h"), "webp",
+                                          "IMGSEARCH_NO_WEBP")
+if not webp_cflags:
+    sys.stderr.write("imgsearch: %s: WebP images will be refused.  To decode them, install\n"
+                     "  Debian/Ubuntu: apt-get install libwebp-dev   Fedora: dnf install libwebp-devel\n"
+                     "  macOS: brew install webp\n" % (
+                         "IMGSEARCH_NO_WEBP is set" if os.environ.get("IMGSEARCH_NO_WEBP") else "libwebp not found"))
+image_cflags += webp_cflags
 sources = sorted(
     glob("csrc/**/*.c", recursive=True)
 )
@@ -94,8 +123,8 @@ setup(
             sources=sources,
             include_dirs=[numpy.get_include(), "csrc"],
             extra_compile_args=compile_args + blas_cflags + image_cflags + ["-I" + stb_dir],
-            extra_link_args=link_args + [a for a in blas_libs if not a.startswith("-l")],
-            libraries=[a[2:] for a in blas_libs if a.startswith("-l")] + image_libs + ["m"],
+            extra_link_args=link_args + [a for a in blas_libs + webp_libs if not a.startswith("-l")],
+            libraries=[a[2:] for a in blas_libs + webp_libs if a.startswith("-l")] + image_libs + ["m"],
             runtime_library_dirs=rpath,
         )
     ],

@@ -44,13 +44,16 @@ DEFAULT_DUP_THRESHOLD = {"hamming": 10.0, "cosine": 0.05, "l1": 0.10, "l2": 0.10
 
 class AddReport:
     """What ``ImageSearch.add`` did: ``added`` and ``updated`` counts, ``ids`` of the
-    items indexed (in input order), and ``failed``: a list of (path, reason)."""
+    items indexed (in input order), ``failed``: a list of (path, reason), and
+    ``skipped``: the files found in folders that were not read because their
+    extension is not an image's (hidden files aside)."""
 
     def __init__(self):
         self.added = 0
         self.updated = 0
         self.ids = []
         self.failed = []
+        self.skipped = []
         self.seconds = 0.0
 
     @property
@@ -58,7 +61,14 @@ class AddReport:
         return not self.failed
 
     def __repr__(self):
-        s = f"AddReport(added={self.added}, updated={self.updated}, failed={len(self.failed)}, {self.seconds:.1f} s)"
+        s = (f"AddReport(added={self.added}, updated={self.updated}, failed={len(self.failed)}, "
+             f"skipped={len(self.skipped)}, {self.seconds:.1f} s)")
+        if self.skipped:
+            exts = {}
+            for p in self.skipped:
+                ext = os.path.splitext(p)[1].lower() or "(no extension)"
+                exts[ext] = exts.get(ext, 0) + 1
+            s += "\n  skipped (not an image extension): " + ", ".join(f"{e} {n}" for e, n in sorted(exts.items()))
         for path, reason in self.failed[:5]:
             s += f"\n  failed: {path}: {reason}"
         if len(self.failed) > 5:
@@ -70,18 +80,28 @@ def _is_glob(s):
     return any(c in s for c in "*?[")
 
 
-def list_images(source, recursive=True):
-    """The image files a folder, glob or file path names, sorted (the order ids are given in)."""
+def list_images(source, recursive=True, skipped=None):
+    """The image files a folder, glob or file path names, sorted (the order ids are given in).
+    The other files of a folder, hidden ones aside, are appended to ``skipped``."""
     source = os.fspath(source)
+    skipped = [] if skipped is None else skipped
+
+    def is_image(path):
+        name = os.path.basename(path)
+        if name.startswith("."):
+            return False
+        if not name.lower().endswith(IMAGE_EXTENSIONS):
+            skipped.append(path)
+            return False
+        return True
+
     if os.path.isdir(source):
         out = []
         for root, dirs, files in os.walk(source):
             dirs.sort()
             if not recursive:
                 dirs[:] = []
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
-                    out.append(os.path.join(root, f))
+            out.extend(p for p in (os.path.join(root, f) for f in sorted(files)) if is_image(p))
         return out
     if os.path.isfile(source):
         return [source]
@@ -147,10 +167,10 @@ class ImageSearch:
         return cls(self.extractor.dim, metric=self._index_metric(kind), **params)
 
     # -- adding ----------------------------------------------------------------------
-    def _expand(self, source):
-        """-> list of items (paths, arrays), list of kinds ('path'/'array')."""
+    def _expand(self, source, skipped):
+        """-> list of items (paths, arrays); non-image files of folders go to `skipped`."""
         if isinstance(source, (str, os.PathLike)):
-            return list_images(source)
+            return list_images(source, skipped=skipped)
         if isinstance(source, np.ndarray):
             if source.ndim == 3:
                 return [source]
@@ -168,7 +188,7 @@ class ImageSearch:
         for it in items:
             if isinstance(it, (str, os.PathLike)):
                 p = os.fspath(it)
-                out.extend(list_images(p) if os.path.isdir(p) or _is_glob(p) else [p])
+                out.extend(list_images(p, skipped=skipped) if os.path.isdir(p) or _is_glob(p) else [p])
             else:
                 out.append(it)
         return out
@@ -182,8 +202,8 @@ class ImageSearch:
         Returns an AddReport.
         """
         t0 = time.perf_counter()
-        items = self._expand(source)
         report = AddReport()
+        items = self._expand(source, report.skipped)
         if not items:
             return report
         meta_of = self._metadata_lookup(metadata, items)
@@ -334,17 +354,29 @@ class ImageSearch:
         return self.extractor.extract(items), labels
 
     def _filter(self, filter):
-        if filter is None or isinstance(filter, np.ndarray):
-            return filter
+        """The index's filter for an engine one: bool arrays stay masks over ids and
+        integer arrays stay ids (the index applies the rule to both); a predicate,
+        paths or a list mixing paths and ids become the ids they name."""
+        if filter is None:
+            return None
         if callable(filter):  # a predicate on (path, metadata)
             return np.fromiter((i for i, p in self._paths.items() if filter(p, self._meta.get(i))), dtype=np.int64)
-        return np.asarray(self._ids_of(filter), dtype=np.int64)
+        if isinstance(filter, (str, os.PathLike)):
+            filter = [filter]
+        if not hasattr(filter, "dtype"):  # a list: of bools, of ids, or of paths
+            filter = list(filter)
+            if filter and all(isinstance(f, (bool, np.bool_)) for f in filter):
+                return np.asarray(filter, dtype=bool)
+            if any(not isinstance(f, (int, np.integer)) for f in filter):
+                return np.unique(np.asarray(self._ids_of(filter), dtype=np.int64))
+        return np.asarray(filter)  # NumPy / pandas arrays, lists of ints: as given
 
     def search(self, query, k=10, *, filter=None, **search_params):
         """Nearest images to one query or a batch: paths, arrays (H, W, 3), PIL images.
 
         A query path already in the engine uses its stored vector.  ``filter``:
-        allowed ids or paths, a boolean mask over ids, or a callable
+        allowed ids or paths, a bool mask over ids (covering every id; an integer
+        array of 0s and 1s is refused -- pass ``mask.astype(bool)``), or a callable
         ``(path, metadata) -> bool``.  Extra keywords (e.g. ``ef``) go to the index.
         """
         Q, labels = self._query_vectors(query)

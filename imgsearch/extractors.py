@@ -160,7 +160,7 @@ def _load_squashed(items, size, mean, std):
             img = it if isinstance(it, np.ndarray) else _image.load(it)
             img = _image.resize(img, size, size)
         except (ValueError, OSError, TypeError) as e:
-            failed.append((i, it if isinstance(it, str) else None, str(e)))
+            failed.append(_image.Failure(i, it if isinstance(it, str) else None, str(e), e))
             continue
         out.append(((img.astype(np.float32) - m) * inv).transpose(2, 0, 1))
     batch = np.ascontiguousarray(np.stack(out)) if out else np.zeros((0, 3, size, size), np.float32)
@@ -335,7 +335,7 @@ class TorchExtractor(Extractor):
             return
         for start in range(0, len(items), self.batch_size):
             batch, failed = self._load_batch(items[start:start + self.batch_size], threads=threads)
-            yield start, batch, [(start + i, p, r) for i, p, r in failed]
+            yield start, batch, [_image.Failure(start + f[0], f[1], f[2], f.error) for f in failed]
 
     # -- the Extractor protocol ------------------------------------------
     def extract(self, images):
@@ -346,8 +346,7 @@ class TorchExtractor(Extractor):
             chunk = items[i:i + self.batch_size]
             batch, failed = self._load_batch(chunk, threads=self.loader_threads)
             if failed:
-                idx, path, reason = failed[0]
-                raise _image.ImageDecodeError(f"{path}: {reason}" if isinstance(path, str) else reason)
+                raise failed[0].error
             out.append(self._forward(batch))
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 

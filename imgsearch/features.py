@@ -16,7 +16,7 @@ its config, so an engine can save which extractor made its vectors.
 import numpy as np
 
 from . import _core
-from .image import _as_list, _failures, _raise_first
+from .image import _as_list, _failures
 
 __all__ = ["ColorHistogram", "DHash", "Extractor", "PHash", "from_config", "get_extractor", "register"]
 
@@ -75,7 +75,7 @@ class _NativeExtractor(Extractor):
     def extract(self, images, threads=None):
         items, out, raw = self._run(images, threads)
         if raw:
-            _raise_first(items, raw)
+            raise raw[0][2]  # the exception the C core made for the first bad item
         return out
 
     def extract_files(self, paths, threads=None):

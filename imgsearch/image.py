@@ -7,18 +7,20 @@
     ...     features = model(torch.from_numpy(batch))  # the next batch decodes meanwhile
 
 Formats: JPEG (libjpeg-turbo when the build found it, else stb_image), PNG (8
-and 16-bit), BMP, GIF (first frame), TGA (recognised by a .tga name or the
-TGA 2.0 footer), PSD (composite), PNM (P5/P6).  Output is always RGB: grey is
-replicated, alpha is composited on white, 16-bit samples keep their high
-byte, CMYK/YCCK JPEGs are converted.  The EXIF orientation of JPEGs is
-applied (values 2..8 mirror and rotate as Pillow's ``ImageOps.exif_transpose``).
+and 16-bit), WebP (lossy, lossless, alpha; still images; when the build found
+libwebp), BMP, GIF (first frame), TGA (recognised by a .tga name or the TGA
+2.0 footer), PSD (composite), PNM (P5/P6).  TIFF and HEIF/AVIF are recognised
+and refused by name.  Output is always RGB: grey is replicated, alpha is
+composited on white, 16-bit samples keep their high byte, CMYK/YCCK JPEGs are
+converted.  The EXIF orientation of JPEGs and WebPs is applied (values 2..8
+mirror and rotate as Pillow's ``ImageOps.exif_transpose``).
 
 Limits: images above 100 megapixels or 65535 pixels per side are refused
 from their header, before any memory is allocated, and so are PNG, GIF, BMP,
 PSD, TGA and PNM headers that claim more pixels than the file could hold
-(JPEG headers are only held to the pixel limit).  Truncated files are errors
-in every format, never images with a blank tail.  Files that are not images
-are reported as such, not guessed.
+(JPEG and WebP headers are only held to the pixel limit).  Truncated files
+are errors in every format, never images with a blank tail.  Files that are
+not images are reported as such, not guessed.
 
 Items (``paths`` below) may be paths (``str``/``os.PathLike``), the encoded
 bytes of an image file (``bytes``, ``bytearray``, ``memoryview``), or uint8
@@ -37,7 +39,6 @@ pipeline runs faster than a plain full-size decode.
 
 All functions release the GIL and are safe to call from several threads.
 """
-import errno
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -46,14 +47,11 @@ import numpy as np
 from . import _core
 from ._core import ImageDecodeError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageDecodeError", "iter_batches", "load", "load_batch", "resize"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Failure", "ImageDecodeError", "iter_batches", "load", "load_batch",
+           "resize"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_ISX_EIO = -5
-_ISX_ENOMEM = -1
-_ISX_ETYPE = -3
 
 
 def load(path_or_bytes):
@@ -89,8 +87,24 @@ def _item_path(item):
     return None
 
 
-def _failures(items, raw):
-    return [(i, _item_path(items[i]), reason) for i, _status, reason in raw]
+class Failure(tuple):
+    """An item a batch could not use: the tuple ``(index, path, reason)``, and
+    ``.error``, the exception the item raises on its own -- ImageDecodeError,
+    or FileNotFoundError / PermissionError / IsADirectoryError with ``errno`` and
+    ``filename`` set, exactly as :func:`load` would raise it."""
+
+    def __new__(cls, index, path, reason, error):
+        self = super().__new__(cls, (index, path, reason))
+        self.error = error
+        return self
+
+    def __reduce__(self):
+        return (Failure, (*self, self.error))
+
+
+def _failures(items, raw, start=0):
+    """Failures from the C core's (index, reason, exception) records for items (at start)."""
+    return [Failure(start + i, _item_path(items[i]), reason, error) for i, reason, error in raw]
 
 
 def _as_list(paths):
@@ -107,7 +121,8 @@ def load_batch(paths, size=224, resize=256, mean=IMAGENET_MEAN, std=IMAGENET_STD
     C-contiguous (``torch.from_numpy(batch)`` shares it without a copy), with
     the images that succeeded in input order; ``failed`` lists
     ``(index, path, reason)`` for each item that did not (``path`` is None for
-    bytes and arrays).  The row of ``batch`` for input ``i`` is its position
+    bytes and arrays), as :class:`Failure` tuples whose ``.error`` is the
+    exception the item would raise on its own.  The row of ``batch`` for input ``i`` is its position
     among the indices not in ``failed`` -- see :func:`ok_indices`.
     One bad item never stops the batch.  ``threads=None`` uses every CPU.
     """
@@ -141,7 +156,7 @@ def iter_batches(paths, batch_size=64, size=224, resize=256, mean=IMAGENET_MEAN,
     def work(start):
         chunk = items[start:start + batch_size]
         batch, raw = _core._image_batch(chunk, int(size), int(resize), tuple(mean), tuple(std), threads)
-        return start, batch, [(start + i, _item_path(chunk[i]), reason) for i, _s, reason in raw]
+        return start, batch, _failures(chunk, raw, start)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsearch-prefetch") as pool:
         pending = pool.submit(work, 0)
@@ -152,18 +167,3 @@ def iter_batches(paths, batch_size=64, size=224, resize=256, mean=IMAGENET_MEAN,
             pending = pool.submit(work, start) if start < n else None
             yield result
 
-
-def _raise_first(items, raw):
-    """Raise the exception of the first failure of a batch (for APIs that raise)."""
-    i, status, reason = raw[0]
-    path = _item_path(items[i])
-    what = repr(path) if path is not None else "item %d (%s)" % (i, type(items[i]).__name__)
-    if status == _ISX_EIO:
-        if path is not None and not os.path.exists(path):
-            raise FileNotFoundError(errno.ENOENT, reason, path)
-        raise OSError(reason)
-    if status == _ISX_ENOMEM:
-        raise MemoryError("%s: %s" % (what, reason))
-    if status == _ISX_ETYPE:
-        raise TypeError("item %d: %s" % (i, reason))
-    raise ImageDecodeError("cannot decode %s: %s" % (what, reason))

@@ -118,3 +118,59 @@ def run_tests_in_child(test_file, selection, env):
         cwd=os.path.dirname(here), env=dict(os.environ, **env), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{env}: " + proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and " failed" not in proc.stdout
+
+
+def filter_ids(n, rng):
+    """n unique ids spread over [0, 3n), 0 and 1 among them (where a 0/1 mask cast
+    to int, read as ids, would land)."""
+    return np.concatenate([[0, 1], rng.permutation(np.arange(2, 3 * n))[: n - 2]]).astype(np.int64)
+
+
+def check_filter_rule(index, X, ids, Q, metric, k=8, exact=True):
+    """The filter rule every index applies: a bool array is a mask over ids that
+    must cover every id (len > the largest live id); an integer array is a list of
+    allowed ids, and one of only 0s and 1s with repeats is refused as a mask in
+    disguise.  Results are checked against the NumPy oracle (exactly, or by recall
+    for an approximate index) and masks against the same filter given as ids."""
+    rng = np.random.default_rng(3)
+    ids = np.asarray(ids)
+    live = np.ones(len(ids), bool)
+
+    def answer(flt, allowed):
+        D, I = index.search(Q, k=k, filter=flt)
+        if exact:
+            check_knn(D, I, X[live], ids[live], Q, k, metric, allowed=allowed)
+        else:  # recall against the oracle's allowed neighbours
+            d = oracle_pairwise(Q, X[live], metric)
+            d[:, ~np.isin(ids[live], allowed)] = np.inf
+            kk = min(k, int(np.isin(ids[live], allowed).sum()))
+            truth = ids[live][np.argsort(d, axis=1, kind="stable")[:, :kk]]
+            assert np.isin(I[I >= 0], allowed).all()
+            hits = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(I, truth)]
+            assert np.mean(hits) / kk >= 0.9
+        return D, I
+
+    for fraction in (0.02, 0.5):
+        allowed = rng.choice(ids, size=max(2, int(fraction * len(ids))), replace=False)
+        mask = np.zeros(ids.max() + 1, bool)
+        mask[allowed] = True
+        D, I = answer(allowed, allowed)
+        for as_mask in (mask, np.concatenate([mask, np.ones(50, bool)]), mask.tolist()):
+            np.testing.assert_array_equal(index.search(Q, k=k, filter=as_mask)[1], I)
+        # a mask cast to integers -- numpy's .astype(np.uint8), pandas' .astype(int) -- is not ids
+        for dtype in (np.uint8, np.int64, np.int32):
+            with pytest.raises(ValueError, match=r"only 0s and 1s.*mask\.astype\(bool\)"):
+                index.search(Q, k=k, filter=mask.astype(dtype))
+        # a mask that stops short of the largest id would drop every id past its end
+        with pytest.raises(ValueError, match=rf"expected length >= {ids.max() + 1} .*found length {ids.max()}"):
+            index.search(Q, k=k, filter=mask[:-1])
+    # integer arrays are ids, also when they are 0 and 1 without repeats
+    for flt in (np.array([0, 1], np.uint8), [1, 0], np.array([1])):
+        answer(flt, np.asarray(flt))
+    # the mask has to cover the live ids only: after removing the largest, one shorter will do
+    top = int(ids.max())
+    index.remove([top])
+    live = ids != top
+    short = np.zeros(int(ids[live].max()) + 1, bool)
+    short[ids[live][::3]] = True
+    answer(short, ids[live][::3])

@@ -3,11 +3,12 @@ few hundred cases of the same kind in tests/test_image.py).
 
 Seeds: real photographs from ../shared/data/flowers17 (when present),
 re-encoded as JPEG (baseline, progressive, with EXIF), PNG (RGB, RGBA,
-palette, 16-bit), GIF, BMP, TGA, PNM, PSD, plus generated images.  Each seed is
+palette, 16-bit), GIF, BMP, TGA, PNM, PSD, WebP (lossy, lossless, with alpha,
+with EXIF; when the build has libwebp), plus generated images.  Each seed is
 mutated by truncation, bit flips, random byte overwrites and *structured*
 header-field mutations (PNG IHDR fields with the CRC fixed up, JPEG SOF
 dimensions and component counts, GIF screen/frame sizes, BMP size/bpp/offset
-fields).  Every case goes through ``image.load`` in-process; every 8th batch
+fields, WebP RIFF/chunk sizes, VP8X canvas, VP8L and VP8 frame dimensions).  Every case goes through ``image.load`` in-process; every 8th batch
 also through ``load_batch`` on 2 threads and the pHash extractor.  The only
 acceptable outcomes are a uint8 (H, W, 3) array or a ValueError
 (ImageDecodeError) with a message.  Anything else is counted and its input
@@ -28,9 +29,9 @@ import numpy as np
 from PIL import Image
 
 sys.path[:0] = [os.path.dirname(__file__), os.path.join(os.path.dirname(__file__), "..")]
-from test_image import encode, exif_jpeg, photo_like, png_bytes, psd_bytes  # noqa: E402
+from test_image import encode, exif_jpeg, photo_like, png_bytes, psd_bytes, webp_exif  # noqa: E402
 
-from imgsearch import features, image  # noqa: E402
+from imgsearch import _core, features, image  # noqa: E402
 from imgsearch.datasets import shared_data  # noqa: E402
 
 FLOWERS = shared_data("flowers17")
@@ -64,6 +65,12 @@ def seeds(n_photos):
                 ("tga", encode(arr, "TGA")),
                 ("pnm", encode(arr, "PPM")),
                 ("psd", psd_bytes(arr))]
+        if _core._HAVE_WEBP:
+            out += [("webp", encode(arr, "WEBP", quality=75)),
+                    ("webp", encode(arr, "WEBP", lossless=True)),
+                    ("webp", encode(rgba, "WEBP", quality=75)),             # VP8X + ALPH + VP8
+                    ("webp", encode(rgba, "WEBP", lossless=True)),
+                    ("webp", webp_exif(arr, 1 + k % 8, quality=75))]       # VP8X + VP8 + EXIF
     return out
 
 
@@ -146,7 +153,42 @@ def mutate_bmp(b, rng):
         b[30:34] = struct.pack("<I", int(rng.choice([0, 1, 2, 3, 4, 5, 0xFFFFFFFF])))  # compression
 
 
-STRUCTURED = {"png": mutate_png, "jpeg": mutate_jpeg, "gif": mutate_gif, "bmp": mutate_bmp}
+def webp_chunks(b):
+    """(fourcc, offset of the chunk header) of each RIFF chunk of a WebP."""
+    out, pos = [], 12
+    while pos + 8 <= len(b):
+        size = struct.unpack_from("<I", b, pos + 4)[0]
+        out.append((bytes(b[pos:pos + 4]), pos))
+        pos += 8 + size + (size & 1)
+    return out
+
+
+def mutate_webp(b, rng):
+    chunks = webp_chunks(b)
+    tag, at = chunks[int(rng.integers(0, len(chunks)))]
+    field = int(rng.integers(0, 3))
+    if field == 0:                       # the RIFF size or a chunk's size
+        off = 4 if rng.random() < 0.3 else at + 4
+        b[off:off + 4] = struct.pack("<I", int(rng.choice(INTERESTING32)))
+    elif tag == b"VP8X":                 # canvas width / height - 1 (24 bits each), flags
+        off = at + 8 + int(rng.choice([0, 4, 7]))
+        b[off:off + 3] = int(rng.choice([0, 1, 0x3FFF, 0xFFFF, 0xFFFFFF])).to_bytes(3, "little")
+    elif tag == b"VP8L":                 # 14-bit width / height - 1, alpha, version
+        bits = struct.unpack_from("<I", b, at + 9)[0]
+        shift = int(rng.choice([0, 14, 28, 29]))
+        width = 3 if shift >= 28 else 14
+        bits = (bits & ~(((1 << width) - 1) << shift)) | (int(rng.integers(0, 1 << width)) << shift)
+        struct.pack_into("<I", b, at + 9, bits & 0xFFFFFFFF)
+    elif tag == b"VP8 ":                 # frame tag, start code, 14-bit width / height with scale bits
+        off = at + 8 + int(rng.choice([0, 3, 6, 8]))
+        b[off:off + 2] = struct.pack("<H", int(rng.choice(INTERESTING16)))
+    else:                                # ALPH / EXIF / ICCP contents
+        p = at + 8 + int(rng.integers(0, 16))
+        if p < len(b):
+            b[p] = int(rng.integers(0, 256))
+
+
+STRUCTURED = {"png": mutate_png, "jpeg": mutate_jpeg, "gif": mutate_gif, "bmp": mutate_bmp, "webp": mutate_webp}
 
 
 def mutate(kind, data, rng):

@@ -30,6 +30,33 @@ def test_add_folder_reports_every_unreadable_file(folder):
     assert sorted(engine.paths) == sorted(os.path.abspath(p) for p in good)
 
 
+def test_webp_is_indexed_tiff_fails_with_a_reason_and_other_files_are_counted_as_skipped(tmp_path, rng):
+    from PIL import Image
+    from imgfolder import make_image
+    root = tmp_path / "mixed"
+    (root / "sub").mkdir(parents=True)
+    arr = make_image(rng, (200, 40, 40))
+    Image.fromarray(arr).save(root / "a.png")
+    Image.fromarray(arr).save(root / "sub" / "b.webp", lossless=True)
+    Image.fromarray(arr).save(root / "c.tiff")
+    for name in ("notes.txt", "sub/photo.heic", "README"):
+        (root / name).write_bytes(b"not read")
+    (root / ".DS_Store").write_bytes(b"hidden: not counted")
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    report = engine.add(str(root))
+    assert sorted(report.skipped) == sorted(str(root / n) for n in ("README", "notes.txt", "sub/photo.heic"))
+    assert "skipped=3" in repr(report) and ".heic 1" in repr(report) and ".txt 1" in repr(report)
+    assert [(os.path.basename(p), r) for p, r in report.failed if p.endswith(".tiff")] == [
+        ("c.tiff", "TIFF is not supported (convert to PNG or JPEG)")]
+    if imgsearch._core._HAVE_WEBP:
+        assert report.added == 2 and report.ok is False
+        res = engine.search(str(root / "a.png"), k=2)
+        assert res.distances[0].max() < 1e-6  # the lossless WebP is the same picture
+    # a list of sources adds up what each skipped
+    again = ImageSearch(extractor="colorhist", index="flat").add([str(root / "sub"), str(root / "a.png")])
+    assert again.skipped == [str(root / "sub" / "photo.heic")]
+
+
 def test_search_by_path_matches_brute_force_over_the_features(folder):
     root, good, labels, bad = folder
     engine = ImageSearch(extractor="colorhist", index="flat")
@@ -88,6 +115,32 @@ def test_arrays_get_ids_and_metadata_and_filters(folder):
     res = engine.search(good[0], k=4, filter=[good[5], good[6]])
     assert sorted(p for p in res.paths[0] if p) == sorted(os.path.abspath(p) for p in (good[5], good[6]))
     assert res.ids[0, 2:].tolist() == [-1, -1] and np.isinf(res.distances[0, 2:]).all()
+
+
+def test_filter_forms_agree_with_brute_force_and_masks_in_disguise_are_refused(folder):
+    root, good, labels, bad = folder
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    engine.add(good)
+    ids = np.arange(len(good))
+    feats = engine.index.get(ids).astype(np.float64)
+    blue = np.array([labels[p] == "blue" for p in good])
+    d = ((feats - feats[0]) ** 2).sum(1)
+    d[~blue] = np.inf
+    expected = np.argsort(d, kind="stable")[: blue.sum()]
+    forms = {"bool array": blue, "list of bools": blue.tolist(), "ids": ids[blue],
+             "list of ids": ids[blue].tolist(), "paths": [p for p in good if labels[p] == "blue"],
+             "predicate": lambda path, meta: "blue" in os.path.basename(path)}
+    pd = pytest.importorskip("pandas")
+    forms["pandas bool Series"] = pd.Series(blue)
+    for name, flt in forms.items():
+        res = engine.search(good[0], k=len(good), filter=flt)
+        assert res.ids[0, : blue.sum()].tolist() == expected.tolist(), name
+        assert (res.ids[0, blue.sum():] == -1).all(), name
+    for disguised in (blue.astype(np.uint8), pd.Series(blue).astype(int), blue.astype(int).tolist()):
+        with pytest.raises(ValueError, match=r"mask\.astype\(bool\)"):
+            engine.search(good[0], k=3, filter=disguised)
+    with pytest.raises(ValueError, match=f"expected length >= {len(good)}"):
+        engine.search(good[0], k=3, filter=blue[:-1])
 
 
 @pytest.mark.parametrize("index", ["flat", "hnsw", "kdtree"])

@@ -1,13 +1,17 @@
 """Save / load / mmap / pickle, and the loader against hostile files."""
+import errno
+import json
 import os
 import pickle
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import imgsearch
-from imgsearch import FlatIndex, IndexFormatError
+from imgsearch import FlatIndex, HNSWIndex, IndexFormatError, KDTreeIndex
 from conftest import METRICS, make_data
 
 HEADER = 64
@@ -111,6 +115,25 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
     assert len(imgsearch.load(path)) == 20
 
 
+def test_io_errors_keep_errno_and_the_path(tmp_path):
+    missing = str(tmp_path / "nope.isx")
+    for call in (lambda: imgsearch.load(missing), lambda: imgsearch.load(missing, mmap=True),
+                 lambda: imgsearch._core.read_meta(missing)):
+        with pytest.raises(FileNotFoundError) as e:
+            call()
+        assert e.value.errno == errno.ENOENT and e.value.filename == missing
+    with pytest.raises(IsADirectoryError) as e:
+        imgsearch.load(tmp_path)
+    assert e.value.filename == str(tmp_path)
+    target = str(tmp_path / "missing-dir" / "x.isx")
+    with pytest.raises(FileNotFoundError) as e:
+        small_index().save(target)
+    assert e.value.errno == errno.ENOENT and e.value.filename == target
+    (tmp_path / "junk.isx").write_bytes(b"junk" * 40)
+    with pytest.raises(IndexFormatError, match="bad magic"):
+        imgsearch.load(tmp_path / "junk.isx")
+
+
 def test_meta_section_round_trips(tmp_path):
     path = tmp_path / "m.isx"
     small_index().save(path, meta=b'{"paths": ["a.jpg"]}')
@@ -189,3 +212,112 @@ def test_semantically_bad_ids_are_refused():
     struct.pack_into("<I", raw, HEADER + idx * ENTRY + 24, new_crc)
     with pytest.raises(IndexFormatError, match="unique"):
         imgsearch._core._from_bytes(reseal(bytes(raw)))
+
+
+# ---------------------------------------------------------------- lying headers and parameters, per kind
+
+def set_param(raw, key, value):
+    """The file with PARM's int64 `key` set to `value`, every CRC fixed up."""
+    raw = bytearray(raw)
+    for i, (tag, off, size, _) in enumerate(sections(raw)):
+        if tag != "PARM":
+            continue
+        pos = off
+        while pos < off + size:
+            (klen,) = struct.unpack_from("<I", raw, pos)
+            name = bytes(raw[pos + 4:pos + 4 + klen]).decode()
+            if name == key:
+                struct.pack_into("<q", raw, pos + 4 + klen + 4, value)
+                struct.pack_into("<I", raw, HEADER + i * ENTRY + 24, crc32c(raw[off:off + size]))
+                return reseal(bytes(raw))
+            pos += 4 + klen + 4 + 8
+    raise KeyError(key)
+
+
+def get_param(raw, key):
+    for tag, off, size, _ in sections(raw):
+        pos = off
+        while tag == "PARM" and pos < off + size:
+            (klen,) = struct.unpack_from("<I", raw, pos)
+            if raw[pos + 4:pos + 4 + klen] == key.encode():
+                return struct.unpack_from("<q", raw, pos + 4 + klen + 4)[0]
+            pos += 4 + klen + 4 + 8
+    raise KeyError(key)
+
+
+def set_header(raw, offset, value):
+    bad = bytearray(raw)
+    struct.pack_into("<Q", bad, offset, value)
+    return reseal(bytes(bad))
+
+
+def one_of_each_kind():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(60, 12)).astype(np.float32)
+    hnsw = HNSWIndex(12, M=8, ef_construction=40)
+    hnsw.add(X)
+    hnsw.remove([3, 4])  # free slots: the slot count and the live count differ
+    return {"flat": small_index(n=60), "kdtree": KDTreeIndex.from_array(X, leaf_size=8), "hnsw": hnsw}
+
+
+def lying_files():
+    """name -> file bytes: one header field or parameter changed, every CRC right."""
+    out = {}
+    for kind, index in one_of_each_kind().items():
+        raw = index.to_bytes()
+        dim, count = struct.unpack_from("<QQ", raw, 32)
+        for value in (0, count - 1, count + 1, 2 * count, 1 << 32, 1 << 40):
+            out[f"{kind} count={value}"] = set_header(raw, 40, value)
+        for value in (dim - 1, dim + 1, 2 * dim, 1 << 20):
+            out[f"{kind} dim={value}"] = set_header(raw, 32, value)
+        if kind == "kdtree":
+            out["kdtree leaf_size=2^40"] = set_param(raw, "leaf_size", 1 << 40)
+        if kind == "hnsw":
+            slots, M = get_param(raw, "slots"), get_param(raw, "M")
+            for value in (slots - 1, slots + 1, 1 << 31, (1 << 32) - 1, 1 << 40, -1):
+                out[f"hnsw slots={value}"] = set_param(raw, "slots", value)
+            for key, value in (("M", 2 * M), ("M", 1 << 20), ("node_bytes", 1 << 40),
+                               ("ef_construction", (1 << 20) + 1), ("ef_search", 1 << 40), ("entry", slots),
+                               ("max_level", 32), ("quant_ready", 7)):
+                out[f"hnsw {key}={value}"] = set_param(raw, key, value)
+    return out
+
+
+# Loads each file with the address space capped at what the process uses plus
+# 256 MiB, so a loader that sized anything by a lying field fails to allocate
+# (or, under AddressSanitizer, aborts) instead of passing by luck.
+CAPPED_LOADER = """
+import json, resource, sys
+import imgsearch
+vm = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize:")][0]
+resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
+out = {}
+for name, path in json.loads(sys.argv[1]).items():
+    try:
+        imgsearch.load(path)
+        out[name] = ["loaded", ""]
+    except Exception as e:
+        out[name] = [type(e).__name__, str(e)]
+print(json.dumps(out))
+"""
+
+
+def test_lying_counts_dims_and_parameters_are_refused_before_allocating(tmp_path):
+    files = {}
+    for i, (name, raw) in enumerate(lying_files().items()):
+        path = tmp_path / f"{i}.isx"
+        path.write_bytes(raw)
+        files[name] = str(path)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", CAPPED_LOADER, json.dumps(files)], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout)
+    wrong = {name: r for name, r in results.items() if r[0] != "IndexFormatError"}
+    assert not wrong, wrong
+    for name, (_, message) in results.items():
+        assert message.strip(), name
+    # in the same process, uncapped, the same verdicts (and in-memory loads agree)
+    for name in ("hnsw count=1099511627776", "hnsw count=4294967296", "flat count=61", "kdtree dim=13"):
+        with pytest.raises(IndexFormatError):
+            imgsearch._core._from_bytes(open(files[name], "rb").read())

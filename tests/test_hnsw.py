@@ -9,7 +9,7 @@ import pytest
 
 import imgsearch
 from imgsearch import FlatIndex, HNSWIndex, IndexFormatError
-from conftest import FLOAT_METRICS, METRICS, make_data, oracle_pairwise
+from conftest import FLOAT_METRICS, METRICS, check_filter_rule, filter_ids, make_data, oracle_pairwise
 from test_format import HEADER, ENTRY, crc32c, reseal, sections
 
 
@@ -191,8 +191,18 @@ def test_filter_edge_cases(rng):
     assert np.all(I == -1) and np.all(np.isinf(D))
     D, I = index.search(X[:3], k=5, filter=[7, 9, 10_000])  # unknown ids ignored
     assert set(I[0, :2].tolist()) == {7, 9} and np.all(I[:, 2:] == -1)
-    D, I = index.search(X[:3], k=5, filter=np.ones(3, bool))  # a short mask allows ids < 3
-    assert set(I[0, :3].tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError, match="expected length >= 200"):  # a short mask is refused
+        index.search(X[:3], k=5, filter=np.ones(3, bool))
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "hamming"])
+def test_filter_rule_bool_is_a_mask_integer_is_ids(metric, rng):
+    X, Q = split(data_for(metric, 3040, rng), 40)
+    ids = filter_ids(3000, rng)
+    index = HNSWIndex(X.shape[1] * (8 if metric == "hamming" else 1), metric=metric, M=12, ef_construction=80)
+    index.add(X, ids=ids, threads=2)
+    index.ef = 96
+    check_filter_rule(index, X, ids, Q, metric, exact=False)
 
 
 @pytest.mark.parametrize("fraction", [0.005, 0.5])  # an exact scan, a filtered walk

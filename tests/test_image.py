@@ -4,7 +4,10 @@ EXIF orientation, NumPy for resampling, preprocessing, histograms and hashes.
 
 Every image is made here, with NumPy and Pillow (no downloads).
 """
+import errno
 import io
+import os
+import pickle
 import struct
 import zlib
 
@@ -175,6 +178,141 @@ def test_gif_first_frame_equals_pillow():
         assert getattr(im, "n_frames", 1) == 2
         first = np.asarray(im.convert("RGB"))
     np.testing.assert_array_equal(image.load(data), first)
+
+
+# ---------------------------------------------------------------------------
+# WebP (libwebp) and the formats we recognise but do not decode
+# ---------------------------------------------------------------------------
+
+needs_webp = pytest.mark.skipif(not imgsearch._core._HAVE_WEBP, reason="this build has no libwebp (libwebp-dev)")
+
+
+def webp_exif(arr, orientation, **kw):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "imgsearch test"
+    return encode(arr, "WEBP", exif=exif.tobytes(), **kw)
+
+
+def pil_rgba(data):
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGBA"))
+
+
+@needs_webp
+def test_webp_lossless_equals_the_pixels_and_pillow():
+    data = encode(RGB, "WEBP", lossless=True)
+    out = image.load(data)
+    assert out.shape == (37, 53, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, RGB)
+    np.testing.assert_array_equal(out, pil_rgb(data))
+
+
+@needs_webp
+@pytest.mark.parametrize("quality", [30, 90])
+def test_webp_lossy_matches_pillow(quality):
+    arr = photo_like(61, 90, seed=40)
+    data = encode(arr, "WEBP", quality=quality)
+    out = image.load(data)
+    theirs = pil_rgb(data).astype(int)
+    assert out.shape == theirs.shape
+    assert np.abs(out.astype(int) - theirs).max() <= 2  # libwebp builds may round the upsampling apart
+    assert np.abs(out.astype(int) - arr.astype(int)).mean() < 12  # and it is the picture, not noise
+
+
+@needs_webp
+@pytest.mark.parametrize("lossless", [True, False])
+def test_webp_alpha_composited_on_white_like_pillow(lossless):
+    rng = np.random.default_rng(41)
+    rgba = np.dstack([RGB, rng.integers(0, 256, size=RGB.shape[:2], dtype=np.uint8)])
+    rgba[0, :, 3] = 0
+    rgba[1, :, 3] = 255
+    data = encode(rgba, "WEBP", lossless=lossless, quality=90)
+    out = image.load(data)
+    np.testing.assert_array_equal(out, composite_white(pil_rgba(data)))  # Pillow's RGBA, our compositing
+    np.testing.assert_array_equal(out[0], 255)  # transparent: white, whatever the colour
+    if lossless:
+        np.testing.assert_array_equal(out, composite_white(rgba))
+
+
+@needs_webp
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_webp_exif_orientation_matches_pillow(orientation):
+    arr = photo_like(24, 40, seed=42)
+    data = webp_exif(arr, orientation, lossless=True)
+    assert imgsearch._core._exif_orientation(data) == orientation
+    with Image.open(io.BytesIO(data)) as im:
+        expected = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    np.testing.assert_array_equal(image.load(data), expected)
+
+
+@needs_webp
+def test_webp_through_batches_and_features(tmp_path):
+    p = tmp_path / "a.webp"
+    p.write_bytes(encode(RGB, "WEBP", lossless=True))
+    batch, failed = image.load_batch([str(p), str(p)], size=16, resize=20, threads=2)
+    assert failed == [] and batch.shape == (2, 3, 16, 16)
+    np.testing.assert_array_equal(features.DHash().extract([str(p)]), features.DHash().extract([RGB]))
+
+
+def vp8l_with_size(data, w, h):
+    """A lossless WebP whose VP8L header claims w x h (the header is not checksummed)."""
+    b = bytearray(data)
+    i = bytes(b).index(b"VP8L") + 8
+    assert b[i] == 0x2F
+    bits = struct.unpack_from("<I", b, i + 1)[0]
+    bits = (bits & ~0xFFFFFFF) | ((w - 1) & 0x3FFF) | (((h - 1) & 0x3FFF) << 14)
+    struct.pack_into("<I", b, i + 1, bits)
+    return bytes(b)
+
+
+@needs_webp
+def test_hostile_webp_fails_cleanly():
+    data = encode(RGB, "WEBP", lossless=True)
+    with pytest.raises(ImageDecodeError, match="megapixels"):
+        image.load(vp8l_with_size(data, 16383, 16383))  # 268 MP claimed by a 2 kB file: refused from the header
+    lossy = encode(photo_like(40, 60, seed=43), "WEBP", quality=80)
+    for d in (data, lossy):
+        for cut in (11, 12, 20, 30, len(d) // 2, len(d) - 1):
+            with pytest.raises(ImageDecodeError, match="WebP|not a recognised|empty"):
+                image.load(d[:cut])
+        broken = bytearray(d)
+        broken[4:8] = struct.pack("<I", 0xFFFFFFF0)  # RIFF size beyond the file
+        with pytest.raises(ImageDecodeError):
+            image.load(bytes(broken))
+    with pytest.raises(ImageDecodeError, match="truncated WebP"):
+        image.load(lossy[: len(lossy) * 2 // 3])
+
+
+@needs_webp
+def test_animated_webp_is_refused_with_a_reason():
+    frames = [Image.fromarray(photo_like(20, 30, seed=s)) for s in (44, 45)]
+    buf = io.BytesIO()
+    try:
+        frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], duration=100)
+    except (OSError, ValueError) as e:
+        pytest.skip(f"this Pillow cannot write animated WebP: {e}")
+    with pytest.raises(ImageDecodeError, match="animated WebP is not supported"):
+        image.load(buf.getvalue())
+
+
+def test_webp_without_libwebp_says_how_to_get_it():
+    if imgsearch._core._HAVE_WEBP:
+        pytest.skip("this build has libwebp: the message for a build without it is checked by building one")
+    with pytest.raises(ImageDecodeError, match="built without libwebp.*libwebp-dev"):
+        image.load(encode(RGB, "WEBP"))
+
+
+def test_tiff_and_heif_are_named_not_quoted_as_bytes():
+    for kw in ({}, {"compression": "tiff_lzw"}):
+        with pytest.raises(ImageDecodeError, match=r"TIFF is not supported \(convert to PNG or JPEG\)"):
+            image.load(encode(RGB, "TIFF", **kw))
+    big_endian = b"MM\x00\x2a" + bytes(60)
+    with pytest.raises(ImageDecodeError, match="TIFF is not supported"):
+        image.load(big_endian)
+    heic = struct.pack(">I", 24) + b"ftypheic" + bytes(40)
+    with pytest.raises(ImageDecodeError, match="HEIF/AVIF is not supported"):
+        image.load(heic)
 
 
 def test_tga_by_name_and_footer(tmp_path):
@@ -493,6 +631,61 @@ def test_load_batch_jpeg_close_to_pillow_pipeline(tmp_path):
     assert np.abs(ours - ref_preprocess(pil_rgb(data))).mean() < 0.05
 
 
+def unreadable_cases(tmp_path):
+    """name -> (item, the exception class, errno or None) for the ways a file can fail."""
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(encode(RGB, "PNG")[:70])
+    return {"missing": (str(tmp_path / "missing.png"), FileNotFoundError, errno.ENOENT),
+            "directory": (str(tmp_path), IsADirectoryError, errno.EISDIR),
+            "corrupt": (str(corrupt), ImageDecodeError, None)}
+
+
+def assert_error(err, path, cls, code):
+    assert type(err) is cls, (type(err), err)
+    if code is None:
+        assert path in str(err) and "cannot decode" in str(err)
+    else:
+        assert err.errno == code and err.filename == path and path in err.strerror
+
+
+def test_one_route_from_c_status_to_exception_keeps_errno_and_path(tmp_path):
+    """load(), a batch's failures and a feature extractor raise the same exception
+    for the same file: errno and filename kept, the C message as its text."""
+    cases = unreadable_cases(tmp_path)
+    items = [item for item, _, _ in cases.values()]
+    batch, failed = image.load_batch(items)
+    assert len(batch) == 0 and [f[0] for f in failed] == [0, 1, 2]
+    for (name, (path, cls, code)), failure in zip(cases.items(), failed):
+        with pytest.raises(cls) as e:
+            image.load(path)
+        assert_error(e.value, path, cls, code)
+        assert failure[1] == path and failure[2] in str(e.value)
+        assert_error(failure.error, path, cls, code)
+        assert str(failure.error) == str(e.value), name
+        with pytest.raises(cls) as e:
+            features.ColorHistogram().extract([path])
+        assert_error(e.value, path, cls, code)
+    again = pickle.loads(pickle.dumps(failed[0]))
+    assert again == failed[0] and type(again.error) is FileNotFoundError
+
+
+def test_permission_denied_is_a_permission_error(tmp_path):
+    p = tmp_path / "locked.png"
+    p.write_bytes(encode(RGB, "PNG"))
+    p.chmod(0)
+    try:
+        if os.access(p, os.R_OK):
+            pytest.skip("running as root: chmod 000 does not stop root from reading, so no permission "
+                        "error can be produced here")
+        with pytest.raises(PermissionError) as e:
+            image.load(str(p))
+        assert_error(e.value, str(p), PermissionError, errno.EACCES)
+        _, failed = image.load_batch([str(p)])
+        assert_error(failed[0].error, str(p), PermissionError, errno.EACCES)
+    finally:
+        p.chmod(0o644)
+
+
 def test_load_batch_reports_failures_in_order(tmp_path):
     good = [photo_like(64 + 8 * i, 80, seed=20 + i) for i in range(3)]
     jpg = tmp_path / "good0.jpg"
@@ -729,6 +922,9 @@ def fuzz_seeds():
         "ppm": encode(arr, "PPM"),
         "psd": psd_bytes(arr),
     }
+    if imgsearch._core._HAVE_WEBP:
+        seeds.update({"webp": encode(arr, "WEBP", quality=80), "webp-lossless": encode(arr, "WEBP", lossless=True),
+                      "webp-alpha": encode(rgba, "WEBP", quality=80), "webp-exif": webp_exif(arr, 6)})
     return seeds
 
 

@@ -9,7 +9,8 @@ import pytest
 
 import imgsearch
 from imgsearch import FlatIndex, IndexFormatError, KDTreeIndex
-from conftest import check_knn, isa_levels, oracle_pairwise, run_tests_in_child, supported_levels
+from conftest import (check_filter_rule, check_knn, filter_ids, isa_levels, oracle_pairwise, run_tests_in_child,
+                      supported_levels)
 from test_format import ENTRY, HEADER, crc32c, reseal, sections
 
 KD_METRICS = ["l2", "l1"]
@@ -80,6 +81,15 @@ def test_tiny_and_degenerate_indexes():
     assert len(set(I[0].tolist())) == 10
     D, I = kd.search(np.array([[7.0, 8.0]], np.float32), k=5000)
     assert (I[0, :3000] >= 0).all() and (I[0, 3000:] == -1).all() and len(set(I[0, :3000].tolist())) == 3000
+
+
+@pytest.mark.parametrize("metric", KD_METRICS)
+def test_filter_rule_bool_is_a_mask_integer_is_ids(metric, rng):
+    X = kd_data("clustered", 2000, 4, rng)
+    ids = filter_ids(2000, rng)
+    kd = KDTreeIndex.from_array(X[:1500], metric=metric, ids=ids[:1500], leaf_size=8)
+    kd.add(X[1500:], ids=ids[1500:])  # a second tree and the buffer
+    check_filter_rule(kd, X, ids, kd_data("clustered", 30, 4, rng), metric)
 
 
 @pytest.mark.parametrize("metric", KD_METRICS)

@@ -7,7 +7,7 @@
  * the batch's function (preprocess, or a feature), and writes one output row
  * in place.  Items are handed out dynamically, so a large PNG does not hold
  * up a thread that could be decoding small JPEGs.  A failure is recorded in
- * the item's status and message (the thread-local message copied to the
+ * the item's status, errno and message (the thread-local message copied to the
  * heap, because the thread that made it is about to decode something else;
  * the caller knows the item, so the message is only the reason) and the task
  * reports success to the loop.
@@ -40,6 +40,7 @@ static int batch_task(void *ctx, size_t i, int worker)
         isx_image_free(&img);
     }
     b->status[i] = rc;
+    b->errnos[i] = rc != ISX_OK ? isx_last_errno() : 0;
     if (rc != ISX_OK)
         b->messages[i] = copy_message(isx_last_error());
     return ISX_OK; /* the batch goes on */
@@ -49,6 +50,7 @@ int isx_image_batch_run(isx_image_batch *b, int threads)
 {
     for (size_t i = 0; i < b->n; i++) {
         b->status[i] = ISX_OK;
+        b->errnos[i] = 0;
         b->messages[i] = NULL;
     }
     if (b->n == 0)

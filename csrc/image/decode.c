@@ -21,6 +21,14 @@
  *   Everything else (PNG 8/16-bit, BMP, GIF first frame, TGA, PSD, PNM, and
  *   JPEG without libjpeg) goes through stb_image.
  *
+ *   WebP (lossy, lossless, with alpha; still images) goes to libwebp when the
+ *   build found it (ISX_HAVE_WEBP), with its EXIF orientation applied as for
+ *   JPEG.  Lossless WebP can code a flat image in a few bytes per megapixel,
+ *   so no ratio to the file size bounds it: the pixel limit does, checked
+ *   from the header before the output is allocated.  Without libwebp, and for
+ *   formats we recognise but do not decode (TIFF, HEIF/AVIF), the message
+ *   says so and what to do, instead of quoting the first bytes.
+ *
  *   Output is always RGB: grey is replicated, alpha is composited on white
  *   (out = (c * a + 255 * (255 - a)) / 255, rounded), 16-bit samples keep
  *   their high byte (as Pillow does for RGB), CMYK becomes
@@ -43,6 +51,9 @@
 #ifdef ISX_HAVE_LIBJPEG
 #include <jpeglib.h>
 #include <jerror.h>
+#endif
+#ifdef ISX_HAVE_WEBP
+#include <webp/decode.h>
 #endif
 
 /* deflate's largest expansion is 1032:1; the slack covers tiny images. */
@@ -310,6 +321,72 @@ cleanup:
 #endif
 
 /* ======================================================================== */
+/* WebP through libwebp                                                      */
+/* ======================================================================== */
+
+#ifdef ISX_HAVE_WEBP
+static const char *webp_status_text(VP8StatusCode st)
+{
+    switch (st) {
+    case VP8_STATUS_OUT_OF_MEMORY: return "out of memory";
+    case VP8_STATUS_INVALID_PARAM: return "invalid parameter";
+    case VP8_STATUS_BITSTREAM_ERROR: return "bitstream error";
+    case VP8_STATUS_UNSUPPORTED_FEATURE: return "unsupported feature";
+    case VP8_STATUS_SUSPENDED: return "suspended";
+    case VP8_STATUS_USER_ABORT: return "aborted";
+    case VP8_STATUS_NOT_ENOUGH_DATA: return "the data ends before the image does";
+    default: return "unknown error";
+    }
+}
+
+static int webp_failure(VP8StatusCode st, const char *stage)
+{
+    if (st == VP8_STATUS_OUT_OF_MEMORY)
+        return isx_error(ISX_ENOMEM, "out of memory decoding a WebP image");
+    return isx_error(ISX_EFORMAT, "%s WebP (%s): %s", st == VP8_STATUS_NOT_ENOUGH_DATA ? "truncated" : "corrupt",
+                     stage, webp_status_text(st));
+}
+
+static int decode_webp(const uint8_t *data, size_t len, isx_image *out)
+{
+    WebPDecoderConfig config;
+    if (!WebPInitDecoderConfig(&config))
+        return isx_error(ISX_EINVAL, "libwebp: the decoder library does not match the headers it was built with");
+    VP8StatusCode st = WebPGetFeatures(data, len, &config.input);
+    if (st != VP8_STATUS_OK)
+        return webp_failure(st, "header");
+    if (config.input.has_animation)
+        return isx_error(ISX_EFORMAT, "animated WebP is not supported: convert its first frame to PNG or JPEG");
+    int rc = check_dims((uint64_t)config.input.width, (uint64_t)config.input.height, "WebP");
+    if (rc)
+        return rc;
+    size_t w = (size_t)config.input.width, h = (size_t)config.input.height;
+    size_t channels = config.input.has_alpha ? 4 : 3;
+    uint8_t *px = malloc(w * h * channels);
+    if (!px)
+        return isx_error(ISX_ENOMEM, "out of memory for a %zu x %zu WebP", w, h);
+    config.output.colorspace = config.input.has_alpha ? MODE_RGBA : MODE_RGB;
+    config.output.is_external_memory = 1;
+    config.output.u.RGBA.rgba = px;
+    config.output.u.RGBA.stride = (int)(w * channels);
+    config.output.u.RGBA.size = w * h * channels;
+    st = WebPDecode(data, len, &config);
+    WebPFreeDecBuffer(&config.output); /* the pixels are ours; this frees libwebp's state */
+    if (st != VP8_STATUS_OK) {
+        free(px);
+        return webp_failure(st, "image data");
+    }
+    if (channels == 4)
+        composite_on_white(px, w * h);
+    out->owned = px;
+    out->pixels = px;
+    out->width = w;
+    out->height = h;
+    return ISX_OK;
+}
+#endif
+
+/* ======================================================================== */
 /* Everything else through stb_image                                         */
 /* ======================================================================== */
 
@@ -367,16 +444,49 @@ static int decode_stb(const uint8_t *data, size_t len, const char *format, isx_i
 /* Format detection and the public entry points                              */
 /* ======================================================================== */
 
+#ifdef ISX_HAVE_WEBP
+#define KNOWN_FORMATS "JPEG, PNG, WebP, GIF, BMP, TGA, PSD, PNM"
+#else
+#define KNOWN_FORMATS "JPEG, PNG, GIF, BMP, TGA, PSD, PNM"
+#endif
+
 static int has_tga_footer(const uint8_t *d, size_t len)
 {
     static const char sig[] = "TRUEVISION-XFILE.";
     return len >= 26 + 18 && memcmp(d + len - 18, sig, 17) == 0 && d[len - 1] == 0;
 }
 
+static int is_webp(const uint8_t *d, size_t len)
+{
+    return len >= 12 && memcmp(d, "RIFF", 4) == 0 && memcmp(d + 8, "WEBP", 4) == 0;
+}
+
+/* Formats we recognise but do not decode: a message that says so, or NULL. */
+static const char *unsupported_format(const uint8_t *d, size_t len)
+{
+    if (len >= 4 && (memcmp(d, "II*\0", 4) == 0 || memcmp(d, "MM\0*", 4) == 0))
+        return "TIFF is not supported (convert to PNG or JPEG)";
+    if (len >= 12 && memcmp(d + 4, "ftyp", 4) == 0 &&
+        (memcmp(d + 8, "heic", 4) == 0 || memcmp(d + 8, "heix", 4) == 0 || memcmp(d + 8, "mif1", 4) == 0 ||
+         memcmp(d + 8, "avif", 4) == 0))
+        return "HEIF/AVIF is not supported (convert to PNG or JPEG)";
+#ifndef ISX_HAVE_WEBP
+    if (is_webp(d, len))
+        return "WebP is not supported by this build of imgsearch: it was built without libwebp (install "
+               "libwebp-dev, or your system's libwebp development package, and reinstall imgsearch), or "
+               "convert the image to PNG or JPEG";
+#endif
+    return NULL;
+}
+
 static const char *sniff(const uint8_t *d, size_t len, int tga_by_name)
 {
     if (len >= 3 && d[0] == 0xFF && d[1] == 0xD8 && d[2] == 0xFF)
         return "JPEG";
+#ifdef ISX_HAVE_WEBP
+    if (is_webp(d, len))
+        return "WebP";
+#endif
     if (len >= 8 && memcmp(d, "\x89PNG\r\n\x1a\n", 8) == 0)
         return "PNG";
     if (len >= 6 && (memcmp(d, "GIF87a", 6) == 0 || memcmp(d, "GIF89a", 6) == 0))
@@ -399,23 +509,29 @@ int isx_image_decode(const uint8_t *data, size_t len, const isx_decode_opts *opt
     if (!format) {
         if (len == 0)
             return isx_error(ISX_EFORMAT, "not an image: the data is empty");
+        const char *unsupported = unsupported_format(data, len);
+        if (unsupported)
+            return isx_error(ISX_EFORMAT, "%s", unsupported);
         char head[3 * 8 + 1] = "";
         for (size_t i = 0; i < len && i < 8; i++)
             snprintf(head + 3 * i, sizeof(head) - 3 * i, "%02x ", data[i]);
-        return isx_error(ISX_EFORMAT,
-                         "not a recognised image format (JPEG, PNG, GIF, BMP, TGA, PSD, PNM): it starts "
-                         "with bytes %s",
+        return isx_error(ISX_EFORMAT, "not a recognised image format (%s): it starts with bytes %s", KNOWN_FORMATS,
                          head);
     }
     int rc;
-    int jpeg = strcmp(format, "JPEG") == 0;
+    int jpeg = strcmp(format, "JPEG") == 0, webp = strcmp(format, "WebP") == 0;
 #ifdef ISX_HAVE_LIBJPEG
     if (jpeg)
         rc = decode_jpeg(data, len, opts, out);
     else
 #endif
+#ifdef ISX_HAVE_WEBP
+    if (webp)
+        rc = decode_webp(data, len, out);
+    else
+#endif
         rc = decode_stb(data, len, format, out);
-    if (rc == ISX_OK && jpeg) {
+    if (rc == ISX_OK && (jpeg || webp)) {
         int orientation = isx_exif_orientation(data, len);
         if (orientation != 1 && (rc = isx_image_orient(out, orientation)) != ISX_OK)
             isx_image_free(out);

@@ -1,5 +1,5 @@
 /*
- * exif.c -- the EXIF orientation tag of a JPEG, and applying it.
+ * exif.c -- the EXIF orientation tag of a JPEG or WebP, and applying it.
  *
  * stb_image and libjpeg ignore EXIF, and so do the Pillow pipelines of our
  * peers unless they call ImageOps.exif_transpose: a phone photo taken in
@@ -7,9 +7,10 @@
  * (0x0112) of IFD0, so a full EXIF library would be mostly attack surface.
  *
  * The parser walks the JPEG's marker segments up to the first scan, finds
- * APP1 "Exif\0\0", and reads the TIFF header and IFD0 in either byte order.
- * Every offset and count is checked against the segment before it is
- * followed; the walk is bounded (ISX_EXIF_MAX_SEGMENTS).  Anything odd yields
+ * APP1 "Exif\0\0" (or a WebP's RIFF chunks, to its EXIF chunk), and reads
+ * the TIFF header and IFD0 in either byte order.  Every offset and count is
+ * checked against the segment before it is followed; the walk is bounded
+ * (ISX_EXIF_MAX_SEGMENTS).  Anything odd yields
  * orientation 1: a broken EXIF block never makes a good image fail.
  *
  * Orientation values (TIFF 6.0 / EXIF 2.3) and the transform that undoes
@@ -81,10 +82,8 @@ static int tiff_orientation(const uint8_t *t, size_t len)
     return 1;
 }
 
-int isx_exif_orientation(const uint8_t *d, size_t len)
+static int jpeg_orientation(const uint8_t *d, size_t len)
 {
-    if (len < 4 || d[0] != 0xFF || d[1] != 0xD8)
-        return 1;
     size_t pos = 2;
     for (int seg = 0; seg < ISX_EXIF_MAX_SEGMENTS; seg++) {
         while (pos < len && d[pos] == 0xFF && pos + 1 < len && d[pos + 1] == 0xFF)
@@ -105,6 +104,39 @@ int isx_exif_orientation(const uint8_t *d, size_t len)
             return tiff_orientation(d + pos + 10, seglen - 8);
         pos += 2 + seglen;
     }
+    return 1;
+}
+
+/* A WebP file is a RIFF container: "RIFF", u32 size, "WEBP", then chunks of
+ * {fourcc, u32 little-endian size, payload padded to an even length}.  The
+ * EXIF chunk holds the TIFF structure (some writers keep JPEG's "Exif\0\0"
+ * in front of it). */
+static int webp_orientation(const uint8_t *d, size_t len)
+{
+    size_t pos = 12;
+    for (int chunk = 0; chunk < ISX_EXIF_MAX_SEGMENTS && len - pos >= 8; chunk++) {
+        size_t size = rd32(d + pos + 4, 0);
+        if (size > len - pos - 8)
+            return 1;
+        const uint8_t *payload = d + pos + 8;
+        if (memcmp(d + pos, "EXIF", 4) == 0) {
+            if (size >= 6 && memcmp(payload, "Exif\0\0", 6) == 0)
+                return tiff_orientation(payload + 6, size - 6);
+            return tiff_orientation(payload, size);
+        }
+        pos += 8 + size + (size & 1);
+        if (pos > len)
+            return 1;
+    }
+    return 1;
+}
+
+int isx_exif_orientation(const uint8_t *d, size_t len)
+{
+    if (len >= 4 && d[0] == 0xFF && d[1] == 0xD8)
+        return jpeg_orientation(d, len);
+    if (len >= 12 && memcmp(d, "RIFF", 4) == 0 && memcmp(d + 8, "WEBP", 4) == 0)
+        return webp_orientation(d, len);
     return 1;
 }
 

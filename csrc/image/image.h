@@ -3,9 +3,9 @@
  * normalise, batch, and the classic features computed from pixels.
  *
  * Everything here works on one representation, isx_image: 8-bit RGB,
- * interleaved, rows packed.  Decoders (libjpeg-turbo for JPEG when the build
- * found it, stb_image for everything else) convert whatever they read into
- * that form -- grey is replicated, alpha is composited on white, 16-bit
+ * interleaved, rows packed.  Decoders (libjpeg-turbo for JPEG and libwebp for
+ * WebP when the build found them, stb_image for everything else) convert
+ * whatever they read into that form -- grey is replicated, alpha is composited on white, 16-bit
  * samples keep their high byte -- and apply the EXIF orientation, so later
  * stages never branch on the source format.
  *
@@ -56,15 +56,16 @@ typedef struct {
     int tga_by_name;
 } isx_decode_opts;
 
-/* Decode an encoded image held in memory; the EXIF orientation of a JPEG is
- * applied.  On success *out owns its pixels. */
+/* Decode an encoded image held in memory; the EXIF orientation of a JPEG or
+ * WebP is applied.  On success *out owns its pixels. */
 int isx_image_decode(const uint8_t *data, size_t len, const isx_decode_opts *opts, isx_image *out);
 
 /* Read a whole file (bounded by ISX_IMAGE_MAX_FILE_BYTES); *data is malloc'd. */
 int isx_image_read_file(const char *path, uint8_t **data, size_t *len);
 
-/* EXIF orientation (1..8) from a JPEG's APP1 segment; 1 when absent or
- * unreadable (a broken EXIF block never makes a good image fail). */
+/* EXIF orientation (1..8) from a JPEG's APP1 segment or a WebP's EXIF chunk;
+ * 1 when absent or unreadable (a broken EXIF block never makes a good image
+ * fail). */
 int isx_exif_orientation(const uint8_t *data, size_t len);
 
 /* Apply an EXIF orientation: *img is replaced by the transformed copy. */
@@ -136,6 +137,7 @@ typedef struct {
     uint8_t *out;      /* n rows of row_bytes */
     size_t row_bytes;
     int *status;       /* n: 0 or the item's error status */
+    int *errnos;       /* n: the errno of an ISX_EIO failure, else 0 */
     char **messages;   /* n: NULL, or a malloc'd message for a failed item */
 } isx_image_batch;
 

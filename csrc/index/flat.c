@@ -471,12 +471,19 @@ static int slotset_build(const isx_flat *f, const isx_filter *flt, slotset *s)
         return isx_error(ISX_ENOMEM, "cannot allocate a filter bitmap");
     size_t allowed = 0;
     if (flt->mask) {
+        int64_t max_id = -1;
         for (size_t slot = 0; slot < f->count; slot++) {
             int64_t id = f->ids[slot];
+            max_id = id > max_id ? id : max_id;
             if ((uint64_t)id < flt->mask_len && flt->mask[id]) {
                 s->bits[slot >> 6] |= (uint64_t)1 << (slot & 63);
                 allowed++;
             }
+        }
+        int rc = isx_filter_check_mask(flt, max_id);
+        if (rc) {
+            slotset_free(s);
+            return rc;
         }
     } else {
         for (size_t i = 0; i < flt->n_ids; i++) {

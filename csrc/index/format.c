@@ -468,6 +468,13 @@ static int validate(const uint8_t *b, size_t size, const char *name, isx_file *f
     if (h->count > ISX_MAX_COUNT)
         FAIL("%s: count %llu is above the limit of %llu", name, (unsigned long long)h->count,
              (unsigned long long)ISX_MAX_COUNT);
+    /* Every kind stores at least an 8-byte id per vector, so no loader can be
+     * led to size anything by a count the file could not hold; each loader
+     * then checks the count exactly against its sections. */
+    if (h->count > (file_size - table_end) / sizeof(int64_t))
+        FAIL("%s: header count %llu cannot fit in a %llu-byte file (each vector needs at least its 8-byte "
+             "id): corrupt file or a header that lies", name, (unsigned long long)h->count,
+             (unsigned long long)file_size);
 
     f->nsections = nsec;
     for (uint32_t i = 0; i < nsec; i++) {

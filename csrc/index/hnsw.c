@@ -1449,12 +1449,19 @@ static int filter_bitmap(const isx_hnsw *h, const isx_filter *flt, uint64_t **ou
         return isx_error(ISX_ENOMEM, "cannot allocate a filter bitmap");
     size_t cnt = 0;
     if (flt->mask) {
+        int64_t max_id = -1;
         for (size_t s = 0; s < h->nslots; s++) {
             int64_t id = h->ids[s];
+            max_id = id > max_id ? id : max_id;
             if (id >= 0 && (uint64_t)id < flt->mask_len && flt->mask[id]) {
                 bits[s >> 6] |= 1ull << (s & 63);
                 cnt++;
             }
+        }
+        int rc = isx_filter_check_mask(flt, max_id);
+        if (rc) {
+            free(bits);
+            return rc;
         }
     } else {
         for (size_t i = 0; i < flt->n_ids; i++) {
@@ -1728,6 +1735,12 @@ int isx_hnsw_from_file(isx_file *file, isx_hnsw **out)
         (rc = isx_params_get_float(p, np, "quant_mid", &qmid)) ||
         (rc = isx_params_get_float(p, np, "quant_scale", &qscale)))
         goto fail;
+    /* the header counts live slots: checked before anything is sized by it */
+    if (hd->count > (uint64_t)nslots) {
+        rc = isx_error(ISX_EFORMAT, "HNSW index: the header counts %llu vectors but the index has %lld slots",
+                       (unsigned long long)hd->count, (long long)nslots);
+        goto fail;
+    }
     if (!isfinite(qmid) || !isfinite(qscale) || !(qscale > 0)) {
         rc = isx_error(ISX_EFORMAT, "HNSW index: bad int8 quantiser (mid %g, scale %g)", qmid, qscale);
         goto fail;
@@ -1745,8 +1758,10 @@ int isx_hnsw_from_file(isx_file *file, isx_hnsw **out)
     size_t n = (size_t)nslots;
     if ((rc = isx_format_require(file, ISX_SEC_IDS, (uint64_t)n * 8, &ids)) ||
         (rc = isx_format_require(file, ISX_SEC_HNSW_LEVEL0, (uint64_t)n * h->node_bytes, &l0)) ||
-        (rc = isx_format_require(file, ISX_SEC_HNSW_LEVELS, (uint64_t)n, &lv)))
+        (rc = isx_format_require(file, ISX_SEC_HNSW_LEVELS, (uint64_t)n, &lv))) {
+        rc = isx_error(ISX_EFORMAT, "HNSW index of %zu slots: %s", n, isx_last_error());
         goto fail;
+    }
     if (!(up = isx_format_find(file, ISX_SEC_HNSW_UPPER))) {
         rc = isx_error(ISX_EFORMAT, "HNSW index: the HNUP section is missing");
         goto fail;
@@ -1827,9 +1842,12 @@ int isx_hnsw_from_file(isx_file *file, isx_hnsw **out)
         int64_t id = h->ids[s];
         if (id < 0) {
             h->free_slots[h->nfree++] = (uint32_t)s;
-        } else if (isx_idmap_get(&h->map, id) >= 0 || h->live >= hd->count) {
-            rc = isx_error(ISX_EFORMAT, "HNSW index: id %lld appears twice, or more ids than the header's %llu",
-                           (long long)id, (unsigned long long)hd->count);
+        } else if (isx_idmap_get(&h->map, id) >= 0) {
+            rc = isx_error(ISX_EFORMAT, "HNSW index: id %lld appears twice", (long long)id);
+            goto fail;
+        } else if (h->live >= hd->count) {
+            rc = isx_error(ISX_EFORMAT, "HNSW index: more live slots than the %llu vectors the header counts",
+                           (unsigned long long)hd->count);
             goto fail;
         } else {
             isx_idmap_put(&h->map, id, (int64_t)s);
@@ -1837,6 +1855,11 @@ int isx_hnsw_from_file(isx_file *file, isx_hnsw **out)
         }
         if (id >= 0 && id >= next_id)
             next_id = id == INT64_MAX ? id : id + 1;
+    }
+    if (h->live != hd->count) {
+        rc = isx_error(ISX_EFORMAT, "HNSW index: %zu live slots, but the header counts %llu vectors", h->live,
+                       (unsigned long long)hd->count);
+        goto fail;
     }
     h->next_id = next_id;
     h->entry = entry;

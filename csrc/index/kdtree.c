@@ -1035,19 +1035,26 @@ static int skipset_build(isx_kdtree *kd, const isx_filter *flt, skipset *s)
     size_t allowed = 0;
 #define KD_ALLOW(bits, p) ((bits)[(p) >> 6] &= ~((uint64_t)1 << ((p) & 63)), allowed++)
     if (flt->mask) {
+        int64_t max_id = -1;
         for (size_t i = 0; i < nt; i++) {
             const kd_tree *t = kd->trees[i];
             for (size_t p = 0; p < t->n; p++) {
                 int64_t id = t->ids[p];
-                if ((uint64_t)id < flt->mask_len && flt->mask[id] && !(t->dead && bit_get(t->dead, p)))
+                if (t->dead && bit_get(t->dead, p))
+                    continue;
+                max_id = id > max_id ? id : max_id;
+                if ((uint64_t)id < flt->mask_len && flt->mask[id])
                     KD_ALLOW(s->owned[i], p);
             }
         }
         for (size_t p = 0; p < kd->nbuf; p++) {
             int64_t id = kd->buf_ids[p];
+            max_id = id > max_id ? id : max_id;
             if ((uint64_t)id < flt->mask_len && flt->mask[id])
                 KD_ALLOW(s->buf_skip, p);
         }
+        if ((rc = isx_filter_check_mask(flt, max_id)))
+            return rc;
     } else {
         for (size_t i = 0; i < flt->n_ids; i++) {
             int64_t loc = isx_idmap_get(&kd->map, flt->ids[i]);

@@ -149,11 +149,13 @@ static PyObject *py_load(PyObject *mod, PyObject *args, PyObject *kw)
     Py_BEGIN_ALLOW_THREADS
     rc = isx_format_open_file(PyBytes_AS_STRING(path), use_mmap, f);
     Py_END_ALLOW_THREADS
-    Py_DECREF(path);
     if (rc) {
         free(f);
-        return isx_py_raise(rc);
+        isx_py_raise_as(rc, isx_IndexFormatError, PyBytes_AS_STRING(path));
+        Py_DECREF(path);
+        return NULL;
     }
+    Py_DECREF(path);
     return index_from_file(f);
 }
 
@@ -195,9 +197,12 @@ static PyObject *py_read_meta(PyObject *mod, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     rc = isx_format_open_file(PyBytes_AS_STRING(path), 1, &f);
     Py_END_ALLOW_THREADS
+    if (rc) {
+        isx_py_raise_as(rc, isx_IndexFormatError, PyBytes_AS_STRING(path));
+        Py_DECREF(path);
+        return NULL;
+    }
     Py_DECREF(path);
-    if (rc)
-        return isx_py_raise(rc);
     const isx_section_in *s = isx_format_find(&f, ISX_SEC_META);
     PyObject *r = s ? PyBytes_FromStringAndSize((const char *)s->data, (Py_ssize_t)s->size) : (Py_INCREF(Py_None), Py_None);
     isx_format_close(&f);

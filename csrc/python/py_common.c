@@ -7,41 +7,67 @@
 
 PyObject *isx_IndexFormatError = NULL;
 
-PyObject *isx_py_raise(int status)
+/* The one route from a C status to a Python exception; see py_common.h. */
+PyObject *isx_py_exception(int status, int err, const char *msg, PyObject *format_error, const char *filename)
 {
-    const char *msg = isx_last_error();
+    PyObject *type, *args;
     switch (status) {
     case ISX_ENOMEM:
-        PyErr_SetString(PyExc_MemoryError, msg[0] ? msg : "out of memory");
+        type = PyExc_MemoryError;
+        args = Py_BuildValue("(s)", msg[0] ? msg : "out of memory");
         break;
     case ISX_ETYPE:
-        PyErr_SetString(PyExc_TypeError, msg);
+        type = PyExc_TypeError;
+        args = Py_BuildValue("(s)", msg);
         break;
     case ISX_EFORMAT:
-        PyErr_SetString(isx_IndexFormatError, msg);
+        type = format_error ? format_error : isx_IndexFormatError;
+        args = Py_BuildValue("(s)", msg);
         break;
-    case ISX_EKEY: {
-        PyObject *m = PyUnicode_FromString(msg);
-        if (m) {
-            PyErr_SetObject(PyExc_KeyError, m);
-            Py_DECREF(m);
-        }
+    case ISX_EKEY:
+        type = PyExc_KeyError;
+        args = Py_BuildValue("(s)", msg);
         break;
-    }
-    case ISX_EIO: {
-        /* OSError(errno, msg) picks FileNotFoundError, PermissionError, ... */
-        PyObject *e = PyObject_CallFunction(PyExc_OSError, "is", isx_last_errno(), msg);
-        if (e) {
-            PyErr_SetObject((PyObject *)Py_TYPE(e), e);
-            Py_DECREF(e);
-        }
+    case ISX_EIO:
+        /* OSError(errno, text, filename) is FileNotFoundError, PermissionError,
+         * IsADirectoryError, ... as errno says, with .errno and .filename set */
+        type = PyExc_OSError;
+        if (err && filename)
+            args = Py_BuildValue("(isN)", err, msg, PyUnicode_DecodeFSDefault(filename));
+        else if (err)
+            args = Py_BuildValue("(is)", err, msg);
+        else
+            args = Py_BuildValue("(s)", msg);
         break;
-    }
     default:
-        PyErr_SetString(PyExc_ValueError, msg[0] ? msg : "invalid argument");
+        type = PyExc_ValueError;
+        args = Py_BuildValue("(s)", msg[0] ? msg : "invalid argument");
         break;
+    }
+    if (!args)
+        return NULL;
+    PyObject *e = PyObject_Call(type, args, NULL);
+    Py_DECREF(args);
+    return e;
+}
+
+PyObject *isx_py_raise_object(PyObject *e)
+{
+    if (e) {
+        PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+        Py_DECREF(e);
     }
     return NULL;
+}
+
+PyObject *isx_py_raise_as(int status, PyObject *format_error, const char *filename)
+{
+    return isx_py_raise_object(isx_py_exception(status, isx_last_errno(), isx_last_error(), format_error, filename));
+}
+
+PyObject *isx_py_raise(int status)
+{
+    return isx_py_raise_as(status, isx_IndexFormatError, NULL);
 }
 
 static const char *kind_name(PyArray_Descr *d)
@@ -197,6 +223,25 @@ PyArrayObject *isx_py_ids(PyObject *obj, npy_intp n, const char *what)
     return out;
 }
 
+/* Integer filters are ids (bool ones are masks), but a 0/1 mask cast to int
+ * -- (x > 0).astype(numpy.uint8), pandas' .astype(int) -- would then allow
+ * ids 0 and 1 alone and return silently wrong results.  A list of ids that
+ * holds only 0s and 1s and repeats one of them has no other sensible
+ * reading, so it is refused; [0, 1] or [1] stay valid lists of ids. */
+static int looks_like_a_mask(const int64_t *ids, size_t n)
+{
+    size_t zeros = 0, ones = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] == 0)
+            zeros++;
+        else if (ids[i] == 1)
+            ones++;
+        else
+            return 0;
+    }
+    return zeros > 1 || ones > 1;
+}
+
 int isx_py_filter(PyObject *obj, isx_filter *flt, PyArrayObject **keep)
 {
     memset(flt, 0, sizeof(*flt));
@@ -224,12 +269,29 @@ int isx_py_filter(PyObject *obj, isx_filter *flt, PyArrayObject **keep)
         *keep = c;
         return 0;
     }
+    PyArray_Descr *given = PyArray_DESCR(arr);
+    Py_INCREF(given);
     Py_DECREF(arr);
     PyArrayObject *ids = isx_py_ids(obj, -1, "filter");
-    if (!ids)
+    if (!ids) {
+        Py_DECREF(given);
         return -1;
+    }
     flt->ids = (const int64_t *)PyArray_DATA(ids);
     flt->n_ids = (size_t)PyArray_SIZE(ids);
+    if (looks_like_a_mask(flt->ids, flt->n_ids)) {
+        PyErr_Format(PyExc_ValueError,
+                     "filter: an integer array is a list of allowed ids, but this one holds only 0s and 1s "
+                     "(%zu entries of dtype %s), so it would allow ids 0 and 1 alone: it looks like a mask. "
+                     "For a mask over ids pass mask.astype(bool); for ids pass numpy.flatnonzero(mask) "
+                     "(or numpy.unique(ids))",
+                     flt->n_ids, given->typeobj->tp_name);
+        Py_DECREF(given);
+        Py_DECREF(ids);
+        memset(flt, 0, sizeof(*flt));
+        return -1;
+    }
+    Py_DECREF(given);
     static const int64_t no_ids[1] = {0};
     if (flt->n_ids == 0)
         flt->ids = no_ids; /* an empty allow-list still filters everything out */

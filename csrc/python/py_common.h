@@ -20,7 +20,25 @@
 
 extern PyObject *isx_IndexFormatError;
 
-/* Raise the exception that matches a C status, with the thread's message. */
+/* The one route from a C status to a Python exception, for every binding: a
+ * new exception object for `status` with `msg` as its text --
+ *   ISX_ENOMEM MemoryError, ISX_ETYPE TypeError, ISX_EKEY KeyError,
+ *   ISX_EFORMAT format_error (imgsearch.IndexFormatError for index files,
+ *     imgsearch.ImageDecodeError for images; NULL: IndexFormatError),
+ *   ISX_EIO the OSError subclass errno `err` selects (FileNotFoundError,
+ *     PermissionError, IsADirectoryError, ...), .filename = filename,
+ *   anything else ValueError --
+ * or NULL with an exception set. */
+PyObject *isx_py_exception(int status, int err, const char *msg, PyObject *format_error, const char *filename);
+
+/* Raise the exception object e (a reference it takes; NULL: already raised); returns NULL. */
+PyObject *isx_py_raise_object(PyObject *e);
+
+/* Raise isx_py_exception for the calling thread's last error (its message
+ * and errno); filename may be NULL.  Returns NULL. */
+PyObject *isx_py_raise_as(int status, PyObject *format_error, const char *filename);
+
+/* isx_py_raise_as for an index operation: no file name, IndexFormatError. */
 PyObject *isx_py_raise(int status);
 
 /* A C-contiguous, aligned 2-D array of `dtype` (NPY_FLOAT32 or NPY_UINT8)

@@ -332,9 +332,9 @@ static PyMethodDef flat_methods[] = {
      "search(Q, k=10, *, threads=None, filter=None)\n--\n\n"
      "Exact k nearest neighbours of each query row.  Returns (D, I): float32 and\n"
      "int64 arrays of shape (nq, k), nearest first; rows are padded with inf / -1\n"
-     "when fewer than k vectors (or allowed ids) exist.  filter is a boolean mask\n"
-     "over ids (id i allowed iff i < len(mask) and mask[i]) or an array of allowed\n"
-     "ids.  Thread-safe: many searches may run at once, also during add/remove."},
+     "when fewer than k vectors (or allowed ids) exist.  filter: a bool mask over\n"
+     "ids (mask[id]; len(mask) > the largest id) or an integer array of allowed ids\n"
+     "(a 0/1 integer array is refused: pass mask.astype(bool)).  Thread-safe: many searches may run at once, also during add/remove."},
     {"range_search", (PyCFunction)(void (*)(void))flat_range_search, METH_VARARGS | METH_KEYWORDS,
      "range_search(Q, radius, *, threads=None, filter=None)\n--\n\n"
      "All vectors with distance < radius.  Returns (lims, D, I) as faiss does: the\n"

@@ -375,8 +375,9 @@ static PyMethodDef hnsw_methods[] = {
      "Approximate k nearest neighbours.  Returns (D, I), float32 and int64 (nq, k),\n"
      "nearest first, padded with inf / -1 when fewer are found (never an error).\n"
      "ef (default: the `ef` property) is the search breadth, at least k; larger is\n"
-     "slower and more exact.  filter: a boolean mask over ids or an array of allowed\n"
-     "ids, applied during the walk; a selective filter switches to an exact scan of\n"
+     "slower and more exact.  filter: a bool mask over ids (mask[id]; len(mask) >\n"
+     "the largest id) or an integer array of allowed ids (a 0/1 integer array is\n"
+     "refused: pass mask.astype(bool)), applied during the walk; a selective filter switches to an exact scan of\n"
      "the allowed vectors.  Queries run in parallel (threads=None: all CPUs).\n"
      "Thread-safe: many searches may run at once."},
     {"remove", (PyCFunction)(void (*)(void))hnsw_remove, METH_VARARGS | METH_KEYWORDS,

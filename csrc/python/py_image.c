@@ -10,8 +10,9 @@
  * nothing moves), then the batch runs on native threads with the GIL
  * released.  An item that cannot be used at all (an int, a float array)
  * becomes a failed item like a corrupt file: one bad item never stops a
- * batch.  Failures come back as (index, status, reason); imgsearch/image.py
- * turns them into the public (index, path, reason) tuples and exceptions.
+ * batch.  Failures come back as (index, reason, exception): the exception is
+ * the one the item raises on its own (image_exception), so imgsearch/image.py
+ * raises it as it is and never re-maps a status.
  */
 #include "py_common.h"
 #include "py_image.h"
@@ -22,18 +23,25 @@
 
 PyObject *isx_ImageDecodeError = NULL;
 
-/* Raise for a failed image operation: decode problems are ImageDecodeError,
- * the rest (I/O, memory, arguments) as isx_py_raise maps them. */
-static PyObject *raise_image(int status, const char *what)
+/* The exception of a failed image item, through the route every binding
+ * shares (isx_py_exception): decode problems are ImageDecodeError naming the
+ * item, I/O errors the OSError subclass of their errno with the path as
+ * .filename, the rest as their status says. */
+static PyObject *image_exception(int status, int err, const char *msg, const isx_image_source *src, size_t index)
 {
-    if (status == ISX_EFORMAT) {
-        if (what)
-            PyErr_Format(isx_ImageDecodeError, "cannot decode %s: %s", what, isx_last_error());
-        else
-            PyErr_SetString(isx_ImageDecodeError, isx_last_error());
-        return NULL;
-    }
-    return isx_py_raise(status);
+    char what[600], text[1700];
+    if (src && src->kind == ISX_SRC_PATH)
+        PyOS_snprintf(what, sizeof(what), "'%.500s'", src->path);
+    else if (src && src->kind == ISX_SRC_BYTES)
+        PyOS_snprintf(what, sizeof(what), "<%zu bytes>", src->len);
+    else
+        PyOS_snprintf(what, sizeof(what), "item %zu", index);
+    if (status == ISX_EIO)
+        PyOS_snprintf(text, sizeof(text), "%s", msg); /* the message names the path */
+    else
+        PyOS_snprintf(text, sizeof(text), status == ISX_EFORMAT ? "cannot decode %s: %s" : "%s: %s", what, msg);
+    return isx_py_exception(status, err, text, isx_ImageDecodeError,
+                            src && src->kind == ISX_SRC_PATH ? src->path : NULL);
 }
 
 /* ======================================================================== */
@@ -216,9 +224,10 @@ static PyObject *run_batch(isx_image_batch *b, item_list *l, int threads, size_t
     b->sources = l->src;
     b->n = l->n;
     b->status = calloc(alloc, sizeof(int));
+    b->errnos = calloc(alloc, sizeof(int));
     b->messages = calloc(alloc, sizeof(char *));
     PyObject *failed = NULL;
-    if (!b->status || !b->messages) {
+    if (!b->status || !b->errnos || !b->messages) {
         PyErr_NoMemory();
         goto cleanup;
     }
@@ -238,8 +247,9 @@ static PyObject *run_batch(isx_image_batch *b, item_list *l, int threads, size_t
     for (size_t i = 0; i < l->n; i++) {
         if (b->status[i] == ISX_OK)
             continue;
-        PyObject *t = Py_BuildValue("(nis)", (Py_ssize_t)i, b->status[i],
-                                    b->messages[i] ? b->messages[i] : "out of memory recording the error");
+        const char *msg = b->messages[i] ? b->messages[i] : "out of memory recording the error";
+        PyObject *e = image_exception(b->status[i], b->errnos[i], msg, &l->src[i], i);
+        PyObject *t = e ? Py_BuildValue("(nsN)", (Py_ssize_t)i, msg, e) : NULL;
         if (!t || PyList_Append(failed, t) < 0) {
             Py_XDECREF(t);
             Py_CLEAR(failed);
@@ -253,8 +263,10 @@ cleanup:
             free(b->messages[i]);
     free(b->messages);
     free(b->status);
+    free(b->errnos);
     b->messages = NULL;
     b->status = NULL;
+    b->errnos = NULL;
     return failed;
 }
 
@@ -465,14 +477,9 @@ static PyObject *py_image_load(PyObject *mod, PyObject *arg)
     rc = isx_image_from_source(src, NULL, &img);
     Py_END_ALLOW_THREADS
     if (rc) {
-        char what[600];
-        if (src->kind == ISX_SRC_PATH)
-            PyOS_snprintf(what, sizeof(what), "'%.500s'", src->path);
-        else
-            PyOS_snprintf(what, sizeof(what), "<%zu bytes>", src->len);
-        PyObject *e = raise_image(rc, what);
+        isx_py_raise_object(image_exception(rc, isx_last_errno(), isx_last_error(), src, 0));
         items_free(&l);
-        return e;
+        return NULL;
     }
     items_free(&l);
     return wrap_image(&img);
@@ -522,7 +529,7 @@ static PyObject *py_image_resize(PyObject *mod, PyObject *args)
     items_free(&l);
     if (rc) {
         Py_DECREF(out);
-        return raise_image(rc, NULL);
+        return isx_py_raise_as(rc, isx_ImageDecodeError, NULL);
     }
     return (PyObject *)out;
 }
@@ -565,6 +572,13 @@ int isx_py_image_init(PyObject *m)
     }
     PyModule_AddIntConstant(m, "_HAVE_LIBJPEG",
 #ifdef ISX_HAVE_LIBJPEG
+                            1
+#else
+                            0
+#endif
+    );
+    PyModule_AddIntConstant(m, "_HAVE_WEBP",
+#ifdef ISX_HAVE_WEBP
                             1
 #else
                             0

@@ -8,7 +8,7 @@
 
 extern PyObject *isx_ImageDecodeError;
 
-/* Add the image functions, imgsearch.ImageDecodeError and _HAVE_LIBJPEG to
+/* Add the image functions, imgsearch.ImageDecodeError, _HAVE_LIBJPEG and _HAVE_WEBP to
  * the module; -1 with an exception on failure. */
 int isx_py_image_init(PyObject *m);
 

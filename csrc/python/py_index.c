@@ -250,7 +250,7 @@ static PyObject *serialise(void *index, isx_py_describe_fn describe, const char 
     if (w.meta.buf)
         PyBuffer_Release(&w.meta);
     if (rc)
-        return isx_py_raise(rc);
+        return isx_py_raise_as(rc, isx_IndexFormatError, path);
     if (path)
         Py_RETURN_NONE;
     PyObject *b = PyBytes_FromStringAndSize((const char *)w.buf, (Py_ssize_t)w.size);

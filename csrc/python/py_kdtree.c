@@ -341,8 +341,9 @@ static PyMethodDef kd_methods[] = {
      "k vectors (or allowed ids) exist.  Exact by default; with eps > 0 the i-th\n"
      "returned distance is within a factor (1 + eps) of the true i-th distance\n"
      "(as scipy's cKDTree; for l2 the factor applies to the Euclidean distance);\n"
-     "max_leaves bounds the leaves visited per query (approximate).  filter: a\n"
-     "boolean mask over ids or an array of allowed ids.  Queries run in parallel\n"
+     "max_leaves bounds the leaves visited per query (approximate).  filter: a bool\n"
+     "mask over ids (mask[id]; len(mask) > the largest id) or an integer array of\n"
+     "allowed ids (a 0/1 integer array is refused: pass mask.astype(bool)).  Queries run in parallel\n"
      "without the GIL; thread-safe, also during add/remove."},
     {"range_search", (PyCFunction)(void (*)(void))kd_range_search, METH_VARARGS | METH_KEYWORDS,
      "range_search(Q, radius, *, filter=None, threads=None)\n--\n\n"
