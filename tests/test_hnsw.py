@@ -472,3 +472,76 @@ def test_parallel_build_leaves_no_node_unreachable():
         h.add(X, threads=2)
         D, I = h.search(X[:50], k=len(X), ef=len(X))
         assert (I >= 0).sum(axis=1).min() == len(X)
+
+
+# ---------------------------------------------------------------- re-ranking with float32 rows
+
+
+@pytest.mark.parametrize("metric", FLOAT_METRICS)
+@pytest.mark.parametrize("dtype", ["int8", "float16"])
+def test_refine_reranks_with_exact_distances(metric, dtype, rng):
+    X, Q = split(clustered(3064, 24, rng), 64)
+    truth = exact(X, Q, metric, 10)
+    plain = HNSWIndex(24, metric, dtype=dtype, seed=0)
+    refined = HNSWIndex(24, metric, dtype=dtype, refine="float32", seed=0)
+    full = HNSWIndex(24, metric, seed=0)
+    for index in (plain, refined, full):
+        index.add(X, threads=1)
+    assert refined.refine == "float32" and plain.refine is None
+    D, I = refined.search(Q, k=10, ef=48)
+    # every distance is the exact float32 distance of the id it names
+    ref = oracle_pairwise(Q, X, metric)
+    got = np.take_along_axis(ref, I, 1)
+    assert np.allclose(D, got, rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(D, axis=1) >= 0)
+    r_plain, r_ref, r_full = (recall(ix.search(Q, k=10, ef=48)[1], truth) for ix in (plain, refined, full))
+    assert r_ref >= r_plain - 1e-9 and r_ref >= r_full - 0.02, (r_plain, r_ref, r_full)
+    # get() returns the rows as added (unit length for cosine), not decoded codes
+    want = X[:5] / np.linalg.norm(X[:5], axis=1, keepdims=True) if metric == "cosine" else X[:5]
+    np.testing.assert_allclose(refined.get(np.arange(5)), want, rtol=1e-6, atol=1e-7)
+    # the filtered exact scan (a tiny allowed set) uses the float32 rows too
+    allowed = np.array([3, 70, 900])
+    Df, If = refined.search(Q, k=2, filter=allowed)
+    assert np.all(np.isin(If, allowed))
+    assert np.allclose(Df, np.take_along_axis(ref, If, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_mmap", [False, True])
+def test_refine_survives_save_load_mmap_pickle_and_later_adds(use_mmap, tmp_path, rng):
+    X, Q = split(clustered(1064, 16, rng), 64)
+    index = HNSWIndex(16, "l2", dtype="int8", refine="float32", seed=0)
+    index.add(X[:800], threads=1)
+    index.save(tmp_path / "r.isx")
+    loaded = imgsearch.load(tmp_path / "r.isx", mmap=use_mmap)
+    again = pickle.loads(pickle.dumps(index))
+    assert loaded.refine == again.refine == "float32"
+    want = index.search(Q, k=5)
+    for other in (loaded, again):
+        for a, b in zip(want, other.search(Q, k=5)):
+            np.testing.assert_array_equal(a, b)
+    # adding to a loaded (maybe mapped) index copies the rows first
+    loaded.add(X[800:], ids=np.arange(800, len(X)))
+    D, I = loaded.search(Q, k=5)
+    assert np.allclose(D, np.take_along_axis(oracle_pairwise(Q, X, "l2"), I, 1), rtol=1e-5, atol=1e-5)
+    assert loaded.memory_usage > HNSWIndex(16, dtype="int8").memory_usage + X.nbytes
+
+
+def test_refine_arguments_and_hostile_refine_sections(tmp_path, rng):
+    with pytest.raises(ValueError, match="float16 or int8"):
+        HNSWIndex(8, refine="float32")
+    with pytest.raises(ValueError, match="refine"):
+        HNSWIndex(8, dtype="int8", refine="yes")
+    index = HNSWIndex(8, dtype="int8", refine="float32")
+    index.add(rng.normal(size=(50, 8)).astype(np.float32))
+    raw = index.to_bytes()
+    # a NaN in the float32 rows, and a refine flag whose rows are missing
+    bad_nan = patch(raw, "HNRF", lambda b: struct.pack_into("<f", b, 12, float("nan")))
+    with pytest.raises(IndexFormatError, match="not finite"):
+        imgsearch._core._from_bytes(bad_nan)
+    plain = HNSWIndex(8, dtype="int8")
+    plain.add(rng.normal(size=(50, 8)).astype(np.float32))
+    from test_format import set_param
+    with pytest.raises(IndexFormatError, match="HNRF"):
+        imgsearch._core._from_bytes(set_param(plain.to_bytes(), "refine", 1))
+    with pytest.raises(IndexFormatError, match="HNRF"):
+        imgsearch._core._from_bytes(set_param(raw, "refine", 0))

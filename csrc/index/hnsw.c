@@ -324,6 +324,8 @@ static void encode(isx_hnsw *h, const void *x, size_t slot, float *tmp)
         memcpy(tmp, x, h->dim * sizeof(float));
     if (h->metric == ISX_METRIC_COSINE)
         normalise(tmp, h->dim);
+    if (h->refine) /* no element order without `bounded`: tmp is the row as given */
+        memcpy(h->refine_rows + slot * h->dim, tmp, h->dim * sizeof(float));
     if (h->dtype == ISX_DTYPE_F32) {
         memcpy(dst, tmp, h->code_bytes);
     } else if (h->dtype == ISX_DTYPE_F16) {
@@ -461,6 +463,7 @@ static int choose_kernel(isx_hnsw *h)
     }
     h->bounded = h->dtype == ISX_DTYPE_F32 ? k->bounded[h->metric] : NULL;
     h->f16_to_f32 = k->f16_to_f32;
+    h->refine_dist = k->dist[m];
     if (!h->dist)
         return isx_error(ISX_EINVAL, "no kernel for metric %s with this dtype", isx_metric_name(h->metric));
     return ISX_OK;
@@ -555,6 +558,8 @@ void isx_hnsw_destroy(isx_hnsw *h)
     free((void *)h->locks);
     free(h->free_slots);
     free(h->perm);
+    if (h->refine_owned)
+        isx_aligned_free(h->refine_rows);
     isx_idmap_free(&h->map);
     while (h->pool) {
         isx_hnsw_visited *v = h->pool;
@@ -608,6 +613,22 @@ static int reserve(isx_hnsw *h, size_t need)
         free((void *)locks);
         isx_aligned_free(fresh);
         return isx_error(ISX_ENOMEM, "cannot allocate %zu bytes for %zu nodes", bytes, cap);
+    }
+    if (h->refine) {
+        size_t rbytes;
+        float *rows = NULL;
+        if ((rc = isx_mul_size(cap, h->dim * sizeof(float), &rbytes, "re-ranking rows")) ||
+            !(rows = isx_aligned_alloc(rbytes))) {
+            free((void *)locks);
+            isx_aligned_free(fresh);
+            return rc ? rc : isx_error(ISX_ENOMEM, "cannot allocate %zu bytes of re-ranking rows", rbytes);
+        }
+        if (h->nslots)
+            memcpy(rows, h->refine_rows, h->nslots * h->dim * sizeof(float));
+        if (h->refine_owned)
+            isx_aligned_free(h->refine_rows);
+        h->refine_rows = rows;
+        h->refine_owned = 1;
     }
     if (h->nslots)
         memcpy(fresh, h->level0, h->nslots * h->node_bytes);
@@ -1343,7 +1364,10 @@ int isx_hnsw_get(isx_hnsw *h, const int64_t *ids, size_t n, void *out)
             rc = isx_error(ISX_EKEY, "id %lld is not in the index", (long long)ids[i]);
             break;
         }
-        decode(h, (size_t)slot, (uint8_t *)out + i * out_bytes);
+        if (h->refine) /* the float32 row as added */
+            memcpy((uint8_t *)out + i * out_bytes, h->refine_rows + (size_t)slot * h->dim, out_bytes);
+        else
+            decode(h, (size_t)slot, (uint8_t *)out + i * out_bytes);
     }
     pthread_rwlock_unlock(&h->lock);
     return rc;
@@ -1371,9 +1395,45 @@ int isx_hnsw_set_ef(isx_hnsw *h, size_t ef)
     return ISX_OK;
 }
 
+int isx_hnsw_set_refine(isx_hnsw *h, int on)
+{
+    if (on && h->dtype != ISX_DTYPE_F16 && h->dtype != ISX_DTYPE_I8)
+        return isx_error(ISX_EINVAL, "refine keeps float32 rows beside compressed ones: it needs dtype float16 or "
+                                     "int8 (float32 rows are exact already)");
+    pthread_rwlock_wrlock(&h->lock);
+    int rc = ISX_OK;
+    if (h->nslots && !!on != h->refine)
+        rc = isx_error(ISX_EINVAL, "refine can only be chosen on an empty index (this one holds %zu vectors)",
+                       h->live);
+    else
+        h->refine = !!on;
+    pthread_rwlock_unlock(&h->lock);
+    return rc;
+}
+
 /* ======================================================================
  * Search
  * ====================================================================== */
+
+/* The exact distance of a refine row to the float32 query r (unit length
+ * for cosine, whose rows are stored unit length too: 1 - dot). */
+static inline float refine_dist(const isx_hnsw *h, const float *r, size_t slot)
+{
+    float d;
+    h->refine_dist(r, h->refine_rows + slot * h->dim, 1, h->dim, &d);
+    return d;
+}
+
+/* Re-rank the n candidates in sel by their exact distances to r, best first
+ * (ties to the lower slot). */
+static void refine_candidates(const isx_hnsw *h, const float *r, pair *sel, size_t n)
+{
+    for (size_t j = 0; j + 1 < n; j++)
+        __builtin_prefetch(h->refine_rows + sel[j + 1].s * h->dim);
+    for (size_t j = 0; j < n; j++)
+        sel[j].d = refine_dist(h, r, sel[j].s);
+    qsort(sel, n, sizeof(pair), cmp_pair);
+}
 
 typedef struct {
     isx_hnsw *h;
@@ -1398,13 +1458,20 @@ static int task_search(void *ctx, size_t qi, int wk)
     int64_t *I = c->I + qi * k;
     size_t got = 0;
     query q;
+    const float *r = NULL; /* with refine: the float32 query for the exact distances */
+    if (h->refine) {
+        memcpy(w->pbuf, c->Q + qi * c->q_bytes, h->dim * sizeof(float));
+        if (h->metric == ISX_METRIC_COSINE)
+            normalise(w->pbuf, h->dim);
+        r = w->pbuf;
+    }
     query_prepare(h, c->Q + qi * c->q_bytes, w->qbuf, 0, &q);
     if (c->use_exact) {
         isx_topk t;
         isx_topk_init(&t, D, I, k);
         for (size_t i = 0; i < c->nexact; i++) {
             uint32_t s = c->exact[i];
-            float d = dist_to(h, &q, s);
+            float d = r ? refine_dist(h, r, s) : dist_to(h, &q, s);
             if (d < isx_topk_bound(&t) || t.size < k)
                 isx_topk_push(&t, d, (int64_t)s);
         }
@@ -1426,6 +1493,8 @@ static int task_search(void *ctx, size_t qi, int wk)
             w->sel[i] = res->a[0];
             heap_pop(res, 1);
         }
+        if (r)
+            refine_candidates(h, r, w->sel, n);
         got = n < k ? n : k;
         for (size_t j = 0; j < got; j++) {
             D[j] = w->sel[j].d;
@@ -1605,6 +1674,8 @@ size_t isx_hnsw_memory(isx_hnsw *h)
     for (size_t s = 0; s < h->nslots; s++)
         b += h->upper[s] ? (size_t)h->levels[s] * (h->M + 1) * sizeof(uint32_t) : 0;
     b += h->map.keys ? (h->map.mask + 1) * 2 * sizeof(int64_t) : 0;
+    if (h->refine)
+        b += (h->refine_owned ? h->capacity : h->nslots) * h->dim * sizeof(float);
     pthread_mutex_lock(&h->pool_lock);
     for (isx_hnsw_visited *v = h->pool; v; v = v->next)
         b += v->cap * sizeof(uint16_t);
@@ -1652,6 +1723,7 @@ int isx_hnsw_describe(isx_hnsw *h, isx_header *hd, isx_section_out *secs, uint32
     param_int(&p[np++], "quant_ready", h->quant_ready);
     param_float(&p[np++], "quant_mid", h->quant_mid);
     param_float(&p[np++], "quant_scale", h->quant_scale);
+    param_int(&p[np++], "refine", h->refine);
     size_t used;
     int rc = isx_params_encode(p, np, parm, parm_cap, &used);
     if (rc)
@@ -1681,6 +1753,8 @@ int isx_hnsw_describe(isx_hnsw *h, isx_header *hd, isx_section_out *secs, uint32
     secs[3] = (isx_section_out){ISX_SEC_HNSW_LEVELS, h->levels, (uint64_t)h->nslots};
     secs[4] = (isx_section_out){ISX_SEC_HNSW_UPPER, up, (uint64_t)nup * sizeof(uint32_t)};
     secs[5] = (isx_section_out){ISX_SEC_HNSW_PERM, h->perm, h->perm ? h->dim * sizeof(uint32_t) : 0};
+    secs[6] = (isx_section_out){ISX_SEC_HNSW_REFINE, h->refine_rows,
+                                h->refine ? (uint64_t)h->nslots * h->dim * sizeof(float) : 0};
     *nsecs = ISX_HNSW_SECTIONS;
     *upper_buf = up;
     return ISX_OK;
@@ -1705,7 +1779,7 @@ int isx_hnsw_from_file(isx_file *file, isx_hnsw **out)
     const isx_section_in *parm, *ids, *l0, *lv, *up;
     isx_param p[ISX_MAX_PARAMS];
     uint32_t np = 0;
-    int64_t M, efc, efs, seed, rng, entry, max_level, next_id, nslots, node_bytes, quant_ready;
+    int64_t M, efc, efs, seed, rng, entry, max_level, next_id, nslots, node_bytes, quant_ready, refine = 0;
     double qmid = 0, qscale = 1;
     int rc;
     if (hd->kind != ISX_KIND_HNSW) {
@@ -1735,6 +1809,9 @@ int isx_hnsw_from_file(isx_file *file, isx_hnsw **out)
         (rc = isx_params_get_float(p, np, "quant_mid", &qmid)) ||
         (rc = isx_params_get_float(p, np, "quant_scale", &qscale)))
         goto fail;
+    for (uint32_t i = 0; i < np; i++) /* absent from files written before re-ranking existed */
+        if (strcmp(p[i].key, "refine") == 0 && (rc = get_param(p, np, "refine", 0, 1, &refine)))
+            goto fail;
     /* the header counts live slots: checked before anything is sized by it */
     if (hd->count > (uint64_t)nslots) {
         rc = isx_error(ISX_EFORMAT, "HNSW index: the header counts %llu vectors but the index has %lld slots",
@@ -1789,6 +1866,19 @@ int isx_hnsw_from_file(isx_file *file, isx_hnsw **out)
         free(seen);
         if (rc)
             goto fail;
+    }
+    const isx_section_in *rf = isx_format_find(file, ISX_SEC_HNSW_REFINE);
+    uint64_t rf_bytes = refine ? (uint64_t)n * h->dim * sizeof(float) : 0;
+    if (refine && h->dtype != ISX_DTYPE_F16 && h->dtype != ISX_DTYPE_I8) {
+        rc = isx_error(ISX_EFORMAT, "HNSW index: refine rows beside %s storage", h->dtype == ISX_DTYPE_F32 ? "float32"
+                                                                                                          : "bits");
+        goto fail;
+    }
+    if ((rf ? rf->size : 0) != rf_bytes) {
+        rc = isx_error(ISX_EFORMAT, "HNSW index: HNRF holds %llu bytes, expected %llu (%zu slots x dim %zu%s)",
+                       (unsigned long long)(rf ? rf->size : 0), (unsigned long long)rf_bytes, n, h->dim,
+                       refine ? " x 4" : ", no refine");
+        goto fail;
     }
     h->ef_search = (size_t)efs;
     h->rng = (uint64_t)rng;
@@ -1866,6 +1956,9 @@ int isx_hnsw_from_file(isx_file *file, isx_hnsw **out)
     h->max_level = (int)max_level;
     h->level0 = (uint8_t *)l0->data;
     h->level0_owned = 0;
+    h->refine = (int)refine;
+    h->refine_rows = refine ? (float *)rf->data : NULL; /* sections are aligned: see format.h */
+    h->refine_owned = 0;
     if ((rc = check_nolock(h))) {
         rc = isx_error(ISX_EFORMAT, "HNSW index: %s", isx_last_error());
         goto fail;
@@ -1890,6 +1983,16 @@ int isx_hnsw_from_file(isx_file *file, isx_hnsw **out)
         if (rc)
             goto fail;
     }
+    for (size_t s = 0; h->refine && s < n; s++) {
+        if (h->ids[s] < 0)
+            continue;
+        const float *row = h->refine_rows + s * h->dim;
+        for (size_t i = 0; i < h->dim; i++)
+            if (!isfinite(row[i])) {
+                rc = isx_error(ISX_EFORMAT, "HNSW index: the re-ranking row of slot %zu is not finite", s);
+                goto fail;
+            }
+    }
     h->file = file;
     isx_clear_error();
     *out = h;
@@ -1898,6 +2001,8 @@ fail:
     if (h) {
         h->level0 = NULL; /* the file's, closed below */
         h->level0_owned = 0;
+        h->refine_rows = NULL;
+        h->refine_owned = 0;
     }
     isx_hnsw_destroy(h);
     isx_format_close(file);

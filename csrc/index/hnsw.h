@@ -69,6 +69,10 @@ typedef struct isx_hnsw {
     isx_bounded_fn bounded; /* float32 l2 / l1: the kernel that can stop early */
     isx_f16_fn f16_to_f32;  /* widens stored halves (the heuristic decodes rows) */
     uint32_t *perm;         /* with `bounded`: stored element i is input element perm[i] */
+    int refine;             /* float16 / int8 storage: keep float32 rows and re-rank with them */
+    float *refine_rows;     /* capacity x dim (unit length for cosine), in slot order */
+    int refine_owned;       /* 0: refine_rows points into `file` */
+    isx_dist_fn refine_dist; /* the float32 kernel for them */
     float dist_mul;         /* true distance = dist_mul * kernel + per-query offset */
 
     pthread_rwlock_t lock;
@@ -97,6 +101,11 @@ int isx_hnsw_ids(isx_hnsw *h, int64_t *out, size_t cap, size_t *n);
 int isx_hnsw_search(isx_hnsw *h, const void *Q, size_t nq, size_t k, size_t ef, const isx_filter *filter,
                     int nthreads, float *D, int64_t *labels);
 int isx_hnsw_set_ef(isx_hnsw *h, size_t ef);
+/* Keep float32 copies of the rows of a float16 / int8 index and re-rank
+ * each query's ef candidates with exact distances (the walk still reads the
+ * compressed rows: a quarter of the memory traffic for int8).  Only on an
+ * empty index; ISX_EINVAL otherwise or for float32 / bits storage. */
+int isx_hnsw_set_refine(isx_hnsw *h, int on);
 
 /* Verify every invariant of the graph and the id map: ISX_EFORMAT with a
  * message naming the first violation.  Takes the read lock. */
@@ -105,8 +114,10 @@ int isx_hnsw_check(isx_hnsw *h);
 size_t isx_hnsw_memory(isx_hnsw *h);
 
 /* Serialisation, as flat.h: sections PARM, IDS, HNG0 (level-0 blocks),
- * HNLV (levels), HNUP (upper links), HNPM (element order); valid while the read lock is held. */
-#define ISX_HNSW_SECTIONS 6
+ * HNLV (levels), HNUP (upper links), HNPM (element order), HNRF (float32
+ * rows for re-ranking, empty without refine); valid while the read lock is held. */
+#define ISX_HNSW_SECTIONS 7
+#define ISX_SEC_HNSW_REFINE ISX_TAG('H', 'N', 'R', 'F')
 #define ISX_SEC_HNSW_LEVEL0 ISX_TAG('H', 'N', 'G', '0')
 #define ISX_SEC_HNSW_LEVELS ISX_TAG('H', 'N', 'L', 'V')
 #define ISX_SEC_HNSW_UPPER ISX_TAG('H', 'N', 'U', 'P')
