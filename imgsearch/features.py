@@ -18,7 +18,7 @@ import numpy as np
 from . import _core
 from .image import _as_list, _failures, _raise_first
 
-__all__ = ["ColorHistogram", "DHash", "Extractor", "PHash", "from_config", "get_extractor", "register"]
+__all__ = ["ColorHistogram", "DHash", "Extractor", "PHash", "from_config", "get_extractor", "register", "registered"]
 
 _KIND_COLORHIST = 1
 _KIND_PHASH = 2
@@ -151,17 +151,30 @@ class DHash(_Hash):
     _kind = _KIND_DHASH
 
 
+# The one registry of extractor names: these three, the named torch models
+# (registered by imgsearch.extractors, built only when asked for), and whatever
+# users register.  ImageSearch(extractor=name) and from_config look here.
 _REGISTRY = {"colorhist": ColorHistogram, "phash": PHash, "dhash": DHash}
 
 
 def register(name, cls):
-    """Make ``get_extractor(name, ...)`` and ``from_config`` build ``cls``."""
+    """Make ``get_extractor(name, ...)``, ``ImageSearch(extractor=name)`` and
+    ``from_config`` build ``cls`` (a class or any callable ``**params -> Extractor``)."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected a non-empty str, found {name!r}")
+    if not callable(cls):
+        raise TypeError(f"cls: expected an Extractor class or a callable returning one, found {type(cls).__name__}")
     _REGISTRY[name] = cls
 
 
+def registered():
+    """The registered extractor names, sorted."""
+    return sorted(_REGISTRY)
+
+
 def get_extractor(name, **params):
-    """An extractor by registry name: ``"colorhist"``, ``"phash"``, ``"dhash"``
-    (and whatever was registered)."""
+    """An extractor by registry name: ``"colorhist"``, ``"phash"``, ``"dhash"``,
+    the named torch models (``"mobilenet_v2"``, ...) and whatever was registered."""
     try:
         cls = _REGISTRY[name]
     except (KeyError, TypeError):
