@@ -246,3 +246,19 @@ def test_decoding_overlaps_the_model_only_when_torch_leaves_cpus_free(folder, mo
     np.testing.assert_array_equal(seq, over)
     assert f1 == f2 and sorted(p for _, p, _ in f1) == sorted(bad)
 
+
+def test_engine_progress_moves_per_model_batch(folder, tmp_path, monkeypatch):
+    from imgsearch import ImageSearch
+    good = make_folder(str(tmp_path / "many"), np.random.default_rng(1), per_class=14, broken=False)[0]
+    ts = str(tmp_path / "tiny.ts.pt")
+    torch.jit.script(small_cnn()).save(ts)
+    updates = []
+
+    class Bar:
+        update = staticmethod(updates.append)
+        close = staticmethod(lambda: None)
+
+    monkeypatch.setattr(ImageSearch, "_progress", staticmethod(lambda total: Bar()))
+    engine = ImageSearch(extractor=ts, index="flat", extractor_params={"size": 32, "resize": 32, "batch_size": 8})
+    engine.add(good)
+    assert sum(updates) == len(good) > 32 and max(updates) <= 8
