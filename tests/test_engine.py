@@ -9,7 +9,6 @@ pytest.importorskip("PIL")
 
 import imgsearch
 from imgsearch import ImageSearch
-from imgsearch.evaluate import average_precision
 from imgfolder import make_flowers_layout, make_folder
 
 
@@ -286,6 +285,31 @@ def test_duplicates_groups_resized_copies(tmp_path, rng):
     engine.add(str(root))
     found = engine.duplicates()
     assert sorted(sorted(g) for g in found) == sorted(groups)
+    for g in found:  # each group carries its pairwise Hamming distances
+        bits = np.unpackbits(engine.extractor.extract(list(g)), axis=1)
+        ref = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+        np.testing.assert_array_equal(g.distances, ref)
+
+
+def test_duplicates_never_chain_past_the_threshold(folder):
+    """Points on a line one apart (squared L2 1 between neighbours, 4 two apart):
+    single linkage at threshold 1 chains all of them into one group."""
+    engine = ImageSearch(extractor="colorhist", index="flat")
+    X = np.zeros((10, engine.extractor.dim), np.float32)
+    X[:, 0] = np.arange(10)
+    engine.add_vectors(X)
+    groups = engine.duplicates(threshold=1.0, k=4)
+    members = [i for g in groups for i in g]
+    assert len(members) == len(set(members)) and max(len(g) for g in groups) == 2
+    for g in groups:
+        ref = ((X[g.ids][:, None, :].astype(np.float64) - X[g.ids][None, :, :]) ** 2).sum(-1)
+        np.testing.assert_allclose(g.distances, ref, atol=1e-5)
+        assert (g.distances <= 1.0).all() and list(g) == g.ids.tolist()  # array items: listed by id
+    # a huge threshold: every pair is within it, yet a group holds at most k + 1 items
+    huge = engine.duplicates(threshold=1e9, k=3)
+    members = [i for g in huge for i in g]
+    assert len(huge) > 1 and len(huge[0]) == 4 and max(len(g) for g in huge) <= 4
+    assert len(members) == len(set(members))
 
 
 def test_bad_arguments_say_what_was_expected(folder):
