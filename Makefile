@@ -72,8 +72,15 @@ check-install: deps
 
 build: imgsearch/.built
 
-imgsearch/.built: $(VENV)/.stamp $(C_SOURCES) setup.py
-	$(PY) setup.py -q build_ext --inplace
+# The package, installed into .venv in editable mode: imports come from this
+# checkout, so `import imgsearch` works from any folder (a notebook opened in
+# notebooks/) and .venv/bin/imgsearch exists.  pip's build compiles _core in
+# place (no build isolation: the venv already has numpy and setuptools); it
+# runs again when a C source or the build configuration changes.
+imgsearch/.built: $(VENV)/.stamp $(C_SOURCES) setup.py pyproject.toml
+	@mkdir -p build
+	@echo "$(PIP) install --no-build-isolation --no-deps -e .  (log: build/install.log)"
+	@$(PIP) install --no-build-isolation --no-deps -e . > build/install.log 2>&1 || { cat build/install.log; exit 1; }
 	touch $@
 
 venv: $(VENV)/.stamp
@@ -81,7 +88,7 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "numpy>=2.0" "setuptools>=77" wheel pytest pillow pandas matplotlib tqdm nbclient nbformat ipykernel scikit-learn
+	$(PIP) install -q "numpy>=2.0" "setuptools>=77" wheel pytest pillow pandas matplotlib tqdm ipywidgets nbclient nbformat ipykernel scikit-learn
 	touch $@
 
 # PyTorch for the CNN extractors: pinned, so pip takes the CPU build (an

@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,3 +27,10 @@ def test_show_draws_queries_and_hits(tmp_path, rng):
     fig = engine.search(good[:2], k=3).show()
     assert len(fig.axes) == 2 * 4
     assert sum(len(ax.images) for ax in fig.axes) == 2 * 4
+
+
+def test_the_notebook_extra_brings_the_jupyter_progress_bar():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert {"tqdm", "ipywidgets"} <= set(extras["notebook"])  # tqdm.auto draws a widget bar in Jupyter
