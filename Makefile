@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 C_SOURCES := $(shell find csrc -name '*.[ch]')
 IMAGES ?=
 
-.PHONY: demo test test-asan bench bench-flat bench-hnsw bench-kdtree bench-image bench-engine fuzz build deps venv clean check-install
+.PHONY: demo test test-asan bench bench-flat bench-hnsw bench-kdtree bench-image bench-engine fuzz build deps venv clean check-install lint
 
 demo: build $(VENV)/.torch
 	$(PY) -m imgsearch._demo $(if $(IMAGES),--images "$(IMAGES)")
@@ -95,6 +95,16 @@ $(VENV)/.stamp: pyproject.toml | deps
 # unpinned torch would pull gigabytes of CUDA packages).
 $(VENV)/.torch: $(VENV)/.stamp
 	$(PIP) install -q torch==2.13.0
+	touch $@
+
+# Static checks (ruff, mypy; settings in pyproject.toml), outside `make test`
+# and CI: a few seconds once the two tools are installed.
+lint: $(VENV)/.lint build
+	$(VENV)/bin/ruff check imgsearch tests
+	$(VENV)/bin/mypy
+
+$(VENV)/.lint: $(VENV)/.stamp
+	$(PIP) install -q ruff==0.17.6 mypy==2.4.1
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.stamp

@@ -1,6 +1,7 @@
 """The `imgsearch` command.
 
-    imgsearch index DIR -o photos.isx [--extractor NAME|PATH] [--weights PATH] [--mean ..] [--std ..] [--index hnsw|flat|kdtree]
+    imgsearch index DIR -o photos.isx [--extractor NAME|PATH] [--weights PATH] [--mean ..] [--std ..]
+                    [--index hnsw|flat|kdtree]
     imgsearch search photos.isx QUERY... [-k K] [--include-self] [--json] [--html results.html]
     imgsearch dups DIR [--threshold T] [--extractor ...] [--json]
     imgsearch eval DIR [--labels labels.csv] [--extractor ...] [--index ...] [--json]
@@ -27,7 +28,8 @@ def _floats(text):
     try:
         vals = [float(x) for x in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 0.5,0.5,0.5; found {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, e.g. 0.5,0.5,0.5; found {text!r}") from None
     if len(vals) not in (1, 3):
         raise argparse.ArgumentTypeError(f"expected 1 or 3 numbers, found {len(vals)}")
     return vals * 3 if len(vals) == 1 else vals
@@ -106,7 +108,8 @@ def cmd_index(args):
     engine = _engine(args)
     report = _add(engine, args.dir)
     engine.save(args.output)
-    _say(f"saved {len(engine)} images ({engine.extractor.name}, {engine.extractor.dim}-d, {args.index}) to {args.output}")
+    ex = engine.extractor
+    _say(f"saved {len(engine)} images ({ex.name}, {ex.dim}-d, {args.index}) to {args.output}")
     return 1 if (report.failed and args.strict) else 0
 
 

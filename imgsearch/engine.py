@@ -21,6 +21,8 @@ Paths: one file, one entry.  Every path is stored and looked up by its
 named twice in one ``add()`` -- or reached through a folder and by itself,
 or through a symlink -- is indexed once.
 """
+from __future__ import annotations
+
 import glob as _glob
 import inspect
 import json
@@ -28,13 +30,17 @@ import os
 import sys
 import time
 
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _core
 from . import distance as _distance
 from . import extractors as _extractors
-from . import image as _image
 from .evaluate import label_retrieval_scores
+from .features import Extractor
 from .results import DuplicateGroup, SearchResults
 
 __all__ = ["ImageSearch", "AddReport", "IMAGE_EXTENSIONS", "canonical_path"]
@@ -51,6 +57,13 @@ PROGRESS_SECONDS = 1.0  # ...or at least every this many seconds
 DEFAULT_DUP_THRESHOLD = {"hamming": 10.0, "cosine": 0.05, "l1": 0.10, "l2": 0.10, "ip": 0.05}
 
 
+PathLike = str | os.PathLike[str]
+# What add() and search() take: a folder, glob or path, an image array, a PIL image, or a list of these.
+Images = PathLike | np.ndarray | Iterable[Any] | Any
+# Labels for evaluate(): "folders", a labels CSV path, {path or id: label}, or path -> label.
+Labels = PathLike | dict | Callable[[str], Any]
+
+
 class AddReport:
     """What ``ImageSearch.add`` did: ``added`` and ``updated`` counts, ``ids`` of the
     items indexed (in input order), and ``failed``: a list of (path, reason)."""
@@ -63,7 +76,7 @@ class AddReport:
         self.seconds = 0.0
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return not self.failed
 
     def __repr__(self):
@@ -75,7 +88,7 @@ class AddReport:
         return s
 
 
-def canonical_path(path):
+def canonical_path(path: PathLike) -> str:
     """The one name the engine knows a file by: ``os.path.realpath`` (absolute,
     with symlinks, ``.`` and ``..`` resolved)."""
     return os.path.realpath(os.fspath(path))
@@ -85,7 +98,7 @@ def _is_glob(s):
     return any(c in s for c in "*?[")
 
 
-def list_images(source, recursive=True):
+def list_images(source: PathLike, recursive: bool = True) -> list[str]:
     """The image files a folder, glob or file path names, sorted (the order ids are given in)."""
     source = os.fspath(source)
     if os.path.isdir(source):
@@ -155,10 +168,11 @@ def _chunks(n, paced):
         c0 = c1
 
 
-def label_paths(labels, paths):
+def label_paths(labels: Labels, paths: Sequence[str]) -> dict[str, Any]:
     """{path: label} for those of ``paths`` (canonical) that ``labels`` labels:
     "folders" (the parent folder's name), a labels CSV path, a dict keyed by
     path (ids are the engine's business), or a callable path -> label."""
+    out: dict[str, Any]
     if isinstance(labels, (str, os.PathLike)) and os.fspath(labels) == "folders":
         out = {p: os.path.basename(os.path.dirname(p)) for p in paths}
     elif isinstance(labels, (str, os.PathLike)):
@@ -179,7 +193,7 @@ def label_paths(labels, paths):
     return {p: v for p, v in out.items() if v is not None}
 
 
-def check_labels(lab, source, example_path=None):
+def check_labels(lab: dict, source: Any, example_path: str | None = None) -> None:
     """Refuse labels that cannot measure anything: fewer than two labelled items, or
     fewer than two distinct labels (every hit would be relevant, mAP 1.0).
     ``source``: what the labels were given as; ``example_path``: one labelled file."""
@@ -213,16 +227,17 @@ class ImageSearch:
     index_params      passed to the index (e.g. M=16, ef_construction=200).
     """
 
-    def __init__(self, extractor="colorhist", index="hnsw", *, weights=None, extractor_params=None, threads=None,
-                 **index_params):
+    def __init__(self, extractor: str | os.PathLike[str] | Extractor = "colorhist", index: str | Any = "hnsw", *,
+                 weights: PathLike | None = None, extractor_params: dict[str, Any] | None = None,
+                 threads: int | None = None, **index_params: Any) -> None:
         params = dict(extractor_params or {})
         if weights is not None:
             params["weights"] = weights
         self.extractor = _extractors.get_extractor(extractor, **params)
         self.threads = threads
-        self._paths = {}        # id -> path (None for arrays)
-        self._meta = {}         # id -> metadata (JSON-able)
-        self._by_path = {}      # path -> id
+        self._paths: dict[int, str | None] = {}  # id -> path (None for arrays)
+        self._meta: dict[int, Any] = {}          # id -> metadata (JSON-able)
+        self._by_path: dict[str, int] = {}       # canonical path -> id
         self._next_id = 0
         if isinstance(index, str):
             self.index_kind = index
@@ -285,7 +300,8 @@ class ImageSearch:
                 out.append(it)
         return out
 
-    def add(self, source, metadata=None, *, progress=True):
+    def add(self, source: Images, metadata: dict | Sequence[Any] | Callable[[Any], Any] | None = None, *,
+            progress: bool = True) -> AddReport:
         """Index images: a folder (recursive), a glob, a path, a list of these, image
         arrays or PIL images.  Unreadable files are skipped and listed in the report.
         A file given more than once (twice in a list, or by a folder and by itself)
@@ -318,21 +334,22 @@ class ImageSearch:
         report.seconds = time.perf_counter() - t0
         return report
 
-    def add_vectors(self, X, paths=None, metadata=None):
+    def add_vectors(self, X: ArrayLike, paths: Sequence[PathLike] | None = None,
+                    metadata: Sequence[Any] | None = None) -> AddReport:
         """Add feature vectors computed elsewhere (by this engine's extractor, or one
         configured the same), optionally with the paths they came from."""
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != (self.index.dim if self.index.metric != "hamming" else self.index.dim // 8):
             raise ValueError(f"X: expected shape (n, {self.extractor.dim}) features, found {X.shape}")
         n = len(X)
-        paths = [None] * n if paths is None else [canonical_path(p) for p in paths]
+        canon: list[str | None] = [None] * n if paths is None else [canonical_path(p) for p in paths]
         metas = [None] * n if metadata is None else list(metadata)
-        if len(paths) != n or len(metas) != n:
-            raise ValueError(f"{n} vectors but {len(paths)} paths and {len(metas)} metadata entries")
+        if len(canon) != n or len(metas) != n:
+            raise ValueError(f"{n} vectors but {len(canon)} paths and {len(metas)} metadata entries")
         for i, m in enumerate(metas):
-            _check_saveable(m, paths[i] or f"vector {i}")
+            _check_saveable(m, canon[i] or f"vector {i}")
         report = AddReport()
-        self._insert(X, paths, metas, report)
+        self._insert(X, canon, metas, report)
         return report
 
     def _extract(self, chunk, paths, report, progress=None):
@@ -348,7 +365,7 @@ class ImageSearch:
                 if progress is not None:
                     progress(len(chunk))
             bad = set()
-            for idx, path, reason in failed:
+            for idx, _path, reason in failed:
                 bad.add(int(idx))
                 report.failed.append((paths[int(idx)], str(reason)))
             ok = [i for i in range(len(chunk)) if i not in bad]
@@ -438,7 +455,7 @@ class ImageSearch:
         return [i for i in ids if i is not None]
 
     # -- removing --------------------------------------------------------------------
-    def remove(self, items):
+    def remove(self, items: PathLike | int | Iterable[PathLike | int]) -> int:
         """Remove by path(s) or id(s); returns how many were removed."""
         ids = self._ids_of(items)
         if ids:
@@ -476,7 +493,8 @@ class ImageSearch:
             return np.fromiter((i for i, p in self._paths.items() if filter(p, self._meta.get(i))), dtype=np.int64)
         return np.asarray(self._ids_of(filter), dtype=np.int64)
 
-    def search(self, query, k=10, *, filter=None, exclude_self=True, **search_params):
+    def search(self, query: Images, k: int = 10, *, filter: Any = None, exclude_self: bool = True,
+               **search_params: Any) -> SearchResults:
         """Nearest images to one query or a batch: paths, arrays (H, W, 3), PIL images.
 
         A query path already in the engine uses its stored vector, and with
@@ -490,7 +508,8 @@ class ImageSearch:
         Q, labels, own = self._query_vectors(query)
         return self._search(Q, k, filter, labels, own if exclude_self else None, search_params)
 
-    def search_vectors(self, Q, k=10, *, filter=None, queries=None, **search_params):
+    def search_vectors(self, Q: ArrayLike, k: int = 10, *, filter: Any = None, queries: Sequence[str] | None = None,
+                       **search_params: Any) -> SearchResults:
         """Search with feature vectors (n, dim) computed elsewhere."""
         Q = np.asarray(Q)
         if Q.ndim == 1:
@@ -515,7 +534,7 @@ class ImageSearch:
         return SearchResults(D, I, paths, metas, queries, metric=self.index.metric)
 
     # -- duplicates ------------------------------------------------------------------
-    def duplicates(self, threshold=None, k=10):
+    def duplicates(self, threshold: float | None = None, k: int = 10) -> list[DuplicateGroup]:
         """Groups of near-duplicate images, found through the index (k neighbours per
         item, no n x n matrix).  ``threshold``: largest distance that counts (default
         per metric, see DEFAULT_DUP_THRESHOLD).
@@ -565,7 +584,7 @@ class ImageSearch:
         return groups
 
     # -- evaluation -------------------------------------------------------------------
-    def labels_from_folders(self):
+    def labels_from_folders(self) -> dict[int, str]:
         """{id: name of the item's parent folder} -- the usual layout of labelled image sets."""
         return self._labels_by_id("folders")
 
@@ -578,7 +597,8 @@ class ImageSearch:
                         if isinstance(key, (int, np.integer)) and int(key) in self._paths and v is not None})
         return lab
 
-    def evaluate(self, labels="folders", k=None, ks=(1, 5, 10), **search_params):
+    def evaluate(self, labels: Labels = "folders", k: int | None = None, ks: Sequence[int] = (1, 5, 10),
+                 **search_params: Any) -> dict[str, Any]:
         """Leave-one-out retrieval quality: every labelled item queries the others;
         relevant = same label.  Returns {"mAP", "precision@k", "recall@k", "queries", "k"}.
 
@@ -599,11 +619,11 @@ class ImageSearch:
         k_search = min(kk + 1, n)
         if "ef" not in search_params and self.index_kind == "hnsw":
             search_params["ef"] = max(k_search, 64)
-        I = []
+        rows = []
         for s in range(0, len(ids), 1024):
             part = ids[s:s + 1024]
-            I.append(self.index.search(self.index.get(part), k=k_search, **search_params)[1])
-        I = np.concatenate(I)
+            rows.append(self.index.search(self.index.get(part), k=k_search, **search_params)[1])
+        I = np.concatenate(rows)
         # the ranking is over labelled items only
         I = np.where(np.isin(I, ids), I, -1)
         I = np.array([np.concatenate([r[r >= 0], r[r < 0]]) for r in I]) if len(I) else I
@@ -625,13 +645,13 @@ class ImageSearch:
             "items": items,
         }, separators=(",", ":")).encode("utf-8")
 
-    def save(self, path):
+    def save(self, path: PathLike) -> PathLike:
         """Index, id <-> path/metadata table and extractor config, in one file (atomic)."""
         self.index.save(os.fspath(path), meta=self._meta_json())
         return path
 
     @classmethod
-    def load(cls, path, *, extractor=None, mmap=False):
+    def load(cls, path: PathLike, *, extractor: Extractor | None = None, mmap: bool = False) -> ImageSearch:
         """Open a saved engine.  ``extractor``: pass the extractor object when it was
         built from a Python model; a different configuration is an error."""
         path = os.fspath(path)
@@ -643,7 +663,8 @@ class ImageSearch:
         except ValueError as e:
             raise ValueError(f"{path}: the engine table is not valid JSON ({e})") from e
         if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
-            raise ValueError(f"{path}: unknown engine format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+            found = meta.get("format") if isinstance(meta, dict) else meta
+            raise ValueError(f"{path}: unknown engine format {found!r}")
         saved = meta["extractor"]
         if extractor is None:
             ex = _extractors.from_config(saved)
@@ -672,14 +693,14 @@ class ImageSearch:
         return self
 
     # -- introspection -----------------------------------------------------------------
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._paths)
 
     @property
-    def paths(self):
+    def paths(self) -> list[str | None]:
         return [p for _, p in sorted(self._paths.items())]
 
-    def info(self):
+    def info(self) -> dict[str, Any]:
         return {"count": len(self), "dim": int(self.index.dim), "metric": self.index.metric,
                 "index": self.index_kind, "index_params": self.index_params,
                 "extractor": self.extractor.config()}

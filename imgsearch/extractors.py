@@ -24,6 +24,8 @@ with the torchvision name is already there.  Without weights the builders
 raise, saying where to put the file; random weights only with
 ``weights="random"``.
 """
+from __future__ import annotations
+
 import contextlib
 import functools
 import hashlib
@@ -31,6 +33,8 @@ import json
 import os
 import re
 import time
+
+from typing import Any
 
 import numpy as np
 
@@ -524,7 +528,8 @@ def _load_state_dict(model, path):
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(f"{path}: the weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(f"{path}: the weights do not fit this model "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     return preprocess
 
 
@@ -559,7 +564,7 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def declared_preprocess(path, checkpoint_preprocess=None):
+def declared_preprocess(path: str, checkpoint_preprocess: dict | None = None) -> dict[str, Any] | None:
     """The preprocessing settings (a dict with keys among PREPROCESS_KEYS) that the
     weights file ``path`` declares, or None when it declares none."""
     sidecar = path + ".json"
@@ -598,7 +603,8 @@ def _with_declared_preprocess(kwargs, path, checkpoint_preprocess=None, required
             "retrieval quality without any error. Pass mean= and std= (extractor_params={'mean': ..., "
             "'std': ...}, or --mean/--std): torchvision's weights use mean=(0.485, 0.456, 0.406), "
             "std=(0.229, 0.224, 0.225); weights converted from TensorFlow usually 0.5 and 0.5. "
-            f"Or write them beside the weights, in {path}.json: {{\"mean\": [0.5, 0.5, 0.5], \"std\": [0.5, 0.5, 0.5]}}")
+            f"Or write them beside the weights, in {path}.json: "
+            '{"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}')
     out = dict(kwargs)
     out.pop("preprocess", None)
     out.update({k: v for k, v in declared.items() if k not in given})
@@ -606,7 +612,8 @@ def _with_declared_preprocess(kwargs, path, checkpoint_preprocess=None, required
     return out
 
 
-def build_extractor(name, weights=None, **kwargs):
+def build_extractor(name: str, weights: str | os.PathLike[str] | None = None,
+                    **kwargs: Any) -> TorchExtractor:
     """A named pretrained backbone as a TorchExtractor.
 
     name     one of MODELS, or a timm model name when timm is importable.
@@ -643,7 +650,7 @@ def build_extractor(name, weights=None, **kwargs):
         return TorchExtractor(trunk, source=src, **kwargs)
 
 
-def get_extractor(spec, **kwargs):
+def get_extractor(spec: str | os.PathLike[str] | Extractor, **kwargs: Any) -> Extractor:
     """An extractor from a name ("colorhist", "phash", "dhash", "mobilenet_v2", ...),
     a TorchScript path (``*.pt`` / ``*.ts``), or an Extractor (returned as is)."""
     if isinstance(spec, Extractor):
@@ -663,13 +670,14 @@ for _name in MODELS:  # the named backbones, in the one registry; torch is impor
     _features.register(_name, functools.partial(build_extractor, _name))
 
 
-def from_config(config, **overrides):
+def from_config(config: dict[str, Any], **overrides: Any) -> Extractor:
     """Rebuild an extractor from its ``config()`` (as saved with an index)."""
     config = dict(config)
     if config.get("kind") != "torch":
         return _features.from_config(config)
     src = config.get("source") or {}
-    kw = {k: config[k] for k in ("size", "resize", "mean", "std", "pooling", "normalize") if k in config}
+    saved = ("size", "resize", "mean", "std", "pooling", "normalize")
+    kw: dict[str, Any] = {k: config[k] for k in saved if k in config}
     kw.update(overrides)
     if "torchscript" in src:
         ex = TorchExtractor.from_torchscript(src["torchscript"], name=config.get("name"), **kw)

@@ -12,10 +12,14 @@ The HTML view escapes every string, embeds at most ``max_rows`` x ``max_cols``
 thumbnails (bounded in pixels and bytes), and returns None instead of raising
 when something goes wrong, as notebook display hooks should.
 """
+from __future__ import annotations
+
 import base64
 import html
 import io
 import os
+
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +44,8 @@ class SearchResults:
     from 1); ``len(results)`` is the number of queries.
     """
 
-    def __init__(self, distances, ids, paths, metadata, queries, metric="l2"):
+    def __init__(self, distances: Any, ids: Any, paths: list[list[str | None]], metadata: list[list[Any]],
+                 queries: list[Any], metric: str = "l2") -> None:
         self.distances = np.asarray(distances)
         self.ids = np.asarray(ids)
         self.paths = paths
@@ -57,7 +62,7 @@ class SearchResults:
         yield self.distances
         yield self.ids
 
-    def __getitem__(self, q):
+    def __getitem__(self, q: int) -> list[dict[str, Any]]:
         """One query's results as a list of dicts (rank from 1, id, path, distance, score, metadata)."""
         if not isinstance(q, (int, np.integer)):
             raise TypeError(f"index results by query number (int), found {type(q).__name__}")
@@ -74,7 +79,7 @@ class SearchResults:
         return out
 
     @property
-    def scores(self):
+    def scores(self) -> np.ndarray:
         d = self.distances.astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             if self.metric in ("cosine", "ip"):
@@ -97,7 +102,7 @@ class SearchResults:
         return "\n".join(lines)
 
     # -- tables --------------------------------------------------------------------
-    def to_records(self):
+    def to_records(self) -> list[dict[str, Any]]:
         rows = []
         for q in range(len(self)):
             for h in self[q]:
@@ -105,7 +110,7 @@ class SearchResults:
                 rows.append({"query": q, "query_item": str(self.queries[q]), "name": name, **h})
         return rows
 
-    def to_pandas(self):
+    def to_pandas(self) -> Any:
         """Long form: one row per (query, rank): query, query_item, rank (from 1), id,
         name (the file name), path, distance, score, metadata."""
         try:
@@ -115,7 +120,7 @@ class SearchResults:
         cols = ["query", "query_item", "rank", "id", "name", "path", "distance", "score", "metadata"]
         return pd.DataFrame(self.to_records(), columns=cols)
 
-    def to_json(self):
+    def to_json(self) -> list[dict[str, Any]]:
         return [{"query": str(self.queries[q]), "results": self[q]} for q in range(len(self))]
 
     # -- pictures ---------------------------------------------------------------------
@@ -152,7 +157,7 @@ class SearchResults:
             cells = []
             quri = self._thumbnail_uri(qitem) if isinstance(qitem, str) else None
             qlabel = esc(os.path.basename(str(qitem)))
-            cells.append(f'<td style="padding:4px;border-right:2px solid #888;text-align:center">'
+            cells.append('<td style="padding:4px;border-right:2px solid #888;text-align:center">'
                          + (f'<img src="{quri}" style="max-width:{THUMB_PX}px"><br>' if quri else "")
                          + f"<b>query</b><br><small>{qlabel}</small></td>")
             for h in self[q][:max_cols]:
@@ -215,17 +220,17 @@ class DuplicateGroup(list):
     distances  float32 (m, m) every pairwise distance (all within the threshold)
     """
 
-    def __init__(self, items, ids, distances):
+    def __init__(self, items: list[Any], ids: Any, distances: Any) -> None:
         super().__init__(items)
         self.ids = np.asarray(ids, dtype=np.int64)
         self.distances = np.asarray(distances, dtype=np.float32)
 
     @property
-    def max_distance(self):
+    def max_distance(self) -> float:
         """The largest distance between two members."""
         return float(self.distances.max()) if len(self) else 0.0
 
-    def to_json(self):
+    def to_json(self) -> dict[str, Any]:
         return {"items": list(self), "ids": self.ids.tolist(), "distances": self.distances.tolist()}
 
     def __repr__(self):

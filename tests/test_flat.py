@@ -4,7 +4,6 @@ import threading
 import numpy as np
 import pytest
 
-import imgsearch
 from imgsearch import FlatIndex
 from conftest import METRICS, check_knn, make_data, oracle_pairwise
 
