@@ -29,7 +29,6 @@ import json
 import os
 import sys
 import time
-
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
