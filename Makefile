@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 C_SOURCES := $(shell find csrc -name '*.[ch]')
 IMAGES ?=
 
-.PHONY: demo test test-asan bench bench-kernels bench-flat bench-hnsw bench-kdtree bench-image bench-engine fuzz build deps venv clean check-install
+.PHONY: demo test test-asan bench bench-kernels bench-flat bench-hnsw bench-kdtree bench-image bench-engine fuzz build deps venv clean check-install lint
 
 demo: build $(VENV)/.torch
 	$(PY) -m imgsearch._demo $(if $(IMAGES),--images "$(IMAGES)")
@@ -75,8 +75,15 @@ check-install: deps
 
 build: imgsearch/.built
 
-imgsearch/.built: $(VENV)/.stamp $(C_SOURCES) setup.py
-	$(PY) setup.py -q build_ext --inplace
+# The package, installed into .venv in editable mode: imports come from this
+# checkout, so `import imgsearch` works from any folder (a notebook opened in
+# notebooks/) and .venv/bin/imgsearch exists.  pip's build compiles _core in
+# place (no build isolation: the venv already has numpy and setuptools); it
+# runs again when a C source or the build configuration changes.
+imgsearch/.built: $(VENV)/.stamp $(C_SOURCES) setup.py pyproject.toml
+	@mkdir -p build
+	@echo "$(PIP) install --no-build-isolation --no-deps -e .  (log: build/install.log)"
+	@$(PIP) install --no-build-isolation --no-deps -e . > build/install.log 2>&1 || { cat build/install.log; exit 1; }
 	touch $@
 
 venv: $(VENV)/.stamp
@@ -84,13 +91,23 @@ venv: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "numpy>=2.0" "setuptools>=77" wheel pytest pillow pandas matplotlib tqdm nbclient nbformat ipykernel scikit-learn
+	$(PIP) install -q "numpy>=2.0" "setuptools>=77" wheel pytest pillow pandas matplotlib tqdm ipywidgets nbclient nbformat ipykernel scikit-learn
 	touch $@
 
 # PyTorch for the CNN extractors: pinned, so pip takes the CPU build (an
 # unpinned torch would pull gigabytes of CUDA packages).
 $(VENV)/.torch: $(VENV)/.stamp
 	$(PIP) install -q torch==2.13.0
+	touch $@
+
+# Static checks (ruff, mypy; settings in pyproject.toml), outside `make test`
+# and CI: a few seconds once the two tools are installed.
+lint: $(VENV)/.lint build
+	$(VENV)/bin/ruff check imgsearch tests
+	$(VENV)/bin/mypy
+
+$(VENV)/.lint: $(VENV)/.stamp
+	$(PIP) install -q ruff==0.17.6 mypy==2.4.1
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.stamp

@@ -10,7 +10,7 @@
 The core imports with NumPy alone; torch, Pillow, pandas and matplotlib are
 optional and imported only by the features that need them.
 """
-from . import _core, distance
+from . import _core, distance  # noqa: F401  (_core: imgsearch._core for users)
 from ._core import (FlatIndex, HNSWIndex, ImageDecodeError, IndexFormatError, KDTreeIndex, capabilities,
                     load)
 from . import features, image  # noqa: E402  (after _core: they import from it)

@@ -9,7 +9,6 @@ indexes Fashion-MNIST vectors (Debian package dataset-fashion-mnist) with the
 exact and the HNSW index and prints speed and recall.
 """
 import argparse
-import csv
 import os
 import sys
 import time
@@ -23,24 +22,24 @@ DEFAULT_MODEL = shared_data("models", "mobilenet_v2_coral_features.ts.pt")
 
 
 def pick_extractor(requested):
+    """The extractor to use; a model file brings its own preprocessing (see
+    imgsearch.extractors.declared_preprocess), so no mean/std is given here."""
     if requested:
-        return requested, {"mean": 0.5, "std": 0.5} if requested.endswith(".pt") else {}
+        return requested
     try:
         import torch  # noqa: F401
         if os.path.exists(DEFAULT_MODEL):
-            return os.path.abspath(DEFAULT_MODEL), {"mean": 0.5, "std": 0.5}
+            return os.path.abspath(DEFAULT_MODEL)
     except ImportError:
         pass
-    return "colorhist", {}
+    return "colorhist"
 
 
 def folder_labels(folder):
+    """A labels.csv in the folder, else its sub-folders' names when there are two or more."""
     path = os.path.join(folder, "labels.csv")
     if os.path.exists(path):
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if rows and "path" in rows[0] and "label" in rows[0]:
-            return {os.path.join(folder, r["path"]): r["label"] for r in rows}
+        return path
     subdirs = [d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))]
     return "folders" if len(subdirs) > 1 else None
 
@@ -50,10 +49,10 @@ def demo_images(args):
     if not os.path.isdir(folder):
         print(f"error: {folder!r} is not a folder", file=sys.stderr)
         return 2
-    name, params = pick_extractor(args.extractor)
+    name = pick_extractor(args.extractor)
     print(f"imgsearch {imgsearch.__version__} ({imgsearch.capabilities()['simd']} SIMD): indexing {folder} "
           f"with {os.path.basename(name)}")
-    engine = imgsearch.ImageSearch(extractor=name, index="hnsw", extractor_params=params)
+    engine = imgsearch.ImageSearch(extractor=name, index="hnsw")
     report = engine.add(folder)
     n = report.added + report.updated
     print(f"indexed {n} images in {report.seconds:.1f} s ({n / max(report.seconds, 1e-9):.1f} images/s); "
@@ -70,7 +69,7 @@ def demo_images(args):
     print(f"searched {len(queries)} queries in {1e3 * (time.perf_counter() - t0):.1f} ms")
     for q, query in enumerate(queries):
         print(f"  {os.path.relpath(query, folder)} -> " +
-              ", ".join(os.path.relpath(h['path'], folder) for h in hits[q][1:4]))
+              ", ".join(os.path.relpath(h['path'], folder) for h in hits[q][:3]))
     hits.save_html(args.out, title=f"imgsearch: {folder}")
     print(f"wrote {args.out}")
     labels = folder_labels(folder)

@@ -1,20 +1,25 @@
 """The `imgsearch` command.
 
-    imgsearch index DIR -o photos.isx [--extractor NAME|PATH] [--weights PATH] [--mean ..] [--std ..] [--index hnsw|flat|kdtree]
-    imgsearch search photos.isx QUERY... [-k K] [--json] [--html results.html]
+    imgsearch index DIR -o photos.isx [--extractor NAME|PATH] [--weights PATH] [--mean ..] [--std ..]
+                    [--index hnsw|flat|kdtree]
+    imgsearch search photos.isx QUERY... [-k K] [--include-self] [--json] [--html results.html]
     imgsearch dups DIR [--threshold T] [--extractor ...] [--json]
-    imgsearch eval DIR --labels labels.csv [--extractor ...] [--index ...] [--json]
+    imgsearch eval DIR [--labels labels.csv] [--extractor ...] [--index ...] [--json]
     imgsearch info photos.isx
 
-Results go to stdout, progress and messages to stderr.  Exit status: 0 on
-success, 1 when the command ran but something failed (e.g. unreadable files
-while indexing, with --strict), 2 for usage errors and unusable inputs.
+Results go to stdout, progress and messages to stderr; ranks start at 1 in
+text and JSON alike.  Inputs are checked before anything is indexed: the
+folder holds images, ``-o`` can be written, labels name images in the folder.
+Exit status: 0 on success, 1 when the command ran but something failed (e.g.
+unreadable files while indexing, with --strict), 2 for usage errors and
+unusable inputs (an empty folder among them), 141 (as for SIGPIPE) when the
+reader of stdout went away, quietly.
 """
 import argparse
-import csv
 import json
 import os
 import sys
+import tempfile
 
 __all__ = ["main"]
 
@@ -23,7 +28,8 @@ def _floats(text):
     try:
         vals = [float(x) for x in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 0.5,0.5,0.5; found {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, e.g. 0.5,0.5,0.5; found {text!r}") from None
     if len(vals) not in (1, 3):
         raise argparse.ArgumentTypeError(f"expected 1 or 3 numbers, found {len(vals)}")
     return vals * 3 if len(vals) == 1 else vals
@@ -56,9 +62,32 @@ def _say(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def _check_dir(folder):
+def _image_files(folder):
+    """The image files under ``folder``; a missing or imageless folder is unusable input."""
+    from .engine import IMAGE_EXTENSIONS, list_images
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{folder!r} is not a folder")
+    files = list_images(folder)
+    if not files:
+        raise ValueError(f"no image files under {folder!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def _check_writable(output):
+    """Fail before indexing, not after, when the engine file cannot be written."""
+    path = os.path.abspath(output)
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise ValueError(f"-o {output!r} is a folder; expected a file name such as photos.isx")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"-o {output!r}: the folder {folder!r} does not exist; create it first")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".imgsearch-", suffix=".tmp"):
+            pass
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise PermissionError("the file is read-only")
+    except OSError as e:
+        raise PermissionError(f"-o {output!r}: cannot write there ({e.strerror or e})") from None
 
 
 def _add(engine, folder):
@@ -68,18 +97,19 @@ def _add(engine, folder):
          + (f"; {len(report.failed)} unreadable:" if report.failed else ""))
     for path, reason in report.failed:
         _say(f"  skipped {path}: {reason}")
+    if len(engine) == 0:
+        raise ValueError(f"none of the image files under {folder!r} could be read")
     return report
 
 
 def cmd_index(args):
-    _check_dir(args.dir)
+    _image_files(args.dir)
+    _check_writable(args.output)
     engine = _engine(args)
     report = _add(engine, args.dir)
-    if len(engine) == 0:
-        _say(f"error: no readable images under {args.dir}")
-        return 1
     engine.save(args.output)
-    _say(f"saved {len(engine)} images ({engine.extractor.name}, {engine.extractor.dim}-d, {args.index}) to {args.output}")
+    ex = engine.extractor
+    _say(f"saved {len(engine)} images ({ex.name}, {ex.dim}-d, {args.index}) to {args.output}")
     return 1 if (report.failed and args.strict) else 0
 
 
@@ -87,7 +117,7 @@ def cmd_search(args):
     from .engine import ImageSearch
     engine = ImageSearch.load(args.index_file)
     kw = {"ef": args.ef} if args.ef else {}
-    res = engine.search(args.queries, k=args.k, **kw)
+    res = engine.search(args.queries, k=args.k, exclude_self=not args.include_self, **kw)
     if args.html:
         res.save_html(args.html, title=f"imgsearch: {len(args.queries)} queries")
         _say(f"wrote {args.html}")
@@ -98,43 +128,54 @@ def cmd_search(args):
         for q, query in enumerate(args.queries):
             print(f"# {query}")
             for h in res[q]:
-                print(f"{h['rank'] + 1}\t{h['distance']:.6g}\t{h['path'] if h['path'] is not None else h['id']}")
+                print(f"{h['rank']}\t{h['distance']:.6g}\t{h['path'] if h['path'] is not None else h['id']}")
     return 0
 
 
 def cmd_dups(args):
-    _check_dir(args.dir)
+    _image_files(args.dir)
     engine = _engine(args)
     _add(engine, args.dir)
     groups = engine.duplicates(threshold=args.threshold, k=args.k)
     if args.json:
-        json.dump({"groups": groups}, sys.stdout, indent=1)
+        json.dump({"groups": [g.to_json() for g in groups]}, sys.stdout, indent=1)
         print()
-    else:
+    else:  # one group a line: its largest pairwise distance, then its files
         for g in groups:
-            print("\t".join(str(p) for p in g))
+            print(f"{g.max_distance:.6g}\t" + "\t".join(str(p) for p in g))
         _say(f"{len(groups)} groups of near-duplicates ({sum(len(g) for g in groups)} images)")
     return 0
 
 
-def read_labels(path, root):
-    """labels.csv with columns path,label (paths relative to root) -> {abs path: label}."""
-    out = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "path" not in reader.fieldnames or "label" not in reader.fieldnames:
-            raise ValueError(f"{path}: expected a CSV header with 'path' and 'label' columns, "
-                             f"found {reader.fieldnames}")
-        for row in reader:
-            out[os.path.abspath(os.path.join(root, row["path"]))] = row["label"]
-    if not out:
-        raise ValueError(f"{path}: no rows")
-    return out
+def _eval_labels(args, files):
+    """What to evaluate against, checked against the folder's files before indexing:
+    --labels, else DIR/labels.csv when there is one, else the sub-folder names."""
+    from .datasets import read_labels_csv
+    from .engine import canonical_path, check_labels, label_paths
+    csv_path = args.labels or os.path.join(args.dir, "labels.csv")
+    if not args.labels and not os.path.isfile(csv_path):
+        labels = "folders"
+    else:
+        labels = read_labels_csv(csv_path, root=args.dir)
+        if args.labels is None:
+            _say(f"labels from {csv_path}")
+    files = [canonical_path(f) for f in files]
+    found = label_paths(labels, files)
+    if isinstance(labels, dict) and not found:
+        example = next(iter(labels))
+        raise ValueError(f"{csv_path}: none of its {len(labels)} paths is an image under {args.dir!r}. "
+                         f"Relative paths are resolved against DIR ({os.path.abspath(args.dir)}), so its first "
+                         f"row means {example!r}; absolute paths are used as they are. Write the paths relative "
+                         "to DIR, or give the DIR they are relative to")
+    if isinstance(labels, dict) and len(found) < len(files):
+        _say(f"{len(files) - len(found)} of the {len(files)} images under {args.dir} have no label in "
+             f"{csv_path}: they are searched but not evaluated")
+    check_labels(found, "folders" if labels == "folders" else csv_path, example_path=next(iter(found), None))
+    return labels
 
 
 def cmd_eval(args):
-    _check_dir(args.dir)
-    labels = read_labels(args.labels, args.dir) if args.labels else "folders"
+    labels = _eval_labels(args, _image_files(args.dir))
     engine = _engine(args)
     _add(engine, args.dir)
     res = engine.evaluate(labels, k=args.k)
@@ -182,6 +223,8 @@ def build_parser():
     p.add_argument("queries", nargs="+")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--ef", type=int, help="HNSW search breadth")
+    p.add_argument("--include-self", action="store_true",
+                   help="list a query that is in the index among its own hits (rank 1, distance 0)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--html", help="also write an HTML page with thumbnails")
     p.set_defaults(func=cmd_search)
@@ -196,7 +239,8 @@ def build_parser():
 
     p = sub.add_parser("eval", help="retrieval quality (mAP, precision@k) on a labelled folder")
     p.add_argument("dir")
-    p.add_argument("--labels", help="CSV with path,label columns (paths relative to DIR); default: folder names")
+    p.add_argument("--labels", help="CSV with path,label columns, paths relative to DIR; "
+                                    "default: DIR/labels.csv when there is one, else the sub-folder names")
     p.add_argument("-k", type=int, help="ranks for mAP (default: all)")
     p.add_argument("--json", action="store_true")
     _extractor_args(p)
@@ -215,7 +259,14 @@ def main(argv=None):
     if getattr(args, "k", None) is not None and args.k <= 0:
         ap.error(f"-k: expected a positive number, found {args.k}")
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (imgsearch search ... | head): stop quietly, and point
+        # stdout at /dev/null so that the interpreter's own flush at exit stays quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         _say("interrupted")
         return 130

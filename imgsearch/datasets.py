@@ -3,6 +3,7 @@
 Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` package, which
 puts the original IDX files under /usr/share/datasets/fashion-mnist/.
 """
+import csv
 import gzip
 import os
 import struct
@@ -28,6 +29,27 @@ def shared_data(*parts):
         if os.path.exists(path):
             return os.path.abspath(path)
     return os.path.abspath(os.path.join(SHARED_DATA_DIRS[0], *parts))
+
+
+def read_labels_csv(path, root=None):
+    """A labels CSV (a header with ``path`` and ``label`` columns; other columns are
+    ignored) -> {absolute path: label}.  Relative paths are resolved against
+    ``root``, by default the CSV's own folder (flowers17's ``labels.csv`` lists
+    ``images/image_0001.jpg``); absolute paths are kept.  Symlinks and ``..`` are
+    resolved as the engine does (``os.path.realpath``)."""
+    path = os.fspath(path)
+    root = os.path.dirname(os.path.abspath(path)) if root is None else os.fspath(root)
+    out = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "path" not in reader.fieldnames or "label" not in reader.fieldnames:
+            raise ValueError(f"{path}: expected a CSV header with 'path' and 'label' columns, "
+                             f"found {reader.fieldnames}")
+        for row in reader:
+            out[os.path.realpath(os.path.join(root, row["path"]))] = row["label"]
+    if not out:
+        raise ValueError(f"{path}: a header but no rows; expected one row per image: path,label")
+    return out
 
 
 def read_idx(path):

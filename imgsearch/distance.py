@@ -4,19 +4,27 @@ Metrics: ``l2`` (squared Euclidean), ``ip`` (1 - dot), ``cosine`` (1 - cos; 1 wh
 either vector is zero), ``l1`` (Manhattan), ``hamming`` (differing bits of rows
 packed as uint8, e.g. by ``numpy.packbits``).  Results are float32.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _core
+
+if TYPE_CHECKING:
+    from ._core import Metric
 
 METRICS = ("l2", "ip", "cosine", "l1", "hamming")
 
 
-def pairwise(A, B, metric="l2", *, threads=None):
+def pairwise(A: ArrayLike, B: ArrayLike, metric: Metric = "l2", *, threads: int | None = None) -> np.ndarray:
     """All distances between the rows of A (nA, d) and of B (nB, d): float32 (nA, nB)."""
     return _core.pairwise(A, B, metric, threads=threads)
 
 
-def one_to_many(q, X, metric="l2", *, threads=None):
+def one_to_many(q: ArrayLike, X: ArrayLike, metric: Metric = "l2", *, threads: int | None = None) -> np.ndarray:
     """Distances from one vector q (d,) to every row of X (n, d): float32 (n,)."""
     q = np.asarray(q)
     if q.ndim != 1:
@@ -24,7 +32,7 @@ def one_to_many(q, X, metric="l2", *, threads=None):
     return _core.pairwise(q, X, metric, threads=threads)[0]
 
 
-def pair(a, b, metric="l2"):
+def pair(a: ArrayLike, b: ArrayLike, metric: Metric = "l2") -> float:
     """The distance between two vectors, as a Python float."""
     a = np.asarray(a)
     b = np.asarray(b)

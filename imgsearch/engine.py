@@ -15,31 +15,52 @@ atomically like every index.
 Ids: each added item gets the next integer id; adding a path that is already
 in the engine replaces its vector and keeps its id (an update).  Arrays and
 PIL images have no path; they get ids too and show as ``None`` in ``.paths``.
+
+Paths: one file, one entry.  Every path is stored and looked up by its
+:func:`canonical_path` (absolute, symlinks and ``..`` resolved), so a file
+named twice in one ``add()`` -- or reached through a folder and by itself,
+or through a symlink -- is indexed once.
 """
+from __future__ import annotations
+
 import glob as _glob
+import inspect
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _core
+from . import distance as _distance
 from . import extractors as _extractors
-from . import image as _image
 from .evaluate import label_retrieval_scores
-from .results import SearchResults
+from .features import Extractor
+from .results import DuplicateGroup, SearchResults
 
-__all__ = ["ImageSearch", "AddReport", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageSearch", "AddReport", "IMAGE_EXTENSIONS", "canonical_path"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tga", ".psd", ".pnm", ".ppm", ".pgm",
                     ".webp", ".tif", ".tiff")
 META_FORMAT = "imgsearch.engine/1"
-ADD_CHUNK = 512  # files per extraction call: bounds memory and paces the progress bar
+ADD_CHUNK = 512  # most files per extraction call: bounds memory
+PROGRESS_IMAGES = 32   # a progress bar moves at least every this many images...
+PROGRESS_SECONDS = 1.0  # ...or at least every this many seconds
 
 # Distances under which two items count as near-duplicates, per metric, when the
 # caller gives no threshold (measured on resized/recompressed copies: see README).
 DEFAULT_DUP_THRESHOLD = {"hamming": 10.0, "cosine": 0.05, "l1": 0.10, "l2": 0.10, "ip": 0.05}
+
+
+PathLike = str | os.PathLike[str]
+# What add() and search() take: a folder, glob or path, an image array, a PIL image, or a list of these.
+Images = PathLike | np.ndarray | Iterable[Any] | Any
+# Labels for evaluate(): "folders", a labels CSV path, {path or id: label}, or path -> label.
+Labels = PathLike | dict | Callable[[str], Any]
 
 
 class AddReport:
@@ -57,7 +78,7 @@ class AddReport:
         self.seconds = 0.0
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return not self.failed
 
     def __repr__(self):
@@ -76,11 +97,17 @@ class AddReport:
         return s
 
 
+def canonical_path(path: PathLike) -> str:
+    """The one name the engine knows a file by: ``os.path.realpath`` (absolute,
+    with symlinks, ``.`` and ``..`` resolved)."""
+    return os.path.realpath(os.fspath(path))
+
+
 def _is_glob(s):
     return any(c in s for c in "*?[")
 
 
-def list_images(source, recursive=True, skipped=None):
+def list_images(source: PathLike, recursive: bool = True, skipped: list[str] | None = None) -> list[str]:
     """The image files a folder, glob or file path names, sorted (the order ids are given in).
     The other files of a folder, hidden ones aside, are appended to ``skipped``."""
     source = os.fspath(source)
@@ -110,6 +137,104 @@ def list_images(source, recursive=True, skipped=None):
     raise FileNotFoundError(f"{source!r} is not a folder, a file or a glob pattern that exists")
 
 
+def _one_entry_per_path(items, metas):
+    """(items, canonical paths, metas) with each file once, at its first position."""
+    out_items, out_paths, out_metas, seen = [], [], [], set()
+    for it, m in zip(items, metas):
+        p = canonical_path(it) if isinstance(it, (str, os.PathLike)) else None
+        if p is not None:
+            if p in seen:
+                continue
+            seen.add(p)
+        out_items.append(it)
+        out_paths.append(p)
+        out_metas.append(m)
+    return out_items, out_paths, out_metas
+
+
+def _check_saveable(value, item):
+    """Metadata is saved as JSON with the engine: refuse what cannot be, now."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"metadata for {item}: expected a JSON-serialisable value (str, int, float, bool, None, and "
+            f"lists or dicts of these), since it is saved with the engine; found {type(value).__name__} ({e}). "
+            "Convert it first, e.g. NumPy scalars with .item() and arrays with .tolist()") from None
+
+
+def _accepts_progress(extractor):
+    """Whether ``extractor.extract_files`` reports progress itself (``progress=`` callable)."""
+    try:
+        return "progress" in inspect.signature(extractor.extract_files).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _chunks(n, paced):
+    """(start, stop) slices of the n items to extract.  ``paced`` (a progress bar
+    is shown and the extractor does not report progress itself): chunks are sized
+    from the measured speed so that each takes about half of PROGRESS_SECONDS,
+    never fewer than PROGRESS_IMAGES images; else full chunks of ADD_CHUNK."""
+    c0, size = 0, PROGRESS_IMAGES if paced else ADD_CHUNK
+    while c0 < n:
+        c1 = min(c0 + size, n)
+        t0 = time.perf_counter()
+        yield c0, c1
+        if paced:
+            per_image = (time.perf_counter() - t0) / (c1 - c0)
+            size = int(min(ADD_CHUNK, max(PROGRESS_IMAGES, 0.5 * PROGRESS_SECONDS / max(per_image, 1e-9))))
+        c0 = c1
+
+
+def label_paths(labels: Labels, paths: Sequence[str]) -> dict[str, Any]:
+    """{path: label} for those of ``paths`` (canonical) that ``labels`` labels:
+    "folders" (the parent folder's name), a labels CSV path, a dict keyed by
+    path (ids are the engine's business), or a callable path -> label."""
+    out: dict[str, Any]
+    if isinstance(labels, (str, os.PathLike)) and os.fspath(labels) == "folders":
+        out = {p: os.path.basename(os.path.dirname(p)) for p in paths}
+    elif isinstance(labels, (str, os.PathLike)):
+        if not os.path.isfile(labels):
+            raise FileNotFoundError(f"labels: expected 'folders' or the path of a labels CSV, found {labels!r}, "
+                                    "which is not a file")
+        from .datasets import read_labels_csv
+        table = read_labels_csv(labels)
+        out = {p: table.get(p) for p in paths}
+    elif callable(labels):
+        out = {p: labels(p) for p in paths}
+    elif isinstance(labels, dict):
+        table = {canonical_path(key): v for key, v in labels.items() if isinstance(key, (str, os.PathLike))}
+        out = {p: table.get(p) for p in paths}
+    else:
+        raise TypeError(f"labels: expected 'folders', a labels CSV path, a dict or a callable; "
+                        f"found {type(labels).__name__}")
+    return {p: v for p, v in out.items() if v is not None}
+
+
+def check_labels(lab: dict, source: Any, example_path: str | None = None) -> None:
+    """Refuse labels that cannot measure anything: fewer than two labelled items, or
+    fewer than two distinct labels (every hit would be relevant, mAP 1.0).
+    ``source``: what the labels were given as; ``example_path``: one labelled file."""
+    distinct = set(lab.values())
+    if len(lab) >= 2 and len(distinct) >= 2:
+        return
+    what = f"labels={source!r}" if isinstance(source, (str, os.PathLike)) else f"the {type(source).__name__} labels"
+    if len(lab) < 2:
+        raise ValueError(f"{what}: need at least 2 labelled items to evaluate, found {len(lab)}")
+    hint = ""
+    if isinstance(source, str) and source == "folders" and example_path is not None:
+        folder = os.path.dirname(example_path)
+        hint = (f": every image is in the one folder {folder!r}. Give the labels another way: a labels CSV "
+                "(path,label), a dict {path: label} or a callable path -> label")
+        for csv_path in (os.path.join(folder, "labels.csv"), os.path.join(os.path.dirname(folder), "labels.csv")):
+            if os.path.isfile(csv_path):
+                hint += f"; {csv_path!r} exists: evaluate({csv_path!r})"
+                break
+    raise ValueError(f"{what}: found 1 distinct label ({next(iter(distinct))!r}) for {len(lab)} items, so every "
+                     f"hit would count as relevant (mAP 1.0); expected at least 2 labels{hint}")
+
+
 class ImageSearch:
     """Index images by content and search them by example.
 
@@ -121,16 +246,17 @@ class ImageSearch:
     index_params      passed to the index (e.g. M=16, ef_construction=200).
     """
 
-    def __init__(self, extractor="colorhist", index="hnsw", *, weights=None, extractor_params=None, threads=None,
-                 **index_params):
+    def __init__(self, extractor: str | os.PathLike[str] | Extractor = "colorhist", index: str | Any = "hnsw", *,
+                 weights: PathLike | None = None, extractor_params: dict[str, Any] | None = None,
+                 threads: int | None = None, **index_params: Any) -> None:
         params = dict(extractor_params or {})
         if weights is not None:
             params["weights"] = weights
         self.extractor = _extractors.get_extractor(extractor, **params)
         self.threads = threads
-        self._paths = {}        # id -> path (None for arrays)
-        self._meta = {}         # id -> metadata (JSON-able)
-        self._by_path = {}      # path -> id
+        self._paths: dict[int, str | None] = {}  # id -> path (None for arrays)
+        self._meta: dict[int, Any] = {}          # id -> metadata (JSON-able)
+        self._by_path: dict[str, int] = {}       # canonical path -> id
         self._next_id = 0
         if isinstance(index, str):
             self.index_kind = index
@@ -193,59 +319,72 @@ class ImageSearch:
                 out.append(it)
         return out
 
-    def add(self, source, metadata=None, *, progress=True):
+    def add(self, source: Images, metadata: dict | Sequence[Any] | Callable[[Any], Any] | None = None, *,
+            progress: bool = True) -> AddReport:
         """Index images: a folder (recursive), a glob, a path, a list of these, image
         arrays or PIL images.  Unreadable files are skipped and listed in the report.
+        A file given more than once (twice in a list, or by a folder and by itself)
+        is indexed once.
 
         metadata: a dict {path: value}, a list aligned with the items, or a callable
-        path -> value; values must be JSON-serialisable (they are saved with the engine).
-        Returns an AddReport.
+        path -> value; values must be JSON-serialisable (they are saved with the
+        engine): anything else is refused here, naming the item, before any image
+        is read.  Returns an AddReport.
         """
         t0 = time.perf_counter()
         report = AddReport()
         items = self._expand(source, report.skipped)
         if not items:
             return report
-        meta_of = self._metadata_lookup(metadata, items)
+        metas = self._metadata_of(metadata, items)
+        items, paths, metas = _one_entry_per_path(items, metas)
         bar = self._progress(len(items)) if progress else None
         try:
-            for c0 in range(0, len(items), ADD_CHUNK):
-                chunk = items[c0:c0 + ADD_CHUNK]
-                paths = [os.path.abspath(os.fspath(it)) if isinstance(it, (str, os.PathLike)) else None
-                         for it in chunk]
-                feats, ok = self._extract(chunk, paths, report)
+            # the bar moves at least every PROGRESS_IMAGES images or PROGRESS_SECONDS:
+            # per model batch when the extractor reports progress, else per chunk
+            paced = bar is not None and not _accepts_progress(self.extractor)
+            for c0, c1 in _chunks(len(items), paced):
+                feats, ok = self._extract(items[c0:c1], paths[c0:c1], report, bar.update if bar else None)
                 if len(ok):
-                    self._insert(feats, [paths[i] for i in ok], [meta_of(c0 + i, chunk[i]) for i in ok], report)
-                if bar is not None:
-                    bar.update(len(chunk))
+                    self._insert(feats, [paths[c0 + i] for i in ok], [metas[c0 + i] for i in ok], report)
         finally:
             if bar is not None:
                 bar.close()
         report.seconds = time.perf_counter() - t0
         return report
 
-    def add_vectors(self, X, paths=None, metadata=None):
+    def add_vectors(self, X: ArrayLike, paths: Sequence[PathLike] | None = None,
+                    metadata: Sequence[Any] | None = None) -> AddReport:
         """Add feature vectors computed elsewhere (by this engine's extractor, or one
         configured the same), optionally with the paths they came from."""
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != (self.index.dim if self.index.metric != "hamming" else self.index.dim // 8):
             raise ValueError(f"X: expected shape (n, {self.extractor.dim}) features, found {X.shape}")
         n = len(X)
-        paths = [None] * n if paths is None else [os.path.abspath(os.fspath(p)) for p in paths]
+        canon: list[str | None] = [None] * n if paths is None else [canonical_path(p) for p in paths]
         metas = [None] * n if metadata is None else list(metadata)
-        if len(paths) != n or len(metas) != n:
-            raise ValueError(f"{n} vectors but {len(paths)} paths and {len(metas)} metadata entries")
+        if len(canon) != n or len(metas) != n:
+            raise ValueError(f"{n} vectors but {len(canon)} paths and {len(metas)} metadata entries")
+        for i, m in enumerate(metas):
+            _check_saveable(m, canon[i] or f"vector {i}")
         report = AddReport()
-        self._insert(X, paths, metas, report)
+        self._insert(X, canon, metas, report)
         return report
 
-    def _extract(self, chunk, paths, report):
-        """Features of the readable items of a chunk, and their positions in it."""
+    def _extract(self, chunk, paths, report, progress=None):
+        """Features of the readable items of a chunk, and their positions in it.
+        ``progress``: called with counts of images done (by the extractor as it
+        goes, when it reports progress itself, else once for the chunk)."""
         ex = self.extractor
         if all(p is not None for p in paths):
-            feats, failed = ex.extract_files(paths, threads=self.threads)
+            if progress is not None and _accepts_progress(ex):
+                feats, failed = ex.extract_files(paths, threads=self.threads, progress=progress)
+            else:
+                feats, failed = ex.extract_files(paths, threads=self.threads)
+                if progress is not None:
+                    progress(len(chunk))
             bad = set()
-            for idx, path, reason in failed:
+            for idx, _path, reason in failed:
                 bad.add(int(idx))
                 report.failed.append((paths[int(idx)], str(reason)))
             ok = [i for i in range(len(chunk)) if i not in bad]
@@ -257,19 +396,27 @@ class ImageSearch:
                 ok.append(i)
             except (ValueError, OSError) as e:
                 report.failed.append((paths[i] or f"<item {i}>", str(e)))
+        if progress is not None:
+            progress(len(chunk))
         return (np.concatenate(feats) if feats else None), ok
 
     def _insert(self, feats, paths, metas, report):
         ids = np.empty(len(paths), dtype=np.int64)
+        new = {}  # path -> id given in this call
         for j, p in enumerate(paths):
-            if p is not None and p in self._by_path:
-                ids[j] = self._by_path[p]
-                report.updated += 1
+            known = None if p is None else self._by_path.get(p, new.get(p))
+            if known is not None:
+                ids[j] = known
+                if p not in new:  # already in the engine before this call: an update
+                    report.updated += 1
+                    new[p] = known
             else:
                 ids[j] = self._next_id
                 self._next_id += 1
                 report.added += 1
-        # a path repeated within one call: the last copy wins
+                if p is not None:
+                    new[p] = ids[j]
+        # a path repeated within one call (add_vectors): the last copy wins
         _, last = np.unique(ids[::-1], return_index=True)
         keep = np.sort(len(ids) - 1 - last)
         self.index.add(np.ascontiguousarray(feats[keep]), ids=ids[keep])
@@ -282,20 +429,24 @@ class ImageSearch:
         report.ids.extend(int(i) for i in ids)
 
     @staticmethod
-    def _metadata_lookup(metadata, items):
+    def _metadata_of(metadata, items):
+        """One metadata value per item, each checked to be saveable."""
         if metadata is None:
-            return lambda i, it: None
+            return [None] * len(items)
         if callable(metadata):
-            return lambda i, it: metadata(os.fspath(it) if isinstance(it, (str, os.PathLike)) else it)
-        if isinstance(metadata, dict):
-            absmeta = {os.path.abspath(k): v for k, v in metadata.items()}
-            return lambda i, it: absmeta.get(os.path.abspath(os.fspath(it))) if isinstance(
-                it, (str, os.PathLike)) else None
-        metadata = list(metadata)
-        if len(metadata) != len(items):
-            raise ValueError(f"metadata: {len(metadata)} entries for {len(items)} items; give one per item, "
-                             "a dict keyed by path, or a callable")
-        return lambda i, it: metadata[i]
+            metas = [metadata(os.fspath(it) if isinstance(it, (str, os.PathLike)) else it) for it in items]
+        elif isinstance(metadata, dict):
+            by_path = {canonical_path(k): v for k, v in metadata.items()}
+            metas = [by_path.get(canonical_path(it)) if isinstance(it, (str, os.PathLike)) else None
+                     for it in items]
+        else:
+            metas = list(metadata)
+            if len(metas) != len(items):
+                raise ValueError(f"metadata: {len(metas)} entries for {len(items)} items; give one per item, "
+                                 "a dict keyed by path, or a callable")
+        for i, (it, m) in enumerate(zip(items, metas)):
+            _check_saveable(m, os.fspath(it) if isinstance(it, (str, os.PathLike)) else f"item {i}")
+        return metas
 
     @staticmethod
     def _progress(total):
@@ -312,7 +463,7 @@ class ImageSearch:
         if isinstance(item, (int, np.integer)):
             return int(item) if int(item) in self._paths else None
         if isinstance(item, (str, os.PathLike)):
-            return self._by_path.get(os.path.abspath(os.fspath(item)))
+            return self._by_path.get(canonical_path(item))
         return None
 
     def _ids_of(self, items):
@@ -323,7 +474,7 @@ class ImageSearch:
         return [i for i in ids if i is not None]
 
     # -- removing --------------------------------------------------------------------
-    def remove(self, items):
+    def remove(self, items: PathLike | int | Iterable[PathLike | int]) -> int:
         """Remove by path(s) or id(s); returns how many were removed."""
         ids = self._ids_of(items)
         if ids:
@@ -337,7 +488,7 @@ class ImageSearch:
 
     # -- searching -------------------------------------------------------------------
     def _query_vectors(self, query):
-        """-> (vectors, labels for display)."""
+        """-> (vectors, labels for display, ids of the queries that are in the engine (-1 if not))."""
         if isinstance(query, (str, os.PathLike)):
             query = [query]
         elif isinstance(query, np.ndarray) and query.ndim == 3:
@@ -349,9 +500,10 @@ class ImageSearch:
         items = list(query)
         labels = [os.fspath(q) if isinstance(q, (str, os.PathLike)) else f"<image {i}>" for i, q in enumerate(items)]
         known = [self._id_of(q) if isinstance(q, (str, os.PathLike)) else None for q in items]
-        if known and all(k is not None for k in known):
-            return self.index.get(np.asarray(known, dtype=np.int64)), labels
-        return self.extractor.extract(items), labels
+        own = np.array([-1 if i is None else i for i in known], dtype=np.int64)
+        if known and (own >= 0).all():
+            return self.index.get(own), labels, own
+        return self.extractor.extract(items), labels, own
 
     def _filter(self, filter):
         """The index's filter for an engine one: bool arrays stay masks over ids and
@@ -371,93 +523,125 @@ class ImageSearch:
                 return np.unique(np.asarray(self._ids_of(filter), dtype=np.int64))
         return np.asarray(filter)  # NumPy / pandas arrays, lists of ints: as given
 
-    def search(self, query, k=10, *, filter=None, **search_params):
+    def search(self, query: Images, k: int = 10, *, filter: Any = None, exclude_self: bool = True,
+               **search_params: Any) -> SearchResults:
         """Nearest images to one query or a batch: paths, arrays (H, W, 3), PIL images.
 
-        A query path already in the engine uses its stored vector.  ``filter``:
-        allowed ids or paths, a bool mask over ids (covering every id; an integer
+        A query path already in the engine uses its stored vector, and with
+        ``exclude_self=True`` (the default, as scikit-learn's ``kneighbors()``)
+        it is not among its own hits: hit 1 is its nearest other image
+        (``exclude_self=False`` keeps it, at distance 0).  ``filter``: allowed
+        ids or paths, a bool mask over ids (covering every id; an integer
         array of 0s and 1s is refused -- pass ``mask.astype(bool)``), or a callable
         ``(path, metadata) -> bool``.  Extra keywords (e.g. ``ef``) go to the index.
+        Returns SearchResults, which unpacks as ``D, I = engine.search(...)``.
         """
-        Q, labels = self._query_vectors(query)
-        return self.search_vectors(Q, k, filter=filter, queries=labels, **search_params)
+        Q, labels, own = self._query_vectors(query)
+        return self._search(Q, k, filter, labels, own if exclude_self else None, search_params)
 
-    def search_vectors(self, Q, k=10, *, filter=None, queries=None, **search_params):
+    def search_vectors(self, Q: ArrayLike, k: int = 10, *, filter: Any = None, queries: Sequence[str] | None = None,
+                       **search_params: Any) -> SearchResults:
         """Search with feature vectors (n, dim) computed elsewhere."""
         Q = np.asarray(Q)
         if Q.ndim == 1:
             Q = Q[None, :]
-        D, I = self.index.search(Q, k=k, filter=self._filter(filter), **search_params)
-        paths = [[self._paths.get(int(i)) if i >= 0 else None for i in row] for row in I]
-        metas = [[self._meta.get(int(i)) if i >= 0 else None for i in row] for row in I]
         if queries is None:
             queries = [f"<vector {i}>" for i in range(len(Q))]
-        return SearchResults(I, D, paths, metas, queries, metric=self.index.metric)
+        return self._search(Q, k, filter, queries, None, search_params)
+
+    def _search(self, Q, k, filter, queries, own, search_params):
+        """The index's k nearest; ``own``: each query's id to leave out (-1: none), or None."""
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
+            raise ValueError(f"Expected k > 0 (an int). Got {k!r}")
+        exclude = own is not None and bool((own >= 0).any())
+        D, I = self.index.search(Q, k=int(k) + exclude, filter=self._filter(filter), **search_params)
+        if exclude:
+            # drop each query's own id where it was found, else the last column
+            keep = I != np.where(own >= 0, own, np.iinfo(np.int64).min)[:, None]  # -1 is padding, not a query
+            keep[keep.all(axis=1), -1] = False
+            D, I = D[keep].reshape(len(I), k), I[keep].reshape(len(I), k)
+        paths = [[self._paths.get(int(i)) if i >= 0 else None for i in row] for row in I]
+        metas = [[self._meta.get(int(i)) if i >= 0 else None for i in row] for row in I]
+        return SearchResults(D, I, paths, metas, queries, metric=self.index.metric)
 
     # -- duplicates ------------------------------------------------------------------
-    def duplicates(self, threshold=None, k=10):
+    def duplicates(self, threshold: float | None = None, k: int = 10) -> list[DuplicateGroup]:
         """Groups of near-duplicate images, found through the index (k neighbours per
         item, no n x n matrix).  ``threshold``: largest distance that counts (default
-        per metric, see DEFAULT_DUP_THRESHOLD).  Returns a list of lists of paths (or
-        ids for array items), biggest groups first."""
+        per metric, see DEFAULT_DUP_THRESHOLD).
+
+        Every pair in a group is within the threshold (complete linkage, no
+        chains of near neighbours): the item with the most neighbours within the
+        threshold starts a group, its neighbours join nearest first when they
+        are within the threshold of every member so far, and the next densest
+        item not yet grouped starts the next.  A group has at most k + 1 items.
+
+        Returns a list of DuplicateGroup, biggest first: each a list of paths
+        (ids for array items), sorted by id, with ``.ids`` and ``.distances``,
+        the (m, m) float32 matrix of their pairwise distances."""
         if threshold is None:
             threshold = DEFAULT_DUP_THRESHOLD.get(self.index.metric, 0.1)
         ids = np.fromiter(self._paths.keys(), dtype=np.int64, count=len(self._paths))
         if len(ids) < 2:
             return []
-        parent = {int(i): int(i) for i in ids}
-
-        def find(a):
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
-
+        kk = min(k + 1, len(ids))
+        params = {"ef": max(kk, 64)} if self.index_kind == "hnsw" else {}
+        near = {}  # id -> its neighbours within the threshold, nearest first
         for s in range(0, len(ids), 4096):
             part = ids[s:s + 4096]
-            D, I = self.index.search(self.index.get(part), k=min(k + 1, len(ids)))
-            for q, (drow, irow) in enumerate(zip(D, I)):
-                a = int(part[q])
-                for d, b in zip(drow, irow):
-                    if b >= 0 and b != a and d <= threshold:
-                        ra, rb = find(a), find(int(b))
-                        if ra != rb:
-                            parent[max(ra, rb)] = min(ra, rb)
-        groups = {}
-        for i in parent:
-            groups.setdefault(find(i), []).append(i)
-        out = [sorted(g) for g in groups.values() if len(g) > 1]
-        out.sort(key=lambda g: (-len(g), g[0]))
-        return [[self._paths[i] if self._paths[i] is not None else i for i in g] for g in out]
+            D, I = self.index.search(self.index.get(part), k=kk, **params)
+            for a, drow, irow in zip(part.tolist(), D, I):
+                nb = [int(b) for d, b in zip(drow, irow) if b >= 0 and b != a and d <= threshold]
+                if nb:
+                    near[a] = nb
+        grouped, groups = set(), []
+        for a in sorted(near, key=lambda a: (-len(near[a]), a)):
+            if a in grouped:
+                continue
+            members = [a] + [b for b in near[a] if b not in grouped]
+            P = _distance.pairwise(self.index.get(members), self.index.get(members), self.index.metric)
+            keep = [0]
+            for j in range(1, len(members)):
+                if (P[j, keep] <= threshold).all():
+                    keep.append(j)
+            if len(keep) < 2:
+                continue
+            order = sorted(keep, key=lambda j: members[j])
+            gids = [members[j] for j in order]
+            grouped.update(gids)
+            groups.append(DuplicateGroup([self._paths[i] if self._paths[i] is not None else i for i in gids],
+                                         ids=gids, distances=P[np.ix_(order, order)]))
+        groups.sort(key=lambda g: (-len(g), int(g.ids[0])))
+        return groups
 
     # -- evaluation -------------------------------------------------------------------
-    def labels_from_folders(self):
+    def labels_from_folders(self) -> dict[int, str]:
         """{id: name of the item's parent folder} -- the usual layout of labelled image sets."""
-        return {i: os.path.basename(os.path.dirname(p)) for i, p in self._paths.items() if p is not None}
+        return self._labels_by_id("folders")
 
-    def evaluate(self, labels="folders", k=None, ks=(1, 5, 10), **search_params):
+    def _labels_by_id(self, labels):
+        """{id: label} of the items ``labels`` labels (see evaluate); a dict may key ids too."""
+        by_path = label_paths(labels, [p for p in self._paths.values() if p is not None])
+        lab = {self._by_path[p]: v for p, v in by_path.items()}
+        if isinstance(labels, dict):
+            lab.update({int(key): v for key, v in labels.items()
+                        if isinstance(key, (int, np.integer)) and int(key) in self._paths and v is not None})
+        return lab
+
+    def evaluate(self, labels: Labels = "folders", k: int | None = None, ks: Sequence[int] = (1, 5, 10),
+                 **search_params: Any) -> dict[str, Any]:
         """Leave-one-out retrieval quality: every labelled item queries the others;
         relevant = same label.  Returns {"mAP", "precision@k", "recall@k", "queries", "k"}.
 
-        labels  "folders" (parent folder name), a dict {path or id: label}, or a callable path -> label.
+        labels  "folders" (parent folder name), the path of a labels CSV (``path,label``
+                columns, paths relative to the CSV's folder: see datasets.read_labels_csv),
+                a dict {path or id: label}, or a callable path -> label.  Fewer than two
+                distinct labels is an error (every hit would count as relevant: mAP 1.0).
         k       ranks used for mAP (default: the whole collection up to 2000 items, else 1000;
                 mAP over fewer ranks than items is reported as "mAP@k").
         """
-        if isinstance(labels, str) and labels == "folders":
-            lab = self.labels_from_folders()
-        elif callable(labels):
-            lab = {i: labels(p) for i, p in self._paths.items()}
-        elif isinstance(labels, dict):
-            lab = {}
-            for key, v in labels.items():
-                i = int(key) if isinstance(key, (int, np.integer)) else self._by_path.get(os.path.abspath(key))
-                if i is not None and i in self._paths:
-                    lab[i] = v
-        else:
-            raise TypeError("labels: expected 'folders', a dict or a callable")
-        lab = {i: v for i, v in lab.items() if v is not None}
-        if len(lab) < 2:
-            raise ValueError(f"need at least 2 labelled items to evaluate, found {len(lab)}")
+        lab = self._labels_by_id(labels)
+        check_labels(lab, labels, example_path=next((self._paths[i] for i in lab if self._paths[i]), None))
         ids = np.fromiter(lab.keys(), dtype=np.int64, count=len(lab))
         n = len(self._paths)
         kk = k if k is not None else (n if n <= 2000 else 1000)
@@ -466,11 +650,11 @@ class ImageSearch:
         k_search = min(kk + 1, n)
         if "ef" not in search_params and self.index_kind == "hnsw":
             search_params["ef"] = max(k_search, 64)
-        I = []
+        rows = []
         for s in range(0, len(ids), 1024):
             part = ids[s:s + 1024]
-            I.append(self.index.search(self.index.get(part), k=k_search, **search_params)[1])
-        I = np.concatenate(I)
+            rows.append(self.index.search(self.index.get(part), k=k_search, **search_params)[1])
+        I = np.concatenate(rows)
         # the ranking is over labelled items only
         I = np.where(np.isin(I, ids), I, -1)
         I = np.array([np.concatenate([r[r >= 0], r[r < 0]]) for r in I]) if len(I) else I
@@ -492,13 +676,13 @@ class ImageSearch:
             "items": items,
         }, separators=(",", ":")).encode("utf-8")
 
-    def save(self, path):
+    def save(self, path: PathLike) -> PathLike:
         """Index, id <-> path/metadata table and extractor config, in one file (atomic)."""
         self.index.save(os.fspath(path), meta=self._meta_json())
         return path
 
     @classmethod
-    def load(cls, path, *, extractor=None, mmap=False):
+    def load(cls, path: PathLike, *, extractor: Extractor | None = None, mmap: bool = False) -> ImageSearch:
         """Open a saved engine.  ``extractor``: pass the extractor object when it was
         built from a Python model; a different configuration is an error."""
         path = os.fspath(path)
@@ -510,7 +694,8 @@ class ImageSearch:
         except ValueError as e:
             raise ValueError(f"{path}: the engine table is not valid JSON ({e})") from e
         if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
-            raise ValueError(f"{path}: unknown engine format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+            found = meta.get("format") if isinstance(meta, dict) else meta
+            raise ValueError(f"{path}: unknown engine format {found!r}")
         saved = meta["extractor"]
         if extractor is None:
             ex = _extractors.from_config(saved)
@@ -539,14 +724,14 @@ class ImageSearch:
         return self
 
     # -- introspection -----------------------------------------------------------------
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._paths)
 
     @property
-    def paths(self):
+    def paths(self) -> list[str | None]:
         return [p for _, p in sorted(self._paths.items())]
 
-    def info(self):
+    def info(self) -> dict[str, Any]:
         return {"count": len(self), "dim": int(self.index.dim), "metric": self.index.metric,
                 "index": self.index_kind, "index_params": self.index_params,
                 "extractor": self.extractor.config()}

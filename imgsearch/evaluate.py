@@ -18,7 +18,13 @@ whether the r-th result of query q is relevant.  ``relevance_from_labels``
 builds it from class labels, the usual protocol for image retrieval (every
 image queries the others; same class = relevant).
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "recall_at_k",
@@ -47,7 +53,7 @@ def _check_k(k, width, name):
     return int(k)
 
 
-def recall_at_k(I, truth, k=None):
+def recall_at_k(I: ArrayLike, truth: ArrayLike, k: int | None = None) -> float:
     """Mean fraction of the true k nearest neighbours found in the first k results.
 
     ``I`` (nq, >= k) ids returned by the index; ``truth`` (nq, >= k) exact ids.
@@ -67,14 +73,14 @@ def recall_at_k(I, truth, k=None):
     return hits / total if total else 0.0
 
 
-def precision_at_k(relevant, k):
+def precision_at_k(relevant: ArrayLike, k: int) -> float:
     """Mean over queries of (relevant results among the first k) / k."""
     rel = _as_2d(relevant, "relevant", dtype=bool)
     k = _check_k(k, rel.shape[1], "relevant")
     return float(rel[:, :k].sum(axis=1).mean() / k) if len(rel) else 0.0
 
 
-def average_precision(relevant, n_relevant=None):
+def average_precision(relevant: ArrayLike, n_relevant: int | None = None) -> float:
     """AP of one ranked list (1-D boolean).  ``n_relevant`` is how many relevant
     items exist in the collection (default: those in the list).  0 when none exist."""
     rel = np.asarray(relevant, dtype=bool).ravel()
@@ -88,7 +94,7 @@ def average_precision(relevant, n_relevant=None):
     return float(precisions.sum() / n)
 
 
-def mean_average_precision(relevant, n_relevant=None):
+def mean_average_precision(relevant: ArrayLike, n_relevant: ArrayLike | None = None) -> float:
     """mAP over queries: ``relevant`` (nq, ranks) boolean, ``n_relevant`` (nq,) or None."""
     rel = _as_2d(relevant, "relevant", dtype=bool)
     if n_relevant is None:
@@ -99,7 +105,8 @@ def mean_average_precision(relevant, n_relevant=None):
     return float(np.mean([average_precision(r, n) for r, n in zip(rel, n_relevant)]))
 
 
-def relevance_from_labels(I, query_labels, labels_by_id, query_ids=None):
+def relevance_from_labels(I: ArrayLike, query_labels: ArrayLike, labels_by_id: Any,
+                          query_ids: ArrayLike | None = None) -> np.ndarray:
     """Boolean relevance of each result: same label as its query.
 
     ``labels_by_id`` maps an id to its label (a dict, or an array indexed by id);
@@ -114,18 +121,20 @@ def relevance_from_labels(I, query_labels, labels_by_id, query_ids=None):
     else:
         arr = np.asarray(labels_by_id, dtype=object)
         lookup = lambda i: arr[i] if 0 <= i < len(arr) else None  # noqa: E731
+    own = None if query_ids is None else np.asarray(query_ids)
     rel = np.zeros(I.shape, dtype=bool)
     for q, row in enumerate(I):
         for r, i in enumerate(row):
             i = int(i)
-            if i < 0 or (query_ids is not None and i == int(query_ids[q])):
+            if i < 0 or (own is not None and i == int(own[q])):
                 continue
             lab = lookup(i)
             rel[q, r] = lab is not None and lab == query_labels[q]
     return rel
 
 
-def label_retrieval_scores(I, ids, labels, ks=(1, 5, 10)):
+def label_retrieval_scores(I: ArrayLike, ids: ArrayLike, labels: Sequence[Any],
+                           ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
     """Leave-one-out retrieval quality of a labelled collection.
 
     Every item ``ids[q]`` queried the index and got the ranked ids ``I[q]``
@@ -141,7 +150,7 @@ def label_retrieval_scores(I, ids, labels, ks=(1, 5, 10)):
     if len(ids) != len(labels) or len(ids) != len(I):
         raise ValueError(f"ids ({len(ids)}), labels ({len(labels)}) and result rows ({len(I)}) must be equally long")
     label_of = dict(zip(ids.tolist(), labels.tolist()))
-    counts = {}
+    counts: dict[Any, int] = {}
     for lab in labels.tolist():
         counts[lab] = counts.get(lab, 0) + 1
     # drop each query's own id, keep the order of the rest

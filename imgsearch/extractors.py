@@ -24,9 +24,17 @@ with the torchvision name is already there.  Without weights the builders
 raise, saying where to put the file; random weights only with
 ``weights="random"``.
 """
+from __future__ import annotations
+
 import contextlib
+import functools
+import hashlib
+import json
 import os
+import re
 import time
+
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +42,8 @@ from . import image as _image
 from . import features as _features
 from .features import Extractor
 
-__all__ = ["TorchExtractor", "build_extractor", "get_extractor", "from_config", "MODELS", "MissingWeightsError"]
+__all__ = ["TorchExtractor", "build_extractor", "get_extractor", "from_config", "declared_preprocess", "MODELS",
+           "KNOWN_WEIGHTS", "MissingWeightsError"]
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -49,9 +58,6 @@ def _torch():
             "this extractor needs PyTorch: pip install 'imgsearch[torch]' (or pip install torch)"
         ) from e
     return torch
-
-
-CLASSIC = ("colorhist", "phash", "dhash")
 
 
 def as_loadable(item):
@@ -378,9 +384,10 @@ class TorchExtractor(Extractor):
 
     # -- constructors ------------------------------------------------------
     @classmethod
-    def from_torchscript(cls, path, *, size=224, resize=256, mean=_image.IMAGENET_MEAN, std=_image.IMAGENET_STD,
-                         **kwargs):
-        """A TorchScript file as a complete backbone (needs torch only, not torchvision)."""
+    def from_torchscript(cls, path, **kwargs):
+        """A TorchScript file as a complete backbone (needs torch only, not torchvision).
+        Preprocessing settings not given come from what the file declares (see
+        declared_preprocess), else the defaults: size 224, resize 256, ImageNet's mean/std."""
         torch = _torch()
         path = os.fspath(path)
         if not os.path.isfile(path):
@@ -389,9 +396,9 @@ class TorchExtractor(Extractor):
             model = torch.jit.load(path, map_location="cpu")
         except Exception as e:
             raise ValueError(f"{path}: not a TorchScript file torch.jit.load can read ({e})") from e
+        kwargs = _with_declared_preprocess(kwargs, path, required=False)
         kwargs.setdefault("name", os.path.basename(path))
-        return cls(model, size=size, resize=resize, mean=mean, std=std,
-                   source={"torchscript": os.path.abspath(path)}, **kwargs)
+        return cls(model, source={"torchscript": os.path.abspath(path)}, **kwargs)
 
 
 # ----------------------------------------------------------------------------
@@ -505,22 +512,107 @@ def _find_weights(name, prefix):
 
 
 def _load_state_dict(model, path):
+    """Load the weights into ``model``; -> the checkpoint's "preprocess" dict, if it has one."""
     torch = _torch()
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: cannot read a state_dict ({e})") from e
+    preprocess = None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        preprocess = sd.get("preprocess")
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise ValueError(f"{path}: expected a state_dict (a dict of tensors), found {type(sd).__name__}")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(f"{path}: the weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(f"{path}: the weights do not fit this model "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return preprocess
 
 
-def build_extractor(name, weights=None, **kwargs):
+# ----------------------------------------------------------------------------
+# The preprocessing a weights file declares
+# ----------------------------------------------------------------------------
+# Normalising with other values than the network was trained with lowers every
+# score without any error (the shared MobileNetV2 with ImageNet's mean/std
+# instead of its own 0.5/0.5: see README), so a weights file's preprocessing is
+# looked up, in this order: a JSON file beside it (``<weights>.json``, keys among
+# PREPROCESS_KEYS), a "preprocess" dict saved in the checkpoint next to its
+# "state_dict", the file's content (KNOWN_WEIGHTS), torchvision's own file names
+# (ImageNet's values).  A named model whose weights declare nothing is refused
+# with what to pass, rather than guessed.
+
+# SHA-256 -> settings, for files that carry no sidecar: google-coral's TF-slim
+# MobileNetV2 (trained on inputs in [-1, 1]) as converted in the project's
+# shared data (models/README.md: "mean = std = (0.5, 0.5, 0.5)").
+KNOWN_WEIGHTS = {
+    "18d9d28170fa9142e8f641b3d787413d297bd87d09c53b27f8a4d61025beedb7": {"mean": 0.5, "std": 0.5},  # state_dict
+    "4cdb968a36d9c523a6e14a28879d5ac5fc86d63a9df4a0b45132d60de174834f": {"mean": 0.5, "std": 0.5},  # features.ts
+    "7c6a6d220d573fba5e0ae2f9e574f22d3c2319fd4ef2c9adc0b8abe1133ad5a0": {"mean": 0.5, "std": 0.5},  # classifier.ts
+}
+TORCHVISION_FILE = re.compile(r"^[a-z0-9_]+-[0-9a-f]{8}\.pth$")  # e.g. mobilenet_v2-b0353104.pth
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def declared_preprocess(path: str, checkpoint_preprocess: dict | None = None) -> dict[str, Any] | None:
+    """The preprocessing settings (a dict with keys among PREPROCESS_KEYS) that the
+    weights file ``path`` declares, or None when it declares none."""
+    sidecar = path + ".json"
+    if os.path.isfile(sidecar):
+        try:
+            with open(sidecar, encoding="utf-8") as f:
+                found = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{sidecar}: not valid JSON ({e})") from e
+        where = sidecar
+    elif checkpoint_preprocess is not None:
+        found, where = checkpoint_preprocess, f"{path} (its 'preprocess' entry)"
+    elif TORCHVISION_FILE.match(os.path.basename(path)):
+        return {"mean": _image.IMAGENET_MEAN, "std": _image.IMAGENET_STD}
+    else:
+        known = KNOWN_WEIGHTS.get(_sha256(path)) if os.path.isfile(path) else None
+        return dict(known) if known else None
+    if not isinstance(found, dict) or not found or set(found) - set(PREPROCESS_KEYS):
+        raise ValueError(f"{where}: expected a dict with keys among {PREPROCESS_KEYS}, e.g. "
+                         f'{{"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}; found {found!r}')
+    return found
+
+
+def _with_declared_preprocess(kwargs, path, checkpoint_preprocess=None, required=True):
+    """kwargs with the settings the weights declare filled in where the caller gave none
+    (settings the caller gave always win); refused when mean/std stay unknown and ``required``."""
+    if not isinstance(kwargs.get("preprocess") or {}, dict):
+        return kwargs  # TorchExtractor says what to give instead of a Python transform
+    given = dict(kwargs.get("preprocess") or {}, **{k: kwargs[k] for k in PREPROCESS_KEYS if k in kwargs})
+    if "mean" in given and "std" in given:
+        return kwargs
+    declared = declared_preprocess(path, checkpoint_preprocess) or {}
+    if required and not ({"mean", "std"} <= set(given) | set(declared)):
+        raise ValueError(
+            f"{path}: these weights do not say how their inputs are normalised, and the wrong values lower "
+            "retrieval quality without any error. Pass mean= and std= (extractor_params={'mean': ..., "
+            "'std': ...}, or --mean/--std): torchvision's weights use mean=(0.485, 0.456, 0.406), "
+            "std=(0.229, 0.224, 0.225); weights converted from TensorFlow usually 0.5 and 0.5. "
+            f"Or write them beside the weights, in {path}.json: "
+            '{"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}')
+    out = dict(kwargs)
+    out.pop("preprocess", None)
+    out.update({k: v for k, v in declared.items() if k not in given})
+    out.update(given)
+    return out
+
+
+def build_extractor(name: str, weights: str | os.PathLike[str] | None = None,
+                    **kwargs: Any) -> TorchExtractor:
     """A named pretrained backbone as a TorchExtractor.
 
     name     one of MODELS, or a timm model name when timm is importable.
@@ -533,20 +625,23 @@ def build_extractor(name, weights=None, **kwargs):
         if weights is None:
             weights = _find_weights(name, spec["hub"])
         if weights != "random":
-            _load_state_dict(model, os.fspath(weights))
+            declared = _load_state_dict(model, os.fspath(weights))
+            kwargs = _with_declared_preprocess(kwargs, os.fspath(weights), declared)
         trunk = _strip_head(name, model)
     else:
         try:
             import timm
         except ImportError:
-            raise ValueError(f"unknown model {name!r}: expected one of {sorted(MODELS)} "
-                             "(or a timm model name, with timm installed)") from None
+            raise ValueError(f"unknown model {name!r}: expected a registered extractor "
+                             f"({', '.join(_features.registered())}; imgsearch.features.register adds one), "
+                             "a TorchScript file, or a timm model name with timm installed") from None
         model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
         if weights is None:
             raise MissingWeightsError(f"timm model {name!r}: pass weights='file.pth' (nothing is downloaded), "
                                       "or weights='random'")
         if weights != "random":
-            _load_state_dict(model, os.fspath(weights))
+            declared = _load_state_dict(model, os.fspath(weights))
+            kwargs = _with_declared_preprocess(kwargs, os.fspath(weights), declared)
         trunk = model
     src = {"builder": name, "weights": os.path.abspath(os.fspath(weights)) if weights != "random" else "random"}
     kwargs.setdefault("name", name)
@@ -554,7 +649,7 @@ def build_extractor(name, weights=None, **kwargs):
         return TorchExtractor(trunk, source=src, **kwargs)
 
 
-def get_extractor(spec, **kwargs):
+def get_extractor(spec: str | os.PathLike[str] | Extractor, **kwargs: Any) -> Extractor:
     """An extractor from a name ("colorhist", "phash", "dhash", "mobilenet_v2", ...),
     a TorchScript path (``*.pt`` / ``*.ts``), or an Extractor (returned as is)."""
     if isinstance(spec, Extractor):
@@ -562,7 +657,7 @@ def get_extractor(spec, **kwargs):
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"extractor: expected a name, a TorchScript path or an Extractor, found {type(spec).__name__}")
     spec = os.fspath(spec)
-    if spec in CLASSIC:
+    if spec in _features.registered():
         return _features.get_extractor(spec, **kwargs)
     if spec.endswith((".pt", ".pth", ".ts", ".torchscript")) or os.sep in spec:
         kwargs.pop("weights", None)
@@ -570,13 +665,18 @@ def get_extractor(spec, **kwargs):
     return build_extractor(spec, **kwargs)
 
 
-def from_config(config, **overrides):
+for _name in MODELS:  # the named backbones, in the one registry; torch is imported when one is built
+    _features.register(_name, functools.partial(build_extractor, _name))
+
+
+def from_config(config: dict[str, Any], **overrides: Any) -> Extractor:
     """Rebuild an extractor from its ``config()`` (as saved with an index)."""
     config = dict(config)
     if config.get("kind") != "torch":
         return _features.from_config(config)
     src = config.get("source") or {}
-    kw = {k: config[k] for k in ("size", "resize", "mean", "std", "pooling", "normalize") if k in config}
+    saved = ("size", "resize", "mean", "std", "pooling", "normalize")
+    kw: dict[str, Any] = {k: config[k] for k in saved if k in config}
     kw.update(overrides)
     if "torchscript" in src:
         ex = TorchExtractor.from_torchscript(src["torchscript"], name=config.get("name"), **kw)

@@ -13,12 +13,17 @@ its config, so an engine can save which extractor made its vectors.
 ``dim`` follows FlatIndex: for the ``hamming`` metric it counts bits, so a
 64-bit hash has ``dim == 64`` and rows of ``dim // 8 == 8`` uint8 bytes.
 """
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 
 from . import _core
 from .image import _as_list, _failures
 
-__all__ = ["ColorHistogram", "DHash", "Extractor", "PHash", "from_config", "get_extractor", "register"]
+__all__ = ["ColorHistogram", "DHash", "Extractor", "PHash", "from_config", "get_extractor", "register", "registered"]
 
 _KIND_COLORHIST = 1
 _KIND_PHASH = 2
@@ -40,18 +45,19 @@ class Extractor:
     ``config()`` -> a JSON-able dict with ``"name"``; ``from_config`` inverts it.
     """
 
-    name = None
-    dim = None
-    metric = None
-    dtype = np.float32
+    name: str | None = None
+    dim: int | None = None
+    metric: str | None = None
+    dtype: type = np.float32
 
-    def extract(self, images):
+    def extract(self, images: Sequence[Any]) -> np.ndarray:
         raise NotImplementedError
 
-    def extract_files(self, paths, threads=None):
+    def extract_files(self, paths: Sequence[str], threads: int | None = None
+                      ) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
         raise NotImplementedError
 
-    def config(self):
+    def config(self) -> dict[str, Any]:
         return {"name": self.name}
 
     def __repr__(self):
@@ -62,7 +68,7 @@ class Extractor:
 class _NativeExtractor(Extractor):
     """An extractor computed by the C core: (kind, bins) select the feature."""
 
-    _kind = None
+    _kind: int | None = None
 
     def _bins(self):
         return (0, 0, 0)
@@ -151,25 +157,39 @@ class DHash(_Hash):
     _kind = _KIND_DHASH
 
 
-_REGISTRY = {"colorhist": ColorHistogram, "phash": PHash, "dhash": DHash}
+# The one registry of extractor names: these three, the named torch models
+# (registered by imgsearch.extractors, built only when asked for), and whatever
+# users register.  ImageSearch(extractor=name) and from_config look here.
+_REGISTRY: dict[str, Callable[..., Extractor]] = {"colorhist": ColorHistogram, "phash": PHash, "dhash": DHash}
 
 
-def register(name, cls):
-    """Make ``get_extractor(name, ...)`` and ``from_config`` build ``cls``."""
+def register(name: str, cls: Callable[..., Extractor]) -> None:
+    """Make ``get_extractor(name, ...)``, ``ImageSearch(extractor=name)`` and
+    ``from_config`` build ``cls`` (a class or any callable ``**params -> Extractor``)."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected a non-empty str, found {name!r}")
+    if not callable(cls):
+        raise TypeError(f"cls: expected an Extractor class or a callable returning one, found {type(cls).__name__}")
     _REGISTRY[name] = cls
 
 
-def get_extractor(name, **params):
-    """An extractor by registry name: ``"colorhist"``, ``"phash"``, ``"dhash"``
-    (and whatever was registered)."""
+def registered() -> list[str]:
+    """The registered extractor names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_extractor(name: str, **params: Any) -> Extractor:
+    """An extractor by registry name: ``"colorhist"``, ``"phash"``, ``"dhash"``,
+    the named torch models (``"mobilenet_v2"``, ...) and whatever was registered."""
     try:
         cls = _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError("unknown extractor %r: expected one of %s" % (name, ", ".join(map(repr, sorted(_REGISTRY)))))
+        raise ValueError("unknown extractor %r: expected one of %s"
+                         % (name, ", ".join(map(repr, sorted(_REGISTRY))))) from None
     return cls(**params)
 
 
-def from_config(config):
+def from_config(config: dict[str, Any]) -> Extractor:
     """Rebuild an extractor from ``Extractor.config()``."""
     if not isinstance(config, dict) or "name" not in config:
         raise ValueError("expected an extractor config: a dict with a 'name' key, found %r" % (config,))

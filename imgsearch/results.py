@@ -1,9 +1,10 @@
 """SearchResults: what ImageSearch.search returns -- arrays first, pictures on demand.
 
     >>> hits = engine.search(["a.jpg", "b.jpg"], k=5)
-    >>> hits.ids, hits.distances            # (2, 5) int64 / float32, -1 / inf padded
+    >>> D, I = hits                         # (2, 5) float32 / int64, inf / -1 padded, as index.search
+    >>> hits[0]                             # the first query's hits: dicts with rank (from 1), path, ...
     >>> hits.paths[0]                       # the first query's result paths
-    >>> hits.to_pandas()                    # long form: query, rank, id, path, distance, score
+    >>> hits.to_pandas()                    # long form: query, rank, id, name, path, distance, score
     >>> hits                                # in a notebook: a grid of thumbnails
 
 pandas, Pillow and matplotlib are imported only by the methods that need them.
@@ -11,14 +12,18 @@ The HTML view escapes every string, embeds at most ``max_rows`` x ``max_cols``
 thumbnails (bounded in pixels and bytes), and returns None instead of raising
 when something goes wrong, as notebook display hooks should.
 """
+from __future__ import annotations
+
 import base64
 import html
 import io
 import os
 
+from typing import Any
+
 import numpy as np
 
-__all__ = ["SearchResults"]
+__all__ = ["SearchResults", "DuplicateGroup"]
 
 THUMB_PX = 128          # longest side of an embedded thumbnail
 MAX_THUMB_BYTES = 200_000  # skip files whose thumbnail would be larger (never happens for JPEG 128px)
@@ -27,17 +32,22 @@ MAX_THUMB_BYTES = 200_000  # skip files whose thumbnail would be larger (never h
 class SearchResults:
     """Results of a batch of queries (a single query is a batch of one).
 
-    ids        int64 (nq, k), -1 where fewer than k results exist
     distances  float32 (nq, k), smaller = closer, inf for padding
+    ids        int64 (nq, k), -1 where fewer than k results exist
     paths      list (nq) of lists of path strings (None for array-added items)
     scores     similarity: cos / dot for cosine / ip (1 - distance), else 1 / (1 + distance); NaN for padding
     metadata   list (nq) of lists of the metadata stored with each hit (or None)
     queries    what was asked (paths, or "<array 0>" ...)
+
+    ``D, I = results`` unpacks the two arrays, (distances, ids) in that order,
+    like ``index.search``; ``results[q]`` is query q's hits as dicts (rank
+    from 1); ``len(results)`` is the number of queries.
     """
 
-    def __init__(self, ids, distances, paths, metadata, queries, metric="l2"):
-        self.ids = np.asarray(ids)
+    def __init__(self, distances: Any, ids: Any, paths: list[list[str | None]], metadata: list[list[Any]],
+                 queries: list[Any], metric: str = "l2") -> None:
         self.distances = np.asarray(distances)
+        self.ids = np.asarray(ids)
         self.paths = paths
         self.metadata = metadata
         self.queries = list(queries)
@@ -48,11 +58,12 @@ class SearchResults:
         return len(self.ids)
 
     def __iter__(self):
-        for q in range(len(self)):
-            yield self[q]
+        """``D, I = results``: (distances, ids), as ``index.search`` returns them."""
+        yield self.distances
+        yield self.ids
 
-    def __getitem__(self, q):
-        """One query's results as a list of dicts (id, path, distance, score, metadata)."""
+    def __getitem__(self, q: int) -> list[dict[str, Any]]:
+        """One query's results as a list of dicts (rank from 1, id, path, distance, score, metadata)."""
         if not isinstance(q, (int, np.integer)):
             raise TypeError(f"index results by query number (int), found {type(q).__name__}")
         if not -len(self) <= q < len(self):
@@ -63,12 +74,12 @@ class SearchResults:
         for r, i in enumerate(self.ids[q]):
             if i < 0:
                 break
-            out.append({"rank": r, "id": int(i), "path": self.paths[q][r], "distance": float(self.distances[q, r]),
+            out.append({"rank": r + 1, "id": int(i), "path": self.paths[q][r], "distance": float(self.distances[q, r]),
                         "score": float(scores[r]), "metadata": self.metadata[q][r]})
         return out
 
     @property
-    def scores(self):
+    def scores(self) -> np.ndarray:
         d = self.distances.astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             if self.metric in ("cosine", "ip"):
@@ -91,23 +102,25 @@ class SearchResults:
         return "\n".join(lines)
 
     # -- tables --------------------------------------------------------------------
-    def to_records(self):
+    def to_records(self) -> list[dict[str, Any]]:
         rows = []
         for q in range(len(self)):
             for h in self[q]:
-                rows.append({"query": q, "query_item": str(self.queries[q]), **h})
+                name = os.path.basename(h["path"]) if h["path"] is not None else None
+                rows.append({"query": q, "query_item": str(self.queries[q]), "name": name, **h})
         return rows
 
-    def to_pandas(self):
-        """Long form: one row per (query, rank): query, query_item, rank, id, path, distance, score, metadata."""
+    def to_pandas(self) -> Any:
+        """Long form: one row per (query, rank): query, query_item, rank (from 1), id,
+        name (the file name), path, distance, score, metadata."""
         try:
             import pandas as pd
         except ImportError as e:
             raise ImportError("to_pandas() needs pandas: pip install pandas") from e
-        cols = ["query", "query_item", "rank", "id", "path", "distance", "score", "metadata"]
+        cols = ["query", "query_item", "rank", "id", "name", "path", "distance", "score", "metadata"]
         return pd.DataFrame(self.to_records(), columns=cols)
 
-    def to_json(self):
+    def to_json(self) -> list[dict[str, Any]]:
         return [{"query": str(self.queries[q]), "results": self[q]} for q in range(len(self))]
 
     # -- pictures ---------------------------------------------------------------------
@@ -144,7 +157,7 @@ class SearchResults:
             cells = []
             quri = self._thumbnail_uri(qitem) if isinstance(qitem, str) else None
             qlabel = esc(os.path.basename(str(qitem)))
-            cells.append(f'<td style="padding:4px;border-right:2px solid #888;text-align:center">'
+            cells.append('<td style="padding:4px;border-right:2px solid #888;text-align:center">'
                          + (f'<img src="{quri}" style="max-width:{THUMB_PX}px"><br>' if quri else "")
                          + f"<b>query</b><br><small>{qlabel}</small></td>")
             for h in self[q][:max_cols]:
@@ -197,3 +210,30 @@ class SearchResults:
                     ax.set_title(label, fontsize=8)
         fig.tight_layout()
         return fig
+
+
+class DuplicateGroup(list):
+    """One group of near-duplicates from ``ImageSearch.duplicates()``: a list of
+    paths (ids for items added as arrays), with
+
+    ids        int64 (m,) the engine's ids, in the list's order
+    distances  float32 (m, m) every pairwise distance (all within the threshold)
+    """
+
+    def __init__(self, items: list[Any], ids: Any, distances: Any) -> None:
+        super().__init__(items)
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.distances = np.asarray(distances, dtype=np.float32)
+
+    @property
+    def max_distance(self) -> float:
+        """The largest distance between two members."""
+        return float(self.distances.max()) if len(self) else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"items": list(self), "ids": self.ids.tolist(), "distances": self.distances.tolist()}
+
+    def __repr__(self):
+        names = ", ".join(os.path.basename(p) if isinstance(p, str) else str(p) for p in self[:4])
+        more = f", ... {len(self) - 4} more" if len(self) > 4 else ""
+        return f"DuplicateGroup({len(self)} items, max distance {self.max_distance:.4g}: {names}{more})"

@@ -18,7 +18,6 @@ written to ``build/fuzz/current`` first.
     python tests/fuzz_image.py [--cases N] [--seed S] [--out build/fuzz]
 """
 import argparse
-import io
 import os
 import struct
 import sys

@@ -39,3 +39,19 @@ def make_folder(root, rng, per_class=6, broken=True, fmt="png"):
         bad.append(p)
         open(os.path.join(root, "notes.txt"), "w").write("not listed: wrong extension")
     return sorted(good), labels, sorted(bad)
+
+
+def make_flowers_layout(root, rng, per_class=4):
+    """flowers17's layout: every image in root/images/, the classes in root/labels.csv
+    (path,label,class_name, paths relative to root).  Returns [(relative path, label)]."""
+    from PIL import Image
+    os.makedirs(os.path.join(root, "images"))
+    rows = []
+    for name, color in CLASSES.items():
+        for i in range(per_class):
+            rel = f"images/{name}_{i}.png"
+            Image.fromarray(make_image(rng, color)).save(os.path.join(root, rel))
+            rows.append((rel, name))
+    with open(os.path.join(root, "labels.csv"), "w") as f:
+        f.write("path,label,class_name\n" + "".join(f"{p},{lab},{lab}\n" for p, lab in rows))
+    return rows

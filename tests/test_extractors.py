@@ -122,7 +122,7 @@ def test_named_builder_loads_a_state_dict_and_refuses_to_guess(tmp_path, monkeyp
     net = extractors._mobilenet_v2()
     path = str(tmp_path / "mnv2.pth")
     torch.save(net.state_dict(), path)
-    ex = extractors.build_extractor("mobilenet_v2", weights=path, size=64, resize=64)
+    ex = extractors.build_extractor("mobilenet_v2", weights=path, size=64, resize=64, mean=0.5, std=0.5)
     assert ex.dim == 1280
     x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
     with torch.no_grad():
@@ -131,7 +131,8 @@ def test_named_builder_loads_a_state_dict_and_refuses_to_guess(tmp_path, monkeyp
     # the hub cache is searched when no weights are given
     os.makedirs(tmp_path / "hub" / "checkpoints")
     os.rename(path, tmp_path / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth")
-    assert extractors.build_extractor("mobilenet_v2", size=64, resize=64).dim == 1280
+    hub = extractors.build_extractor("mobilenet_v2", size=64, resize=64)  # torchvision's file: ImageNet's values
+    assert hub.dim == 1280 and hub.mean == imgsearch.image.IMAGENET_MEAN and hub.std == imgsearch.image.IMAGENET_STD
     bad = str(tmp_path / "bad.pth")
     torch.save({"x": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="do not fit"):
@@ -158,6 +159,49 @@ def test_real_mobilenet_v2_recognises_the_cat():
     assert float((a * b).sum()) > 0.8  # symmetric vs TF padding: README says about 0.90
 
 
+def test_a_weights_file_declares_its_preprocessing_or_is_refused(tmp_path):
+    torch.manual_seed(0)
+    net = extractors._mobilenet_v2()
+    plain = str(tmp_path / "mine.pth")
+    torch.save(net.state_dict(), plain)
+    with pytest.raises(ValueError, match=r"do not say how.*mean= and std=.*mine.pth.json"):
+        imgsearch.ImageSearch(extractor="mobilenet_v2", weights=plain, extractor_params={"size": 64, "resize": 64})
+    # a sidecar JSON beside the weights; what the caller gives still wins
+    with open(plain + ".json", "w") as f:
+        f.write('{"mean": [0.25, 0.5, 0.75], "std": 0.5, "resize": 72}')
+    ex = imgsearch.ImageSearch(extractor="mobilenet_v2", weights=plain,
+                               extractor_params={"size": 64, "resize": 64}).extractor
+    assert (ex.mean, ex.std, ex.size, ex.resize) == ((0.25, 0.5, 0.75), (0.5,) * 3, 64, 64)
+    # a "preprocess" entry saved in the checkpoint itself
+    packed = str(tmp_path / "packed.pth")
+    torch.save({"state_dict": net.state_dict(), "preprocess": {"mean": [0.1] * 3, "std": [0.2] * 3}}, packed)
+    ex = extractors.build_extractor("mobilenet_v2", weights=packed, size=64, resize=64)
+    assert ex.mean == (0.1,) * 3 and ex.std == (0.2,) * 3
+    # given explicitly: no lookup, no error
+    assert extractors.build_extractor("mobilenet_v2", weights=plain, preprocess={"mean": 0.3, "std": 0.3},
+                                      size=64, resize=64).mean == (0.3,) * 3
+    bad = str(tmp_path / "bad.pth")
+    torch.save(net.state_dict(), bad)
+    with open(bad + ".json", "w") as f:
+        f.write('{"norm": 1}')
+    with pytest.raises(ValueError, match="bad.pth.json: expected a dict with keys among"):
+        extractors.build_extractor("mobilenet_v2", weights=bad)
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(MODELS, "mobilenet_v2_coral_imagenet.pt")),
+                    reason="real MobileNetV2 weights not present in ../shared/data/models")
+def test_the_shared_weights_bring_their_own_normalisation():
+    """The README's quick start with the shared weights: mean = std = 0.5 (models/README.md)."""
+    sd = os.path.join(MODELS, "mobilenet_v2_coral_imagenet.pt")
+    engine = imgsearch.ImageSearch(extractor="mobilenet_v2", weights=sd, index="flat")
+    assert engine.extractor.mean == (0.5,) * 3 and engine.extractor.std == (0.5,) * 3
+    cat = os.path.join(MODELS, "cat.bmp")
+    by_hand = extractors.build_extractor("mobilenet_v2", weights=sd, mean=0.5, std=0.5)
+    np.testing.assert_allclose(engine.extractor.extract([cat]), by_hand.extract([cat]), rtol=1e-5, atol=1e-6)
+    ts = TorchExtractor.from_torchscript(os.path.join(MODELS, "mobilenet_v2_coral_features.ts.pt"))
+    assert ts.mean == (0.5,) * 3 and ts.std == (0.5,) * 3
+
+
 def test_builders_never_fall_back_to_random_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     try:
@@ -169,7 +213,7 @@ def test_builders_never_fall_back_to_random_weights(tmp_path, monkeypatch):
         with pytest.raises(expected) as e:
             extractors.build_extractor(name)
         assert ("TorchScript" in str(e.value)) or ("nothing is downloaded" in str(e.value))
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="unknown model .*colorhist.*mobilenet_v2.*features.register"):
         extractors.build_extractor("no_such_net")
     with pytest.raises(ValueError, match="TorchScript"):
         TorchExtractor(small_cnn(), size=16, freeze=True)
@@ -201,3 +245,20 @@ def test_decoding_overlaps_the_model_only_when_torch_leaves_cpus_free(folder, mo
     assert calls == [6]  # the 6 CPUs torch leaves free decode the next batch
     np.testing.assert_array_equal(seq, over)
     assert f1 == f2 and sorted(p for _, p, _ in f1) == sorted(bad)
+
+
+def test_engine_progress_moves_per_model_batch(folder, tmp_path, monkeypatch):
+    from imgsearch import ImageSearch
+    good = make_folder(str(tmp_path / "many"), np.random.default_rng(1), per_class=14, broken=False)[0]
+    ts = str(tmp_path / "tiny.ts.pt")
+    torch.jit.script(small_cnn()).save(ts)
+    updates = []
+
+    class Bar:
+        update = staticmethod(updates.append)
+        close = staticmethod(lambda: None)
+
+    monkeypatch.setattr(ImageSearch, "_progress", staticmethod(lambda total: Bar()))
+    engine = ImageSearch(extractor=ts, index="flat", extractor_params={"size": 32, "resize": 32, "batch_size": 8})
+    engine.add(good)
+    assert sum(updates) == len(good) > 32 and max(updates) <= 8

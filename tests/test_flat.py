@@ -4,7 +4,6 @@ import threading
 import numpy as np
 import pytest
 
-import imgsearch
 from imgsearch import FlatIndex
 from conftest import METRICS, check_filter_rule, check_knn, filter_ids, make_data, oracle_pairwise
 

@@ -347,18 +347,27 @@ def test_one_thread_and_seed_is_deterministic(tmp_path, rng):
 
 def test_searches_during_adds_from_python_threads(rng):
     X = clustered(6000, 16, rng)
+    Q = X[:20] + 0.01
     index = HNSWIndex(16, M=8, ef_construction=40)
     index.add(X[:500])
     errors, stop = [], threading.Event()
+    added = [500]     # ids below this may be in the index (raised before each add starts)
+    removed = set()   # ids whose removal has returned: no search that starts later may see them
+    searches = [0]
 
     def searcher():
         while not stop.is_set():
             try:
-                n = len(index)
-                D, I = index.search(X[:20], k=5, threads=1)
-                ok = I[I >= 0]
-                assert np.all((ok >= 0) & (ok < 6000)) and np.all(np.isfinite(D[I >= 0]))
-                assert n >= 500
+                gone = set(removed)
+                D, I = index.search(Q, k=5, threads=1)
+                hi = added[0]
+                # every search sees a whole index: k hits (never fewer than 400 live ids),
+                # ids that were added, none removed before it began, each at its true distance
+                assert np.all(I >= 0) and np.all(I < hi), (I.min(), I.max(), hi)
+                assert not gone & set(I.ravel().tolist())
+                true = ((X[I].astype(np.float64) - Q[:, None, :]) ** 2).sum(-1)
+                np.testing.assert_allclose(D, true, rtol=1e-4, atol=1e-4)
+                searches[0] += 1
             except Exception as e:  # pragma: no cover - reported below
                 errors.append(e)
                 return
@@ -367,14 +376,16 @@ def test_searches_during_adds_from_python_threads(rng):
     for t in threads:
         t.start()
     for i in range(500, 6000, 500):
+        added[0] = i + 500
         index.add(X[i:i + 500], threads=2)
         if i % 1500 == 0:
             index.remove(np.arange(i - 100, i))
+            removed.update(range(i - 100, i))
     stop.set()
     for t in threads:
         t.join()
     assert not errors, errors[0]
-    assert index.check() and len(index) == 6000 - 300
+    assert searches[0] > 0 and index.check() and len(index) == 6000 - 300
 
 
 def test_concurrent_searches_match_a_serial_run(rng):

@@ -1,5 +1,10 @@
-"""notebooks/quickstart.ipynb runs top to bottom on a folder the test makes."""
+"""notebooks/quickstart.ipynb runs top to bottom as a user runs it: from its own
+folder, on the package installed in the environment (no PYTHONPATH), on flowers17
+when the shared data is there, else on a folder the test makes."""
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -8,25 +13,44 @@ nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("ipykernel")
 pytest.importorskip("PIL")
 
+from imgsearch.datasets import shared_data
 from imgfolder import make_folder
 
-NOTEBOOK = os.path.join(os.path.dirname(__file__), "..", "notebooks", "quickstart.ipynb")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = os.path.join(REPO, "notebooks")
+FLOWERS = shared_data("flowers17")
 
 
-def test_quickstart_notebook_executes(tmp_path, rng, monkeypatch):
-    folder = str(tmp_path / "imgs")
-    make_folder(folder, rng, per_class=5)
-    monkeypatch.setenv("IMGSEARCH_IMAGES", folder)
-    monkeypatch.setenv("IMGSEARCH_NOTEBOOK_FAST", "1")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    monkeypatch.setenv("PYTHONPATH", repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+def test_quickstart_notebook_runs_from_its_folder_on_the_installed_package(tmp_path, rng, monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.setenv("IMGSEARCH_NOTEBOOK_FAST", "1")  # the optional CNN section: tests/test_extractors.py
+    if os.path.isdir(FLOWERS):
+        monkeypatch.delenv("IMGSEARCH_IMAGES", raising=False)  # the notebook's own default
+        folder = FLOWERS
+    else:
+        folder = str(tmp_path / "imgs")
+        make_folder(folder, rng, per_class=5)
+        monkeypatch.setenv("IMGSEARCH_IMAGES", folder)
+    nb = nbformat.read(os.path.join(NOTEBOOKS, "quickstart.ipynb"), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("print('imported from', isx.__file__)"))
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": NOTEBOOKS}})
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     html = [o["data"]["text/html"] for o in outputs if "data" in o and "text/html" in o["data"]]
     assert any("<img" in h for h in html)  # the results grid rendered with thumbnails
     text = "".join(o.get("text", "") for o in outputs)
-    assert "images reloaded" in text
+    plain = "".join(o["data"].get("text/plain", "") for o in outputs if "data" in o)
+    assert "images reloaded" in text and folder in text
+    assert f"imported from {os.path.join(REPO, 'imgsearch', '__init__.py')}" in text
+    m = re.search(r"'mAP': ([0-9.e-]+)", plain)
+    assert m and 0 < float(m.group(1)) < 0.95  # real labels, not one folder for all (mAP 1.0)
+    assert not os.path.exists(os.path.join(NOTEBOOKS, "quickstart.isx"))
+
+
+def test_the_command_is_installed_beside_the_interpreter(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "imgsearch")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([exe, "info", "--help"], cwd=str(tmp_path), env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and "index_file" in proc.stdout
