@@ -152,9 +152,8 @@ def cmd_eval(args):
 
 
 def cmd_info(args):
-    from .engine import ImageSearch
-    engine = ImageSearch.load(args.index_file)
-    info = engine.info()
+    from .engine import read_info
+    info = read_info(args.index_file)  # no extractor is built: no torch needed
     if args.json:
         json.dump(info, sys.stdout, indent=1)
         print()

@@ -16,6 +16,7 @@
 #include "py_common.h"
 #include "py_image.h"
 #include "../image/image.h"
+#include "../image/encode.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -527,6 +528,84 @@ static PyObject *py_image_resize(PyObject *mod, PyObject *args)
     return (PyObject *)out;
 }
 
+/* _image_thumbnail(item, max_side, format, quality) -> bytes: format is
+ * "jpeg" or "png"; item a path, encoded bytes or a uint8 array. */
+static PyObject *py_image_thumbnail(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    PyObject *item;
+    Py_ssize_t max_side;
+    const char *format_name;
+    int quality;
+    if (!PyArg_ParseTuple(args, "Onsi:_image_thumbnail", &item, &max_side, &format_name, &quality))
+        return NULL;
+    isx_thumb_format format;
+    if (strcmp(format_name, "jpeg") == 0)
+        format = ISX_THUMB_JPEG;
+    else if (strcmp(format_name, "png") == 0)
+        format = ISX_THUMB_PNG;
+    else
+        return PyErr_Format(PyExc_ValueError, "format: expected \"jpeg\" or \"png\", found %R",
+                            PyTuple_GET_ITEM(args, 2));
+    if (max_side < 1 || (size_t)max_side > ISX_THUMB_MAX_SIDE)
+        return PyErr_Format(PyExc_ValueError, "max_side: expected 1..%u pixels, found %zd", ISX_THUMB_MAX_SIDE,
+                            max_side);
+    item_list l;
+    PyObject *one = PyTuple_Pack(1, item);
+    if (!one)
+        return NULL;
+    int r = items_from(one, &l);
+    Py_DECREF(one);
+    if (r < 0)
+        return NULL;
+    const isx_image_source *src = &l.src[0];
+    if (src->kind == ISX_SRC_INVALID) {
+        PyErr_Format(PyExc_TypeError, "thumbnail: %s", src->error);
+        items_free(&l);
+        return NULL;
+    }
+    uint8_t *data = NULL;
+    size_t len = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_image_thumbnail(src, (size_t)max_side, format, quality, &data, &len);
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    if (rc) {
+        char what[600];
+        if (src->kind == ISX_SRC_PATH)
+            PyOS_snprintf(what, sizeof(what), "'%.500s'", src->path);
+        else if (src->kind == ISX_SRC_BYTES)
+            PyOS_snprintf(what, sizeof(what), "<%zu bytes>", src->len);
+        else
+            PyOS_snprintf(what, sizeof(what), "<array>");
+        raise_image(rc, what);
+    } else {
+        result = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len);
+    }
+    free(data);
+    items_free(&l);
+    return result;
+}
+
+/* _image_dimensions(bytes) -> (width, height) from the header alone */
+static PyObject *py_image_dimensions(PyObject *mod, PyObject *arg)
+{
+    (void)mod;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    size_t w = 0, h = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_image_dimensions(view.buf, (size_t)view.len, &w, &h);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (rc)
+        return raise_image(rc, NULL);
+    return Py_BuildValue("(nn)", (Py_ssize_t)w, (Py_ssize_t)h);
+}
+
 /* _exif_orientation(bytes) -> int: for tests and for callers that decode elsewhere */
 static PyObject *py_exif_orientation(PyObject *mod, PyObject *arg)
 {
@@ -545,6 +624,8 @@ static PyMethodDef image_methods[] = {
     {"_image_batch", py_image_batch, METH_VARARGS, NULL},
     {"_image_features", py_image_features, METH_VARARGS, NULL},
     {"_exif_orientation", py_exif_orientation, METH_O, NULL},
+    {"_image_thumbnail", py_image_thumbnail, METH_VARARGS, NULL},
+    {"_image_dimensions", py_image_dimensions, METH_O, NULL},
     {NULL, NULL, 0, NULL}};
 
 int isx_py_image_init(PyObject *m)
