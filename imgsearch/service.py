@@ -400,7 +400,8 @@ class _Service:
         except ImageDecodeError:
             return  # the decoder gives the precise reason (it reads more formats' headers than this probe)
         if w * h > self.max_pixels:
-            raise ServiceError(413, f"{name}: {w} x {h} pixels ({w * h / 1e6:.1f} MP), above this server's limit "
+            raise ServiceError(413, f"{name}: its header declares {w} x {h} pixels ({w * h / 1e6:.1f} MP), above "
+                                    f"this server's limit "
                                     f"of {self.max_pixels / 1e6:g} MP; downscale it first")
 
     def extract(self, uploads):
