@@ -66,7 +66,7 @@ from collections import OrderedDict
 import numpy as np
 
 try:
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Path, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
@@ -695,6 +695,12 @@ def _error(status, message):
     return JSONResponse({"error": message, "status": status}, status_code=status)
 
 
+_PUBLIC_PATHS = ("/", "/healthz", "/favicon.ico")
+_ITEM_ID = Path(description="an id from a search hit", examples=[0])
+_THUMB_SIZE = Query(256, description=f"longest side in pixels: one of {', '.join(map(str, THUMB_SIDES))}",
+                    json_schema_extra={"enum": list(THUMB_SIDES)})
+
+
 def create_app(engine, *, index_path=None, token=None, allow_add=False, upload_dir=None, roots=None,
                max_upload_bytes=DEFAULT_MAX_UPLOAD_BYTES, max_megapixels=DEFAULT_MAX_MEGAPIXELS,
                save_delay=SAVE_DELAY):
@@ -798,7 +804,7 @@ def create_app(engine, *, index_path=None, token=None, allow_add=False, upload_d
 
     @app.delete("/images/{item_id}", response_model=RemoveResponse, tags=["images"],
                 summary="Remove an item (when the server allows changes)")
-    async def remove_image(item_id: int):
+    async def remove_image(item_id: int = _ITEM_ID):
         _check_changes_allowed(service)
         count = await run_in_threadpool(service.remove, item_id)
         return {"removed": item_id, "count": count}
@@ -806,7 +812,7 @@ def create_app(engine, *, index_path=None, token=None, allow_add=False, upload_d
     # -- files -----------------------------------------------------------------------
     @app.get("/images/{item_id}", tags=["images"], summary="The original image file",
              response_class=FileResponse, responses={200: {"content": {"image/*": {}}}})
-    async def original(item_id: int):
+    async def original(item_id: int = _ITEM_ID):
         real = await run_in_threadpool(service.original, item_id)
         mime = mimetypes.guess_type(real)[0] or "application/octet-stream"
         return FileResponse(real, media_type=mime, headers={"X-Content-Type-Options": "nosniff"})
@@ -814,7 +820,7 @@ def create_app(engine, *, index_path=None, token=None, allow_add=False, upload_d
     @app.get("/images/{item_id}/thumbnail", tags=["images"], summary="A thumbnail made by the C decoder",
              response_class=Response,
              responses={200: {"content": {_image.THUMBNAIL_MIME[_image.THUMBNAIL_FORMAT]: {}}}})
-    async def thumbnail(item_id: int, size: int = 256):
+    async def thumbnail(item_id: int = _ITEM_ID, size: int = _THUMB_SIZE):
         if size not in THUMB_SIDES:
             raise ServiceError(422, f"size: expected one of {list(THUMB_SIDES)}, found {size}")
         data = await run_in_threadpool(service.thumbnail, item_id, size)
@@ -838,7 +844,6 @@ def create_app(engine, *, index_path=None, token=None, allow_add=False, upload_d
     return app
 
 
-_PUBLIC_PATHS = ("/", "/healthz", "/favicon.ico")
 
 
 def _check_changes_allowed(service):
