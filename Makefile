@@ -101,7 +101,7 @@ $(VENV)/.torch: $(VENV)/.stamp
 
 # The [serve] extra and what its tests drive it with (the browser itself comes from Debian).
 $(VENV)/.serve: $(VENV)/.stamp
-	$(PIP) install -q "fastapi>=0.110" "uvicorn>=0.29" "python-multipart>=0.0.9" httpx httpx2 selenium schemathesis
+	$(PIP) install -q "fastapi>=0.110" "uvicorn[standard]>=0.29" "python-multipart>=0.0.9" httpx httpx2 selenium schemathesis
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.stamp

@@ -684,6 +684,29 @@ class _TooLarge(Exception):
     pass
 
 
+class _TokenCheck:
+    """ASGI middleware: every path but the page, its static files and /healthz needs the
+    token, as ``Authorization: Bearer T`` or ``?token=T`` (for <img> tags)."""
+
+    def __init__(self, app, token):
+        self.app, self.token = app, token.encode()
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in _PUBLIC_PATHS or path.startswith("/static/"):
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if given[:7].lower() == b"bearer ":
+            given = given[7:]
+        else:
+            from urllib.parse import parse_qs
+            given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0].encode()
+        if not hmac.compare_digest(given, self.token):
+            return await _send_error(send, 401, "this server needs a token: send 'Authorization: Bearer <token>' "
+                                                "(or ?token=<token>)")
+        return await self.app(scope, receive, send)
+
+
 async def _send_error(send, status, message):
     body = json.dumps({"error": message, "status": status}).encode()
     await send({"type": "http.response.start", "status": status,
@@ -726,6 +749,8 @@ def create_app(engine, *, index_path=None, token=None, allow_add=False, upload_d
         responses=_ERRORS, lifespan=lifespan)
     app.state.service = service
     app.add_middleware(_BodyLimit, limit=MAX_BATCH * service.max_upload_bytes + 65536)
+    if token is not None:
+        app.add_middleware(_TokenCheck, token=token)  # outermost: nothing runs for a stranger
 
     # -- errors: JSON everywhere ------------------------------------------------
     @app.exception_handler(ServiceError)
@@ -747,17 +772,6 @@ def create_app(engine, *, index_path=None, token=None, allow_add=False, upload_d
     @app.exception_handler(Exception)
     async def _unexpected(request, exc):
         return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
-
-    @app.middleware("http")
-    async def _auth(request, call_next):
-        if service.token is not None and request.url.path not in _PUBLIC_PATHS \
-                and not request.url.path.startswith("/static/"):
-            given = request.headers.get("authorization", "")
-            given = given[7:] if given.lower().startswith("bearer ") else request.query_params.get("token", "")
-            if not hmac.compare_digest(given.encode(), service.token.encode()):
-                return _error(401, "this server needs a token: send 'Authorization: Bearer <token>' "
-                                   "(or ?token=<token>)")
-        return await call_next(request)
 
     # -- search -------------------------------------------------------------------
     @app.post("/search", response_model=SearchResponse, tags=["search"],
