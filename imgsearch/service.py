@@ -424,15 +424,13 @@ class _Service:
             for q, (label, own) in enumerate(zip(labels, own_ids)):
                 drop_self = exclude_self if exclude_self is not None else own is not None
                 want = k + 1 if drop_self else k
+                t0 = time.perf_counter()
                 while True:
-                    t0 = time.perf_counter()
-                    res = self.engine.search_vectors(Q[q:q + 1], k=min(want, max(n, 1)), filter=predicate)
-                    hits = res[0]
-                    if drop_self:
-                        hits = self._without_self(hits, Q[q], own)
-                    if len(hits) >= k or want >= n:
+                    found = self.engine.search_vectors(Q[q:q + 1], k=min(want, max(n, 1)), filter=predicate)[0]
+                    hits = self._without_self(found, Q[q], own) if drop_self else found
+                    if len(hits) >= k or len(found) < want or want >= n:
                         break
-                    want *= 4  # several exact copies of the query: look further
+                    want *= 4  # several exact copies of the query were left out: look further
                 results.append({"query": label, "k": k, "took_ms": (time.perf_counter() - t0) * 1e3,
                                 "hits": [_hit(r, h) for r, h in enumerate(hits[:k], start=1)]})
         return results

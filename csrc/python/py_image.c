@@ -410,6 +410,28 @@ error:
 /* One image                                                                 */
 /* ======================================================================== */
 
+/* One item (path, bytes or array) as a list of one; -1 with an exception as items_from. */
+static int item_from_one(PyObject *obj, item_list *l)
+{
+    PyObject *one = PyTuple_Pack(1, obj);
+    if (!one)
+        return -1;
+    int r = items_from(one, l);
+    Py_DECREF(one);
+    return r;
+}
+
+/* "'path'", "<N bytes>" or "<array>": what a message names. */
+static void describe_source(const isx_image_source *src, char *buf, size_t size)
+{
+    if (src->kind == ISX_SRC_PATH)
+        PyOS_snprintf(buf, size, "'%.500s'", src->path);
+    else if (src->kind == ISX_SRC_BYTES)
+        PyOS_snprintf(buf, size, "<%zu bytes>", src->len);
+    else
+        PyOS_snprintf(buf, size, "<array>");
+}
+
 static void free_capsule(PyObject *cap)
 {
     free(PyCapsule_GetPointer(cap, "imgsearch.pixels"));
@@ -445,12 +467,7 @@ static PyObject *py_image_load(PyObject *mod, PyObject *arg)
 {
     (void)mod;
     item_list l;
-    PyObject *one = PyTuple_Pack(1, arg);
-    if (!one)
-        return NULL;
-    int r = items_from(one, &l);
-    Py_DECREF(one);
-    if (r < 0)
+    if (item_from_one(arg, &l) < 0)
         return NULL;
     isx_image_source *src = &l.src[0];
     if (src->kind == ISX_SRC_PIXELS || src->kind == ISX_SRC_INVALID) {
@@ -467,10 +484,7 @@ static PyObject *py_image_load(PyObject *mod, PyObject *arg)
     Py_END_ALLOW_THREADS
     if (rc) {
         char what[600];
-        if (src->kind == ISX_SRC_PATH)
-            PyOS_snprintf(what, sizeof(what), "'%.500s'", src->path);
-        else
-            PyOS_snprintf(what, sizeof(what), "<%zu bytes>", src->len);
+        describe_source(src, what, sizeof(what));
         PyObject *e = raise_image(rc, what);
         items_free(&l);
         return e;
@@ -491,12 +505,7 @@ static PyObject *py_image_resize(PyObject *mod, PyObject *args)
         return PyErr_Format(PyExc_ValueError, "resize: expected a size between 1 and %u per side, found %zd x %zd",
                             ISX_IMAGE_MAX_OUT_SIDE, w, h);
     item_list l;
-    PyObject *one = PyTuple_Pack(1, arr_obj);
-    if (!one)
-        return NULL;
-    int r = items_from(one, &l);
-    Py_DECREF(one);
-    if (r < 0)
+    if (item_from_one(arr_obj, &l) < 0)
         return NULL;
     if (l.src[0].kind != ISX_SRC_PIXELS) {
         PyErr_Format(PyExc_TypeError, "resize: %s",
@@ -551,12 +560,7 @@ static PyObject *py_image_thumbnail(PyObject *mod, PyObject *args)
         return PyErr_Format(PyExc_ValueError, "max_side: expected 1..%u pixels, found %zd", ISX_THUMB_MAX_SIDE,
                             max_side);
     item_list l;
-    PyObject *one = PyTuple_Pack(1, item);
-    if (!one)
-        return NULL;
-    int r = items_from(one, &l);
-    Py_DECREF(one);
-    if (r < 0)
+    if (item_from_one(item, &l) < 0)
         return NULL;
     const isx_image_source *src = &l.src[0];
     if (src->kind == ISX_SRC_INVALID) {
@@ -573,12 +577,7 @@ static PyObject *py_image_thumbnail(PyObject *mod, PyObject *args)
     PyObject *result = NULL;
     if (rc) {
         char what[600];
-        if (src->kind == ISX_SRC_PATH)
-            PyOS_snprintf(what, sizeof(what), "'%.500s'", src->path);
-        else if (src->kind == ISX_SRC_BYTES)
-            PyOS_snprintf(what, sizeof(what), "<%zu bytes>", src->len);
-        else
-            PyOS_snprintf(what, sizeof(what), "<array>");
+        describe_source(src, what, sizeof(what));
         raise_image(rc, what);
     } else {
         result = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len);
