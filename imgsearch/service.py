@@ -401,8 +401,7 @@ class _Service:
             return  # the decoder gives the precise reason (it reads more formats' headers than this probe)
         if w * h > self.max_pixels:
             raise ServiceError(413, f"{name}: its header declares {w} x {h} pixels ({w * h / 1e6:.1f} MP), above "
-                                    f"this server's limit "
-                                    f"of {self.max_pixels / 1e6:g} MP; downscale it first")
+                                    f"this server's limit of {self.max_pixels / 1e6:g} MP; downscale it first")
 
     def extract(self, uploads):
         """Feature vectors of uploaded images [(name, bytes)], one row each; bad ones raise (422 naming it)."""
