@@ -87,3 +87,12 @@ def test_upload_on_the_page_shows_the_engines_hits_and_click_searches_again(brow
         browser.find_element(By.ID, "query-file").send_keys(str(bad))
         WebDriverWait(browser, WAIT).until(lambda d: "not a usable image" in d.find_element(By.ID, "status").text)
         assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
+        # the add form: the image goes into the engine with its metadata, and the page says so
+        new_path, new_bytes = query_images(str(tmp_path / "new"), rng, n=1)[0]
+        browser.find_element(By.ID, "add-files").send_keys(new_path)
+        browser.find_element(By.ID, "add-meta").send_keys('{"label": "from the page"}')
+        browser.find_element(By.CSS_SELECTOR, "#add-form button").click()
+        WebDriverWait(browser, WAIT).until(lambda d: "16 images" in d.find_element(By.ID, "info").text)
+        assert "added 1 images" in browser.find_element(By.ID, "status").text and len(engine) == 16
+        hit = engine.search(new_path, k=1)
+        assert hit.distances[0, 0] == 0 and hit.metadata[0][0] == {"label": "from the page"}

@@ -113,3 +113,47 @@ def test_soak(tmp_path, rng):
     engine, path, n0, added, count, counts, errors = run_load(tmp_path, rng, seconds=SOAK, additions=400)
     print(f"soak: {sum(counts.values())} requests in {SOAK:.0f} s, {len(added)} images added")
     check_nothing_lost(engine, path, n0, added, count, errors)
+
+
+def test_a_killed_server_loses_at_most_the_last_second(tmp_path, rng):
+    """`imgsearch serve --allow-add` killed with SIGKILL while images are being added:
+    the file on disk always loads, and holds every addition made over a second before."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    engine, path, _ = build_engine(str(tmp_path), rng, per_class=3)
+    n0 = len(engine)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(isx.__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "imgsearch", "serve", path, "--port", str(port), "--allow-add"],
+                            env={**os.environ, "PYTHONPATH": root}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
+                time.sleep(0.1)
+        images = query_images(str(tmp_path / "new"), rng, n=12)
+        settled = []
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for _, data in images[:6]:
+                settled.append(client.post("/images", files=[("images", ("a.png", data))]).json()["added"][0])
+            time.sleep(1.6)  # past the 1 s save delay: these six are on disk
+            for _, data in images[6:]:  # and these are being added when the kill comes
+                client.post("/images", files=[("images", ("b.png", data))])
+                saved = isx.ImageSearch.load(path)  # every intermediate file is whole
+                assert n0 <= len(saved) <= n0 + 12
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    saved = isx.ImageSearch.load(path)
+    assert n0 + 6 <= len(saved) <= n0 + 12
+    assert {a["path"] for a in settled} <= set(saved.paths)
