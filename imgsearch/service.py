@@ -510,7 +510,10 @@ class _Service:
 
     def thumbnail(self, item_id, side):
         real = self.original(item_id)
-        st = os.stat(real)
+        try:
+            st = os.stat(real)
+        except OSError as e:  # removed since original() looked
+            raise ServiceError(404, f"id {item_id}: its file cannot be read ({e.strerror})") from None
 
         def make():
             try:
