@@ -425,13 +425,13 @@ class _Service:
                 want = k + 1 if drop_self else k
                 t0 = time.perf_counter()
                 while True:
-                    found = self.engine.search_vectors(Q[q:q + 1], k=min(want, max(n, 1)), filter=predicate)[0]
+                    found = _hits(self.engine.search_vectors(Q[q:q + 1], k=min(want, max(n, 1)), filter=predicate))
                     hits = self._without_self(found, Q[q], own) if drop_self else found
                     if len(hits) >= k or len(found) < want or want >= n:
                         break
                     want *= 4  # several exact copies of the query were left out: look further
                 results.append({"query": label, "k": k, "took_ms": (time.perf_counter() - t0) * 1e3,
-                                "hits": [_hit(r, h) for r, h in enumerate(hits[:k], start=1)]})
+                                "hits": [{"rank": r, **h} for r, h in enumerate(hits[:k], start=1)]})
         return results
 
     def _without_self(self, hits, qvec, own):
@@ -543,10 +543,12 @@ class _Service:
 _UPLOAD_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tga", ".psd", ".pnm", ".ppm", ".pgm", ".webp")
 
 
-def _hit(rank, h):
-    score = h["score"]
-    return {"rank": rank, "id": h["id"], "path": h["path"], "distance": h["distance"],
-            "score": score if math.isfinite(score) else 0.0, "metadata": h["metadata"]}
+def _hits(results):
+    """The hits of a one-query SearchResults, from its arrays: id, path, distance, score, metadata."""
+    ids, dist, scores = results.ids[0], results.distances[0], results.scores[0]
+    return [{"id": int(i), "path": results.paths[0][j], "distance": float(dist[j]),
+             "score": float(scores[j]) if math.isfinite(scores[j]) else 0.0, "metadata": results.metadata[0][j]}
+            for j, i in enumerate(ids) if i >= 0]
 
 
 def _metadata_predicate(filter):
