@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 C_SOURCES := $(shell find csrc -name '*.[ch]')
 IMAGES ?=
 
-.PHONY: demo test test-asan bench bench-flat bench-hnsw bench-kdtree bench-image bench-engine bench-serve soak fuzz build deps venv clean check-install
+.PHONY: demo test test-asan bench bench-kernels bench-flat bench-hnsw bench-kdtree bench-image bench-engine bench-serve soak fuzz build deps venv clean check-install
 
 demo: build $(VENV)/.torch
 	$(PY) -m imgsearch._demo $(if $(IMAGES),--images "$(IMAGES)")
@@ -52,8 +52,11 @@ fuzz: deps venv
 	$(ASAN_RUN) $(PY) -m pytest -q -s -x tests/test_image.py -p no:cacheprovider; \
 	status=$$?; $(RESTORE_BUILD) && exit $$status
 
-bench: bench-flat bench-hnsw bench-kdtree bench-image bench-engine bench-serve
+bench: bench-kernels bench-flat bench-hnsw bench-kdtree bench-image bench-engine bench-serve
 	$(PY) benchmarks/collect.py
+
+bench-kernels: build $(VENV)/.bench
+	$(PY) benchmarks/bench_kernels.py
 
 bench-flat: build $(VENV)/.bench
 	$(PY) benchmarks/bench_flat.py

@@ -19,6 +19,7 @@ import argparse
 import gc
 import json
 import os
+import pickle
 import platform
 import sys
 import time
@@ -28,6 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import imgsearch  # noqa: E402
 from imgsearch.datasets import fashion_mnist  # noqa: E402
+from _levels import at_level, cpu_line, label, lower  # noqa: E402
 
 M, EF_CONSTRUCTION, K, BUILD_THREADS = 16, 200, 10, 2
 EF_SWEEP = [10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 64, 96, 128, 192, 256]
@@ -67,6 +69,17 @@ class Imgsearch:
 
     def memory(self):
         return self.index.memory_usage
+
+
+class ImgsearchAtLevel(Imgsearch):
+    """The index built at the best level, loaded again at a lower SIMD level
+    (an HNSW index takes its kernels when it is created or loaded), so the
+    levels search the same graph."""
+
+    def __init__(self, built, level):
+        self.name = label(level)
+        with at_level(level):
+            self.index = pickle.loads(pickle.dumps(built.index))
 
 
 class Hnswlib:
@@ -175,7 +188,7 @@ def main():
     Q = np.ascontiguousarray(Qall[: args.queries])
     _, gt = imgsearch.FlatIndex.from_array(X).search(Q, k=K)
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "simd": imgsearch.capabilities()["simd"], "versions": versions(), "base": list(X.shape),
+            "simd": imgsearch.capabilities()["simd"], "cpu": cpu_line(), "versions": versions(), "base": list(X.shape),
             "queries": len(Q), "k": K, "M": M, "ef_construction": EF_CONSTRUCTION,
             "build_threads": BUILD_THREADS, "repeat": args.repeat, "load_at_start": os.getloadavg()}
     print(f"# HNSW benchmark: {X.shape[0]} x {X.shape[1]}, {len(Q)} queries, load {loadavg():.2f}", flush=True)
@@ -200,6 +213,11 @@ def main():
         print(f"build {lib.name:10s} {seconds:7.2f} s (cpu {cpu:6.1f} s)  rss +{rss / 2**20:7.1f} MiB"
               + (f"  reported {own / 2**20:7.1f} MiB" if own else ""), flush=True)
         libs.append(lib)
+
+    isx_built = next((lib for lib in libs if lib.name == "imgsearch"), None)
+    if isx_built is not None:
+        for pos, level in enumerate(lower(), start=1):
+            libs.insert(pos, ImgsearchAtLevel(isx_built, level))
 
     curves = {lib.name: [] for lib in libs}
     for ef in EF_SWEEP:
@@ -230,7 +248,10 @@ def main():
                 base = qps_at(curves.get("hnswlib", []), t, key)
                 row[f"{key}@{t}"] = q
                 row[f"{key}_vs_hnswlib@{t}"] = q / base if q and base else None
-        b = next(b for b in builds if b["library"] == lib.name)
+        b = next((b for b in builds if b["library"] == lib.name), None)
+        if b is None:  # a lower SIMD level of imgsearch: the same index, loaded again
+            summary.append(row)
+            continue
         row["build_s"] = b["seconds"]
         row["build_vs_hnswlib"] = b["seconds"] / hb["seconds"] if hb else None
         row["build_cpu_s"] = b["cpu_seconds"]
@@ -332,7 +353,8 @@ def tables(meta, curves, summary, filtered, dtypes):
     names = list(curves)
     out = [f"Fashion-MNIST {meta['base'][0]} x {meta['base'][1]}, {meta['queries']} queries, k={K}, M={M}, "
            f"ef_construction={EF_CONSTRUCTION}, builds on {BUILD_THREADS} threads, searches on 1 thread; "
-           f"{meta['cpus']} CPUs ({meta['simd']}), load average {meta['load_at_start'][0]:.2f} at start, "
+           f"{meta.get('cpu', str(meta['cpus']) + ' CPUs (' + meta['simd'] + ')')}; `imgsearch` searches at the best "
+           "SIMD level, `imgsearch[level]` is the same index loaded at a lower level; load average {meta['load_at_start'][0]:.2f} at start, "
            f"{meta['load_at_end'][0]:.2f} at end; versions {meta['versions']}.",
            "",
            "QPS is measured twice: wall clock, and CPU time of the process (all libraries search on the "
@@ -353,10 +375,13 @@ def tables(meta, curves, summary, filtered, dtypes):
         for t in TARGETS:
             for key in ("qps", "qps_cpu"):
                 cells.append(f"{fmt(r[f'{key}@{t}'], '.0f')} ({fmt(r[f'{key}_vs_hnswlib@{t}'], '.2f')}x)")
-        cells.append(f"{r['build_s']:.1f} s ({fmt(r['build_vs_hnswlib'], '.2f')}x)")
-        cells.append(f"{r['build_cpu_s']:.1f} s ({fmt(r['build_cpu_vs_hnswlib'], '.2f')}x)")
-        cells.append(f"{r['rss_mib']:.0f} MiB")
-        cells.append(fmt(r["reported_mib"], ".0f") + (" MiB" if r["reported_mib"] else ""))
+        if "build_s" in r:
+            cells.append(f"{r['build_s']:.1f} s ({fmt(r['build_vs_hnswlib'], '.2f')}x)")
+            cells.append(f"{r['build_cpu_s']:.1f} s ({fmt(r['build_cpu_vs_hnswlib'], '.2f')}x)")
+            cells.append(f"{r['rss_mib']:.0f} MiB")
+            cells.append(fmt(r["reported_mib"], ".0f") + (" MiB" if r["reported_mib"] else ""))
+        else:
+            cells += ["same index"] * 4
         out.append(f"| {r['library']} | " + " | ".join(cells) + " |")
     if "hnswlib" in curves and "imgsearch" in curves:
         diff = [a["recall@10"] - b["recall@10"] for a, b in zip(curves["imgsearch"], curves["hnswlib"])]

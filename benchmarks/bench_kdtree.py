@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import imgsearch  # noqa: E402
 from imgsearch.datasets import fashion_mnist  # noqa: E402
+from _levels import at_level, cpu_line, lower  # noqa: E402
 
 K = 10
 LEAF = 16           # most points per leaf, every tree
@@ -76,12 +77,20 @@ SETS = {"fashion-pca16": (fashion_pca16, 5_000), "uniform-3d": (uniform_3d, 20_0
 
 
 class Imgsearch:
-    def __init__(self, copy):
+    """level=None: the best SIMD level; else the tree is built at that level
+    (a KD-tree takes its leaf kernels when it is created)."""
+
+    def __init__(self, copy, level=None):
         self.copy = copy
-        self.name = "imgsearch KDTreeIndex" + (" (copy=True)" if copy else " (copy=False)")
+        self.level = level
+        self.name = "imgsearch KDTreeIndex" + (" (copy=True)" if copy else " (copy=False)") + \
+            (f" [{level}]" if level else "")
 
     def build(self, X, X64):
-        self.index = imgsearch.KDTreeIndex.from_array(X, leaf_size=LEAF, copy=self.copy, threads=1)
+        import contextlib
+
+        with at_level(self.level) if self.level else contextlib.nullcontext():
+            self.index = imgsearch.KDTreeIndex.from_array(X, leaf_size=LEAF, copy=self.copy, threads=1)
 
     def search(self, Q, Q64, threads):
         return self.index.search(Q, k=K, threads=threads)
@@ -183,7 +192,8 @@ def run_set(name, repeat, query_repeat, flat_queries):
     X, Q = make(nq)
     X64, Q64 = X.astype(np.float64), Q.astype(np.float64)
     nflat = None if name == "fashion-pca16" else flat_queries
-    libs = [Imgsearch(copy=True), Imgsearch(copy=False), Scipy(), Sklearn(), Flat(nflat)]
+    libs = [Imgsearch(copy=True), Imgsearch(copy=False)] + [Imgsearch(copy=True, level=lv) for lv in lower()] + \
+        [Scipy(), Sklearn(), Flat(nflat)]
     best = {lib.name: {"build_s": np.inf, **{f"query_s_{t}": np.inf for t in THREADS}} for lib in libs}
     results = {}
     print(f"# {name}: base {X.shape}, {len(Q)} queries, k={K}, load {os.getloadavg()[0]:.2f}", flush=True)
@@ -255,7 +265,8 @@ def markdown(meta, sets, goals):
     lines = [f"KD-tree benchmark: k={K}, leaves of at most {LEAF} points (imgsearch leaf_size={LEAF}, "
              f"cKDTree leafsize={LEAF}, scikit-learn leaf_size={LEAF // 2}), builds on 1 thread; best of "
              f"{meta['repeat']} interleaved repeats (builds) and {meta['repeat'] * meta['query_repeat']} query runs "
-             f"per thread count; {meta['cpus']} CPUs, load average "
+             f"per thread count; {meta.get('cpu', str(meta['cpus']) + ' CPUs')}; `[level]`: the tree built at a "
+             "lower SIMD level, same run; load average "
              f"{meta['load_at_start'][0]:.2f} at start, {meta['load_at_end'][0]:.2f} at end. "
              f"Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", ""]
     for s in sets:
@@ -309,7 +320,7 @@ def main():
             f.write(markdown(saved["meta"], saved["sets"], saved["targets"]))
         return
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "simd": imgsearch.capabilities()["simd"], "versions": versions(), "k": K, "leaf": LEAF,
+            "simd": imgsearch.capabilities()["simd"], "cpu": cpu_line(), "versions": versions(), "k": K, "leaf": LEAF,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "sched_autogroup": autogroup(),
             "repeat": args.repeat, "query_repeat": args.query_repeat, "load_at_start": os.getloadavg()}
     sets = [run_set(name, args.repeat, args.query_repeat, args.flat_queries) for name in args.sets.split(",")]

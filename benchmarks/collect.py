@@ -7,6 +7,8 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECTIONS = [
+    ("kernels", "The kernel table: every slot at every SIMD level of this CPU",
+     "bench_kernels.py", "make bench-kernels"),
     ("flat", "Exact search: FlatIndex vs faiss IndexFlatL2 vs NumPy; pairwise vs simsimd",
      "bench_flat.py", "make bench-flat"),
     ("hnsw", "Approximate search: HNSWIndex vs hnswlib vs faiss IndexHNSWFlat vs usearch",
@@ -26,9 +28,10 @@ INTRO = """# Benchmarks
 Every figure here compares imgsearch with the peers installed from PyPI (faiss-cpu,
 hnswlib, usearch, scipy, scikit-learn, simsimd, Pillow, torch) on the same data, on
 the same machine, in the same run, with the same parameters; each table says how it
-was measured. The machine is a shared 2-core x86-64 (AMD Zen, AVX2/FMA; no AVX-512),
-so absolute rates move from run to run: read the ratios, which come from interleaved
-runs. Data: Fashion-MNIST from the Debian package `dataset-fashion-mnist`, and the
+was measured, on which CPU and with which flags. The machine is a shared 2-core x86-64
+(CPU_LINE), so absolute rates move from run to run: read the ratios, which come from
+interleaved runs. `imgsearch` rows run at the CPU's best SIMD level; `imgsearch[avx2]` and
+`imgsearch[serial]` rows run the same index at a lower level in the same run. Data: Fashion-MNIST from the Debian package `dataset-fashion-mnist`, and the
 1,360 flowers17 photos. Each benchmark writes `results/<name>.json` (all raw figures)
 and `results/<name>.md` (the tables below); `make bench` runs them all and rebuilds
 this page (`python benchmarks/collect.py`).
@@ -43,8 +46,23 @@ def demote(text, top=3):
     return "\n".join("#" * shift + line if line.startswith("#") else line for line in lines)
 
 
+def cpu_line():
+    """The CPU the kernel benchmark ran on (results/kernels.json), for the intro."""
+    import json
+
+    try:
+        with open(os.path.join(HERE, "results", "kernels.json")) as f:
+            r = json.load(f)
+    except (OSError, ValueError):
+        return "CPU not recorded: run make bench-kernels"
+    caps = r["capabilities"]
+    flags = [k for k in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vpopcntdq", "avx512vnni",
+                         "avx512fp16") if caps.get(k)]
+    return f"{r['cpu']}, flags {'/'.join(flags)}"
+
+
 def main():
-    parts = [INTRO]
+    parts = [INTRO.replace("CPU_LINE", cpu_line())]
     for name, title, script, target in SECTIONS:
         path = os.path.join(HERE, "results", name + ".md")
         parts.append(f"\n## {title}\n\n`{script}` (`{target}`)\n")

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -84,7 +88,33 @@ def rng():
     return np.random.default_rng(12345)
 
 
-def isa_levels():
+ISA_ORDER = ["serial", "avx2", "avx512"]
+ISA_NEEDS = {"avx2": "AVX2 + FMA + F16C", "avx512": "AVX-512 F/BW/DQ/VL"}
+
+
+def supported_levels():
+    """The SIMD levels this CPU and OS can run, lowest first."""
     supported = imgsearch.capabilities()["simd_supported"]
-    order = ["serial", "avx2", "avx512"]
-    return order[: order.index(supported) + 1]
+    return ISA_ORDER[: ISA_ORDER.index(supported) + 1]
+
+
+def isa_levels(levels=ISA_ORDER):
+    """Every level as a pytest parameter: one this CPU lacks is a visible skip
+    with the reason, never silently left out."""
+    have = supported_levels()
+    return [pytest.param(lv, id=lv, marks=pytest.mark.skipif(
+        lv not in have, reason=f"this CPU has no {ISA_NEEDS.get(lv)}: the {lv} kernels cannot run here"))
+        for lv in levels]
+
+
+def run_tests_in_child(test_file, selection, env):
+    """Run the tests of test_file matching `selection` (pytest -k) in a child
+    process with extra environment variables (a lower SIMD level, a forced
+    plan), and assert they ran and passed."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.join(here, test_file),
+         "-k", selection],
+        cwd=os.path.dirname(here), env=dict(os.environ, **env), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{env}: " + proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout

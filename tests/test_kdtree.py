@@ -1,10 +1,7 @@
 """KDTreeIndex against NumPy brute force and FlatIndex: every metric, static
 and dynamic trees, filters, radius search, eps, persistence, hostile files."""
-import os
 import pickle
 import struct
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -12,7 +9,7 @@ import pytest
 
 import imgsearch
 from imgsearch import FlatIndex, IndexFormatError, KDTreeIndex
-from conftest import check_knn, oracle_pairwise
+from conftest import check_knn, isa_levels, oracle_pairwise, run_tests_in_child, supported_levels
 from test_format import ENTRY, HEADER, crc32c, reseal, sections
 
 KD_METRICS = ["l2", "l1"]
@@ -507,16 +504,11 @@ def test_a_points_distance_does_not_depend_on_where_it_lives(dim, rng):
             assert i not in d or d[i] == dist
 
 
-def test_oracle_tests_pass_at_every_simd_level():
-    # the main run uses the best leaf scan this CPU has; lower levels run in a child
-    levels = ["serial", "avx2", "avx512"]
-    supported = levels[: levels.index(imgsearch.capabilities()["simd_supported"]) + 1]
-    here = os.path.dirname(os.path.abspath(__file__))
-    for level in supported[:-1]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.join(here, "test_kdtree.py"),
-             "-k", "exact_search or filters or dynamic_adds or where_it_lives or range_search_matches or eps"],
-            cwd=os.path.dirname(here), env=dict(os.environ, IMGSEARCH_SIMD=level), capture_output=True, text=True,
-            timeout=600)
-        assert proc.returncode == 0, level + ": " + proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert " passed" in proc.stdout and " failed" not in proc.stdout
+@pytest.mark.parametrize("level", isa_levels())
+def test_oracle_tests_pass_at_every_simd_level(level):
+    # the main run uses this CPU's best leaf scan; each level runs in a child
+    if level == supported_levels()[-1]:
+        pytest.skip(f"{level} is this CPU's best level: the main run of these tests is its run")
+    run_tests_in_child("test_kdtree.py",
+                       "exact_search or filters or dynamic_adds or where_it_lives or range_search_matches or eps",
+                       {"IMGSEARCH_SIMD": level})

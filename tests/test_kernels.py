@@ -8,7 +8,7 @@ import pytest
 
 import imgsearch
 from imgsearch import _core, distance
-from conftest import METRICS, isa_levels, make_data, oracle_pairwise, oracle_scale
+from conftest import METRICS, isa_levels, make_data, oracle_pairwise, oracle_scale, supported_levels
 
 LENGTHS = [1, 7, 16, 97, 1536]
 
@@ -127,12 +127,11 @@ def test_capabilities_reports_the_choice():
         assert caps["avx512f"] and caps["avx2"]
 
 
-@pytest.mark.parametrize("level", ["serial", "avx2"])
+@pytest.mark.parametrize("level", isa_levels())
 def test_environment_variable_lowers_the_level(level):
-    if level not in isa_levels():
-        pytest.skip(f"{level} not supported here")
     code = (
-        "import imgsearch, numpy as np; c = imgsearch.capabilities(); print(c['simd'], c['simd_supported']);"
+        "import imgsearch, numpy as np; c = imgsearch.capabilities(); print(c['simd'], c['simd_supported'],"
+        " ' '.join(sorted(set(c['kernels'].values()))));"
         "r = np.random.default_rng(0); X = r.normal(size=(500, 33)).astype(np.float32);"
         "D, I = imgsearch.FlatIndex.from_array(X).search(X[:40], k=5); print(int((I[:, 0] == np.arange(40)).all()))"
     )
@@ -140,4 +139,194 @@ def test_environment_variable_lowers_the_level(level):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     lines = out.stdout.split("\n")
     assert lines[0].split()[0] == level
+    order = ["serial", "avx2", "avx512"]
+    # every slot, f16c and crc32 included, comes from this level or below
+    assert all(o == "none" or order.index(o) <= order.index(level) for o in lines[0].split()[2:])
     assert lines[1] == "1"
+
+
+# ---------------------------------------------------------------------------
+# The other slots of the kernel table, each level alone (imgsearch._core hooks)
+
+
+def crc32c_reference(data, crc=0):
+    """Bytewise table CRC-32C, independent of the C code."""
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("metric", ["l2", "l1"])
+@pytest.mark.parametrize("length", LENGTHS + [128, 129, 784])
+def test_bounded_kernel_matches_oracle_and_stops_only_past_the_bound(isa, metric, length, rng):
+    q = rng.normal(size=(1, length)).astype(np.float32)
+    X = rng.normal(size=(40, length)).astype(np.float32)
+    X[0] = q[0]
+    ref = oracle_pairwise(q, X, metric)[0]
+    tol = 2e-6 * oracle_scale(q, X, metric)[0] + 1e-6
+    full = _core._bounded(metric, isa, q, X, np.inf)
+    assert np.all(np.abs(full - ref) <= tol) and full[0] == 0.0
+    # the same bits as the level's plain kernel would not hold across widths, but
+    # with a finite bound: a kept row (below the bound) is summed in full, a
+    # rejected one returns a partial sum that already reached the bound
+    bound = float(np.median(ref))
+    got = _core._bounded(metric, isa, q, X, bound)
+    kept = got < bound
+    assert np.array_equal(got[kept], full[kept])
+    assert np.all(ref[~kept] >= bound - tol[~kept])
+    assert np.all(got[~kept] <= full[~kept] + tol[~kept])
+
+
+def select_oracle(v, k, allowed_mask):
+    """k smallest (value, slot) pairs with ties to the lower slot, as the heaps keep them."""
+    slots = np.flatnonzero(allowed_mask)
+    order = slots[np.lexsort((slots, v[slots]))][:k]
+    return v[order], order
+
+
+def bitmap(mask):
+    words = np.zeros((len(mask) + 63) // 64, np.uint64)
+    for i in np.flatnonzero(mask):
+        words[i >> 6] |= np.uint64(1) << np.uint64(i & 63)
+    return words
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 100, 1000])
+def test_select_kernel_matches_oracle(isa, n, rng):
+    row = rng.normal(size=n).astype(np.float32)
+    row[n // 2:] = np.round(row[n // 2:])  # ties
+    scale = rng.uniform(0.5, 2, size=n).astype(np.float32)
+    bias = rng.normal(size=n).astype(np.float32)
+    mask = rng.random(n) < 0.6
+    for s, b, allowed in ((None, None, None), (scale, bias, None), (None, bias, mask), (scale, None, mask)):
+        v = row.copy()
+        if s is not None:
+            v = (v * s).astype(np.float32)
+        if b is not None:
+            v = (v + b).astype(np.float32)
+        am = np.ones(n, bool) if allowed is None else allowed
+        D, I = _core._select(isa, row, s, b, 7, None if allowed is None else bitmap(allowed))
+        dv, iv = select_oracle(v, 7, am)
+        kk = len(iv)
+        assert np.array_equal(I[0, :kk], iv) and np.allclose(D[0, :kk], dv, rtol=1e-6, atol=1e-6)
+        assert np.all(I[0, kk:] == -1) and np.all(np.isinf(D[0, kk:]))
+
+
+@pytest.mark.parametrize("isa", isa_levels(["avx2", "avx512"]))
+@pytest.mark.parametrize("m,n,d", [(1, 1, 1), (5, 13, 7), (17, 100, 33), (33, 131, 64), (70, 257, 97)])
+def test_fused_kernel_matches_oracle(isa, m, n, d, rng):
+    Q = rng.normal(size=(m, d)).astype(np.float32)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    scale = rng.uniform(0.5, 2, size=n).astype(np.float32)
+    bias = rng.normal(size=n).astype(np.float32)
+    mask = rng.random(n) < 0.7
+    dot = Q.astype(np.float64) @ X.astype(np.float64).T
+    k = min(5, n)
+    for s, b, allowed in ((None, None, None), (scale, bias, mask)):
+        D, I = _core._fused(isa, Q, X, k, s, b, None if allowed is None else bitmap(allowed))
+        v = dot * (1 if s is None else s) + (0 if b is None else b)
+        am = np.ones(n, bool) if allowed is None else allowed
+        scale_tol = 1e-5 * (np.abs(Q).sum(1)[:, None] * np.abs(X).max() * 2 + 1 + (0 if b is None else np.abs(b).max()))
+        for qi in range(m):
+            kk = min(k, int(am.sum()))
+            ref = np.sort(v[qi][am])[:kk]
+            assert np.all(np.abs(D[qi, :kk] - ref) <= scale_tol[qi]), (qi, D[qi], ref)
+            assert np.all(am[I[qi, :kk]]) and len(set(I[qi, :kk].tolist())) == kk
+            assert np.all(np.abs(v[qi, I[qi, :kk]] - D[qi, :kk]) <= scale_tol[qi])
+
+
+def test_serial_level_has_no_fused_kernel_and_says_so(rng):
+    X = rng.normal(size=(4, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="no fused kernel"):
+        _core._fused("serial", X, X, 1, None, None, None)
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("metric", ["l2", "l1"])
+@pytest.mark.parametrize("dim", [1, 3, 7, 8, 12, 16, 24, 31, 32, 33, 64])
+def test_kdleaf_kernels_match_oracle_wherever_a_row_lies(isa, metric, dim, rng):
+    X = rng.normal(size=(45, dim)).astype(np.float32)
+    q = rng.normal(size=(1, dim)).astype(np.float32)
+    ref = oracle_pairwise(q, X, metric)[0]
+    tol = 2e-6 * oracle_scale(q, X, metric)[0] + 1e-6
+    direct = _core._kdleaf(isa, metric, q, X, None, False)
+    assert np.all(np.abs(direct - ref) <= tol)
+    perm = rng.permutation(45).astype(np.uint32)
+    # a row's distance is the same bits through a permutation, by pointer, and in any group slot
+    assert np.array_equal(_core._kdleaf(isa, metric, q, X, perm, False), direct[perm])
+    assert np.array_equal(_core._kdleaf(isa, metric, q, X, perm, True), direct[perm])
+    assert np.array_equal(_core._kdleaf(isa, metric, q, X, perm[:5], True), direct[perm[:5]])
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 15, 16, 17, 97, 1000])
+def test_f16_to_f32_matches_numpy(isa, n, rng):
+    special = np.array([0.0, -0.0, 6e-8, -6.1e-5, 65504.0, -65504.0, np.inf, -np.inf, 1.0, 0.1], np.float16)
+    h = np.concatenate([special, rng.normal(size=n).astype(np.float16)])[:n] if n else np.zeros(0, np.float16)
+    got = _core._f16_to_f32(isa, h)
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), h.astype(np.float32).view(np.uint32))
+    nan = _core._f16_to_f32(isa, np.array([np.nan] * 9, np.float16))
+    assert np.all(np.isnan(nan))
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+def test_crc32c_kernel_matches_reference(isa, rng):
+    assert _core._crc32c(isa, b"123456789") == 0xE3069283  # the check value of CRC-32C
+    for n in (0, 1, 7, 8, 9, 255, 256, 769, 8192 * 3 + 5):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        for start in (0, 3):  # misaligned starts
+            chunk = data[start:]
+            assert _core._crc32c(isa, chunk) == crc32c_reference(chunk), (n, start)
+    # long enough for every tier of the three-way loop: against the serial kernel,
+    # itself held against the reference above; and continuing a CRC
+    big = rng.integers(0, 256, 3 * 131072 + 3 * 8192 + 3 * 256 + 77, dtype=np.uint8).tobytes()
+    assert _core._crc32c(isa, big) == _core._crc32c("serial", big)
+    assert _core._crc32c(isa, big[1000:], _core._crc32c(isa, big[:1000])) == _core._crc32c("serial", big)
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+def test_every_slot_of_every_level_is_filled_from_that_level_or_below(isa):
+    table = _core._kernel_table(isa)
+    order = ["serial", "avx2", "avx512"]
+    assert len(table) >= 20
+    for slot, origin in table.items():
+        if slot == "fused_dot_topk_f32" and isa == "serial":
+            assert origin == "none"  # the serial level runs OpenBLAS sgemm + select instead
+            continue
+        assert origin in order and order.index(origin) <= order.index(isa), (slot, origin)
+
+
+def test_capabilities_report_each_slot_and_set_simd_moves_every_slot():
+    levels = supported_levels()
+    assert imgsearch.capabilities()["kernels"] == _core._kernel_table(levels[-1])
+    old = _core._set_simd("serial")
+    try:
+        caps = imgsearch.capabilities()
+        assert caps["simd"] == "serial"
+        assert set(caps["kernels"].values()) <= {"serial", "none"}
+        assert caps["kernels"]["crc32c_u8"] == "serial" and caps["kernels"]["f16_to_f32"] == "serial"
+    finally:
+        _core._set_simd(old)
+    assert imgsearch.capabilities()["simd"] == old
+    with pytest.raises(ValueError, match="unknown ISA"):
+        _core._set_simd("sse9")
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("length", LENGTHS)
+def test_sqnorm_and_dot_kernels_match_oracle(isa, length, rng):
+    q = rng.normal(size=(1, length)).astype(np.float32)
+    X = rng.normal(size=(9, length)).astype(np.float32)
+    X64, q64 = X.astype(np.float64), q.astype(np.float64)[0]
+    scale = (np.abs(X64) * (np.abs(X64) + np.abs(q64))).sum(1)
+    assert np.all(np.abs(_core._kernel("sqnorm", isa, q, X) - (X64 * X64).sum(1)) <= 2e-6 * scale + 1e-6)
+    assert np.all(np.abs(_core._kernel("dot", isa, q, X) - X64 @ q64) <= 2e-6 * scale + 1e-6)

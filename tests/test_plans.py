@@ -1,30 +1,26 @@
-"""The flat index's batch plans, each forced in a child process.
+"""The flat index's batch plans and the HNSW walk at every SIMD level, each
+forced in a child process.
 
-Which plan runs depends on the CPU (fused AVX-512, fused AVX2, or OpenBLAS
-sgemm + select): the main run exercises only the best one, so the oracle
-tests are re-run here with the environment variables that lower the SIMD
-level or force the sgemm path.
+Which kernels run depends on the CPU (fused AVX-512, fused AVX2, or OpenBLAS
+sgemm + select; the bounded distances of the HNSW walk per level): the main
+run exercises only the best level, so the oracle tests are re-run here with
+the environment variables that lower the SIMD level or force the sgemm path.
 """
-import os
-import subprocess
-import sys
-
 import pytest
 
-import imgsearch
+from conftest import ISA_ORDER, isa_levels, run_tests_in_child
 
-LEVELS = ["serial", "avx2", "avx512"]
-SUPPORTED = LEVELS[: LEVELS.index(imgsearch.capabilities()["simd_supported"]) + 1]
-CASES = [{"IMGSEARCH_FLAT_BLAS": "1"}] + [{"IMGSEARCH_SIMD": level} for level in SUPPORTED]
+CASES = [pytest.param({"IMGSEARCH_FLAT_BLAS": "1"}, id="IMGSEARCH_FLAT_BLAS=1")] + [
+    pytest.param({"IMGSEARCH_SIMD": p.values[0]}, id=f"IMGSEARCH_SIMD={p.values[0]}", marks=p.marks)
+    for p in isa_levels(ISA_ORDER)]
 
 
-@pytest.mark.parametrize("env", CASES, ids=lambda e: ",".join(f"{k}={v}" for k, v in e.items()))
+@pytest.mark.parametrize("env", CASES)
 def test_flat_oracle_tests_pass_under_every_plan(env):
-    here = os.path.dirname(os.path.abspath(__file__))
-    full_env = dict(os.environ, **env)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.join(here, "test_flat.py"),
-         "-k", "brute_force or filters or exact or padding"],
-        cwd=os.path.dirname(here), env=full_env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout and " failed" not in proc.stdout
+    run_tests_in_child("test_flat.py", "brute_force or filters or exact or padding", env)
+
+
+@pytest.mark.parametrize("level", isa_levels(ISA_ORDER))
+def test_hnsw_recall_tests_pass_at_every_level(level):
+    run_tests_in_child("test_hnsw.py", "recall_against_flat or filters_match or compressed_storage or padding",
+                       {"IMGSEARCH_SIMD": level})

@@ -46,15 +46,13 @@
  */
 #define _GNU_SOURCE
 #include <cblas.h>
-#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../simd/simd.h"
 #include "flat.h"
-#include "fused.h"
-#include "topk.h"
+#include "../common/topk.h"
 
 #define FLAT_GEMM_MIN_QUERIES 16      /* fewer float queries use a scan */
 #define FLAT_GEMM_QUERY_BLOCK 256     /* sgemm M */
@@ -522,7 +520,7 @@ typedef struct {
     /* GEMM plan */
     float alpha;
     const float *scale, *bias;
-    isx_fused_fn fused;    /* the fused kernel (fused.h) instead of sgemm, or NULL */
+    isx_fused_fn fused;    /* the fused kernel (simd/fused.h) instead of sgemm, or NULL */
     size_t fused_width, fused_rows; /* its panel width and rows per call */
     float **cbuf;          /* per worker: packed queries, or qblock x tile product */
     /* norm pruning (fused, l2, no filter): rows and queries in order of norm */
@@ -618,91 +616,6 @@ static int task_scan_database(void *ctx, size_t task, int worker)
     return ISX_OK;
 }
 
-/* ---- the fused select of the GEMM plan ---------------------------------- */
-
-static void select_row_serial(const float *row, const float *scale, const float *bias, size_t n,
-                              size_t slot0, const slotset *sel, isx_topk *h)
-{
-    float bound = isx_topk_bound(h);
-    for (size_t j = 0; j < n; j++) {
-        float v = row[j];
-        if (scale)
-            v *= scale[j];
-        if (bias)
-            v += bias[j];
-        if (v < bound && slot_allowed(sel, slot0 + j)) {
-            isx_topk_push(h, v, (int64_t)(slot0 + j));
-            bound = isx_topk_bound(h);
-        }
-    }
-}
-
-__attribute__((target("avx512f,avx512dq,avx512vl")))
-static void select_row_avx512(const float *row, const float *scale, const float *bias, size_t n,
-                              size_t slot0, const slotset *sel, isx_topk *h)
-{
-    float bound = isx_topk_bound(h);
-    __m512 vb = _mm512_set1_ps(bound);
-    float lanes[16];
-    for (size_t j = 0; j < n; j += 16) {
-        __mmask16 live = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
-        __m512 v = _mm512_maskz_loadu_ps(live, row + j);
-        if (scale)
-            v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(live, scale + j));
-        if (bias)
-            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, bias + j));
-        __mmask16 m = _mm512_mask_cmp_ps_mask(live, v, vb, _CMP_LT_OQ);
-        if (!m)
-            continue;
-        _mm512_storeu_ps(lanes, v);
-        for (; m; m &= (__mmask16)(m - 1)) {
-            unsigned lane = (unsigned)__builtin_ctz(m);
-            if (lanes[lane] < bound && slot_allowed(sel, slot0 + j + lane)) {
-                isx_topk_push(h, lanes[lane], (int64_t)(slot0 + j + lane));
-                bound = isx_topk_bound(h);
-            }
-        }
-        vb = _mm512_set1_ps(bound);
-    }
-}
-
-__attribute__((target("avx2,fma")))
-static void select_row_avx2(const float *row, const float *scale, const float *bias, size_t n,
-                            size_t slot0, const slotset *sel, isx_topk *h)
-{
-    float bound = isx_topk_bound(h);
-    __m256 vb = _mm256_set1_ps(bound);
-    float lanes[16];
-    size_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-        __m256 v0 = _mm256_loadu_ps(row + j), v1 = _mm256_loadu_ps(row + j + 8);
-        if (scale) {
-            v0 = _mm256_mul_ps(v0, _mm256_loadu_ps(scale + j));
-            v1 = _mm256_mul_ps(v1, _mm256_loadu_ps(scale + j + 8));
-        }
-        if (bias) {
-            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(bias + j));
-            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(bias + j + 8));
-        }
-        unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v0, vb, _CMP_LT_OQ)) |
-                     ((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v1, vb, _CMP_LT_OQ)) << 8);
-        if (!m)
-            continue;
-        _mm256_storeu_ps(lanes, v0);
-        _mm256_storeu_ps(lanes + 8, v1);
-        for (; m; m &= m - 1) {
-            unsigned lane = (unsigned)__builtin_ctz(m);
-            if (lanes[lane] < bound && slot_allowed(sel, slot0 + j + lane)) {
-                isx_topk_push(h, lanes[lane], (int64_t)(slot0 + j + lane));
-                bound = isx_topk_bound(h);
-            }
-        }
-        vb = _mm256_set1_ps(bound);
-    }
-    if (j < n)
-        select_row_serial(row + j, scale ? scale + j : NULL, bias ? bias + j : NULL, n - j, slot0 + j, sel, h);
-}
-
 /* ---- norm pruning for l2 ------------------------------------------------
  *
  * |q - x| >= | |q| - |x| |, so a row whose norm lies outside
@@ -773,8 +686,8 @@ static void pruned_chunk(search_ctx *c, size_t q0, size_t m, const float *packed
     size_t d = f->dim, width = c->fused_width;
     size_t panels = (m + width - 1) / width;
     float *bias = gather + c->chunk_fused * d;
-    size_t run_lo[FLAT_GEMM_QUERY_BLOCK / ISX_FUSED_PANEL_AVX2 + 1];
-    size_t run_hi[FLAT_GEMM_QUERY_BLOCK / ISX_FUSED_PANEL_AVX2 + 1];
+    size_t run_lo[FLAT_GEMM_QUERY_BLOCK / ISX_FUSED_MIN_PANEL + 1];
+    size_t run_hi[FLAT_GEMM_QUERY_BLOCK / ISX_FUSED_MIN_PANEL + 1];
     size_t lo_all = t1, hi_all = t0;
     float hull_lo = INFINITY, hull_hi = -INFINITY;
     for (size_t p = 0; p < panels; p++) {
@@ -868,7 +781,6 @@ static int task_gemm(void *ctx, size_t task, int worker)
         }
     } else {
         float *C = c->cbuf[worker];
-        isx_isa isa = isx_simd_level();
         for (size_t t0 = 0; t0 < f->count; t0 += FLAT_GEMM_TILE_ROWS) {
             size_t tn = t0 + FLAT_GEMM_TILE_ROWS < f->count ? FLAT_GEMM_TILE_ROWS : f->count - t0;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)tn, (int)d, c->alpha, Q,
@@ -876,12 +788,7 @@ static int task_gemm(void *ctx, size_t task, int worker)
             const float *scale = c->scale ? c->scale + t0 : NULL;
             const float *bias = c->bias ? c->bias + t0 : NULL;
             for (size_t i = 0; i < m; i++) {
-                if (isa >= ISX_ISA_AVX512)
-                    select_row_avx512(C + i * tn, scale, bias, tn, t0, c->sel, &c->heaps[q0 + i]);
-                else if (isa >= ISX_ISA_AVX2)
-                    select_row_avx2(C + i * tn, scale, bias, tn, t0, c->sel, &c->heaps[q0 + i]);
-                else
-                    select_row_serial(C + i * tn, scale, bias, tn, t0, c->sel, &c->heaps[q0 + i]);
+                c->kern->select(C + i * tn, scale, bias, tn, t0, c->sel->bits, &c->heaps[q0 + i]);
             }
         }
     }
@@ -1054,15 +961,9 @@ int isx_flat_search(isx_flat *f, const void *Q, size_t nq, size_t k, const isx_f
             c.qblock = FLAT_GEMM_QUERY_BLOCK;
         nbuf = nthreads;
         if (!getenv("IMGSEARCH_FLAT_BLAS")) {
-            if (isx_simd_level() >= ISX_ISA_AVX512) {
-                c.fused = isx_fused_knn_avx512;
-                c.fused_width = ISX_FUSED_PANEL_AVX512;
-                c.fused_rows = ISX_FUSED_ROWS_AVX512;
-            } else if (isx_simd_level() >= ISX_ISA_AVX2) {
-                c.fused = isx_fused_knn_avx2;
-                c.fused_width = ISX_FUSED_PANEL_AVX2;
-                c.fused_rows = ISX_FUSED_ROWS_AVX2;
-            }
+            c.fused = c.kern->fused.fn;
+            c.fused_width = c.kern->fused.panel;
+            c.fused_rows = c.kern->fused.rows;
         }
         c.cbuf = alloc_buffers(nbuf, c.fused ? isx_fused_packed_size(c.qblock, f->dim, c.fused_width)
                                              : c.qblock * FLAT_GEMM_TILE_ROWS);

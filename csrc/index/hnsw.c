@@ -32,7 +32,7 @@
  *     against the compressed rows: true = dist_mul * kernel + offset(query).
  *
  * For float32 l2 and l1 the walk uses distances that stop early once they
- * cannot beat the current ef-th best (hnsw_dist.c), and the elements of
+ * cannot beat the current ef-th best (the bounded kernels), and the elements of
  * every vector are stored in order of decreasing variance (measured on the
  * first batch), so the partial sums grow fast and rejected rows are cut
  * short early; queries are permuted alike, results are unchanged.
@@ -47,14 +47,13 @@
  * Visited sets are arrays of 16-bit epochs, one per worker, from a pool.
  */
 #define _GNU_SOURCE
-#include <immintrin.h>
 #include <math.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "hnsw.h"
-#include "topk.h"
+#include "../common/topk.h"
 
 #define HNSW_EXACT_COST 4          /* see above: scan the allowed set when a^2 < 4 ef n */
 #define HNSW_GROWTH_MIN 1024       /* slots of the first allocation */
@@ -120,7 +119,7 @@ static inline void prefetch_lines(const void *p, size_t bytes)
     if (n > HNSW_PREFETCH_LINES)
         n = HNSW_PREFETCH_LINES;
     for (size_t i = 0; i < n; i++)
-        _mm_prefetch(c + 64 * i, _MM_HINT_T0);
+        __builtin_prefetch(c + 64 * i);
 }
 
 typedef struct {
@@ -296,14 +295,6 @@ static uint16_t float_to_half(float f)
     return (uint16_t)(sign | h);
 }
 
-static float half_to_float(uint16_t h)
-{
-    int e = (h >> 10) & 0x1f;
-    float m = (float)(h & 0x3ff);
-    float v = e == 0 ? ldexpf(m, -24) : e == 31 ? (m != 0 ? NAN : INFINITY) : ldexpf(m + 1024, e - 25);
-    return (h & 0x8000) ? -v : v;
-}
-
 /* Scale a float row to unit length in place (cosine); a zero row stays zero. */
 static void normalise(float *x, size_t dim)
 {
@@ -348,31 +339,6 @@ static void encode(isx_hnsw *h, const void *x, size_t slot, float *tmp)
     }
 }
 
-#if defined(__x86_64__)
-/* Half to float with F16C: the heuristic decodes a stored row per candidate,
- * and the portable conversion would dominate a float16 build. */
-__attribute__((target("avx,f16c"))) static void halves_to_floats_f16c(const uint16_t *s, float *out, size_t n)
-{
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
-    for (; i < n; i++)
-        out[i] = half_to_float(s[i]);
-}
-#endif
-
-static void halves_to_floats(const uint16_t *s, float *out, size_t n)
-{
-#if defined(__x86_64__)
-    if (isx_cpu()->f16c && isx_cpu()->os_avx) {
-        halves_to_floats_f16c(s, out, n);
-        return;
-    }
-#endif
-    for (size_t i = 0; i < n; i++)
-        out[i] = half_to_float(s[i]);
-}
-
 /* The stored row of slot as float32 (or bytes for hamming) into out. */
 static void decode(const isx_hnsw *h, size_t slot, void *out)
 {
@@ -384,7 +350,7 @@ static void decode(const isx_hnsw *h, size_t slot, void *out)
     } else if (h->dtype == ISX_DTYPE_F32 || h->dtype == ISX_DTYPE_BITS) {
         memcpy(out, src, h->code_bytes);
     } else if (h->dtype == ISX_DTYPE_F16) {
-        halves_to_floats((const uint16_t *)src, out, h->dim);
+        h->f16_to_f32((const uint16_t *)src, out, h->dim);
     } else {
         const int8_t *s = (const int8_t *)src;
         for (size_t i = 0; i < h->dim; i++)
@@ -493,7 +459,8 @@ static int choose_kernel(isx_hnsw *h)
         h->dist_mul = m == ISX_METRIC_L2 ? h->quant_scale * h->quant_scale : h->quant_scale;
         break;
     }
-    h->bounded = h->dtype == ISX_DTYPE_F32 ? isx_hnsw_bounded_kernel(h->metric) : NULL;
+    h->bounded = h->dtype == ISX_DTYPE_F32 ? k->bounded[h->metric] : NULL;
+    h->f16_to_f32 = k->f16_to_f32;
     if (!h->dist)
         return isx_error(ISX_EINVAL, "no kernel for metric %s with this dtype", isx_metric_name(h->metric));
     return ISX_OK;
@@ -747,7 +714,7 @@ static int search_level(isx_hnsw *h, worker *w, const query *q, uint32_t ep, flo
                 continue;
             tags[v] = epoch;
             todo[nt++] = v;
-            _mm_prefetch((const char *)code_of(h, v), _MM_HINT_T0);
+            __builtin_prefetch(code_of(h, v));
         }
         if (nt && heap_reserve(cand, cand->n + nt + 1))
             return ISX_ENOMEM;
@@ -768,7 +735,7 @@ static int search_level(isx_hnsw *h, worker *w, const query *q, uint32_t ep, flo
             }
         }
         if (cand->n)
-            _mm_prefetch((const char *)links_at(h, cand->a[0].s, level), _MM_HINT_T0);
+            __builtin_prefetch(links_at(h, cand->a[0].s, level));
     }
     return ISX_OK;
 }
@@ -795,7 +762,7 @@ static void descend(isx_hnsw *h, worker *w, const query *q, uint32_t *ep, float 
                 nl = ll[-1];
             }
             for (uint32_t j = 0; j < nl; j++)
-                _mm_prefetch((const char *)code_of(h, ll[j]), _MM_HINT_T0);
+                __builtin_prefetch(code_of(h, ll[j]));
             for (uint32_t j = 0; j < nl; j++) {
                 if (j + 1 < nl)
                     prefetch_lines(code_of(h, ll[j + 1]), h->code_bytes);

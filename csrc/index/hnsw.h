@@ -26,7 +26,6 @@
 #include "../simd/simd.h"
 #include "filter.h"
 #include "format.h"
-#include "hnsw_dist.h"
 
 #define ISX_HNSW_MAX_M 256       /* links per node per upper level: bounds the node block */
 #define ISX_HNSW_MAX_LEVEL 32    /* P(level > 32) < M^-32: never drawn in practice; bounds the file */
@@ -68,6 +67,7 @@ typedef struct isx_hnsw {
     int64_t next_id;
     isx_dist_fn dist;       /* the kernel for (metric, dtype) */
     isx_bounded_fn bounded; /* float32 l2 / l1: the kernel that can stop early */
+    isx_f16_fn f16_to_f32;  /* widens stored halves (the heuristic decodes rows) */
     uint32_t *perm;         /* with `bounded`: stored element i is input element perm[i] */
     float dist_mul;         /* true distance = dist_mul * kernel + per-query offset */
 

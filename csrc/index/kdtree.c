@@ -33,7 +33,7 @@
  * specialised per dimension for d <= 16 (the loops the compiler can unroll
  * and vectorise), generic above; from d = 8 on, where a row fills a vector
  * register, CPUs with AVX2 scan eight rows at a time instead
- * (kdtree_leaf_avx2.c), with lanes summed in an order that does not depend
+ * (simd/kdleaf_avx2.c), with lanes summed in an order that does not depend
  * on a row's slot.
  *
  * Dynamic add (the logarithmic method of Bentley & Saxe).  New rows go to a
@@ -78,8 +78,7 @@
 #include "../common/idmap.h"
 #include "../simd/simd.h"
 #include "kdtree.h"
-#include "kdtree_leaf.h"
-#include "topk.h"
+#include "../common/topk.h"
 
 #define KD_LEAF UINT32_MAX               /* node.dim of a leaf */
 #define KD_MAX_TREE_POINTS (UINT32_MAX - 1) /* positions and node indexes are uint32 */
@@ -135,7 +134,8 @@ struct isx_kdtree {
     atomic_int map_ready;
     pthread_mutex_t map_lock; /* readers building the map */
     isx_file *file;      /* the loaded file whose vectors a tree reads */
-    int simd_scan;       /* distances through kdtree_leaf_avx2.c (chosen once, at create) */
+    isx_kd_fn kern_dists;           /* the leaf kernels of the table (chosen once, at create) */
+    isx_kd_ptrs_fn kern_dists_ptrs;
     pthread_rwlock_t lock;
 };
 
@@ -462,7 +462,8 @@ int isx_kdtree_create(isx_metric metric, size_t dim, size_t leaf_size, isx_kdtre
     kd->dim = dim;
     kd->leaf_size = leaf_size;
 #if defined(__x86_64__)
-    kd->simd_scan = dim >= ISX_KDTREE_AVX2_MIN_DIM && isx_simd_level() >= ISX_ISA_AVX2;
+    kd->kern_dists = isx_kernels_active()->kd_dists;
+    kd->kern_dists_ptrs = isx_kernels_active()->kd_dists_ptrs;
 #endif
     isx_idmap_init(&kd->map);
     atomic_init(&kd->map_ready, 1); /* an empty index has a complete (empty) map */
@@ -1156,95 +1157,21 @@ static inline void offer(kd_walk *w, const float *d, const int64_t *ids, size_t 
     }
 }
 
-/* Distance of one row: four partial sums the compiler keeps in one vector
- * register (D a constant after inlining). */
-static inline __attribute__((always_inline)) float row_dist(const float *x, const float *q, size_t D, int l1)
+/* Distances of q to rows [s, e) (through perm when not NULL), and to n rows
+ * given by pointers: the table's leaf kernels (simd/kdleaf.h), taken once at
+ * create.  Every distance the index returns comes from these, so a point's
+ * distance does not depend on where it lives (buffer, borrowed tree, owned
+ * tree). */
+static inline void dists(const isx_kdtree *kd, const float *rows, const uint32_t *perm, size_t s, size_t e,
+                         const float *q, float *out)
 {
-    if (D < 4) {
-        float acc = 0.0f;
-        for (size_t j = 0; j < D; j++) {
-            float t = x[j] - q[j];
-            acc += l1 ? fabsf(t) : t * t;
-        }
-        return acc;
-    }
-    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    size_t j = 0;
-    for (; j + 4 <= D; j += 4) {
-        for (size_t u = 0; u < 4; u++) {
-            float t = x[j + u] - q[j + u];
-            a[u] += l1 ? fabsf(t) : t * t;
-        }
-    }
-    for (size_t u = 0; j < D; j++, u++) {
-        float t = x[j] - q[j];
-        a[u] += l1 ? fabsf(t) : t * t;
-    }
-    return (a[0] + a[1]) + (a[2] + a[3]);
+    kd->kern_dists(rows, perm, s, e, q, kd->dim, kd->metric == ISX_METRIC_L1, out);
 }
 
-static inline __attribute__((always_inline)) void rows_dists(const float *rows, const uint32_t *perm, size_t s,
-                                                             size_t e, const float *q, size_t D, int l1, float *out)
+static inline void dists_ptrs(const isx_kdtree *kd, const float *const *rows, size_t n, const float *q,
+                              float *out)
 {
-    if (perm) {
-        /* scattered rows: ask for all of them before the first is needed */
-        for (size_t i = s; i < e; i++)
-            __builtin_prefetch(rows + (size_t)perm[i] * D);
-        for (size_t i = s; i < e; i++)
-            out[i - s] = row_dist(rows + (size_t)perm[i] * D, q, D, l1);
-    } else {
-        const float *x = rows + s * D;
-        for (size_t i = s; i < e; i++, x += D)
-            out[i - s] = row_dist(x, q, D, l1);
-    }
-}
-
-/* Distances of q to rows [s, e) (through perm when not NULL), with the
- * loop specialised for the common small dimensions.  Every distance the
- * index returns comes from here, so a point's distance does not depend on
- * where it lives (buffer, borrowed tree, owned tree). */
-static void dists(const isx_kdtree *kd, const float *rows, const uint32_t *perm, size_t s, size_t e,
-                  const float *q, float *out)
-{
-    size_t dim = kd->dim;
-    int l1 = kd->metric == ISX_METRIC_L1;
-#if defined(__x86_64__)
-    if (kd->simd_scan) {
-        isx_kdtree_dists_avx2(rows, perm, s, e, q, dim, l1, out);
-        return;
-    }
-#endif
-#define KD_CASE(D)                                       \
-    case D:                                              \
-        if (l1)                                          \
-            rows_dists(rows, perm, s, e, q, D, 1, out);  \
-        else                                             \
-            rows_dists(rows, perm, s, e, q, D, 0, out);  \
-        return;
-    switch (dim) {
-        KD_CASE(1) KD_CASE(2) KD_CASE(3) KD_CASE(4) KD_CASE(5) KD_CASE(6) KD_CASE(7) KD_CASE(8)
-        KD_CASE(10) KD_CASE(12) KD_CASE(16)
-    default:
-        if (l1)
-            rows_dists(rows, perm, s, e, q, dim, 1, out);
-        else
-            rows_dists(rows, perm, s, e, q, dim, 0, out);
-    }
-#undef KD_CASE
-}
-
-/* Distances of q to n rows given by pointers, with the arithmetic of dists()
- * (one row at a time there, eight a group with SIMD). */
-static void dists_ptrs(const isx_kdtree *kd, const float *const *rows, size_t n, const float *q, float *out)
-{
-#if defined(__x86_64__)
-    if (kd->simd_scan) {
-        isx_kdtree_dists_ptrs_avx2(rows, n, q, kd->dim, kd->metric == ISX_METRIC_L1, out);
-        return;
-    }
-#endif
-    for (size_t i = 0; i < n; i++)
-        dists(kd, rows[i], NULL, 0, 1, q, out + i);
+    kd->kern_dists_ptrs(rows, n, q, kd->dim, kd->metric == ISX_METRIC_L1, out);
 }
 
 static inline float term(float o, int l1) { return l1 ? o : o * o; }

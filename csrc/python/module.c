@@ -10,6 +10,7 @@
 #include "py_common.h"
 #include "py_index.h"
 #include "py_image.h"
+#include "py_kernels.h"
 #include "../index/format.h"
 #include "../simd/simd.h"
 
@@ -24,8 +25,11 @@ static PyObject *py_capabilities(PyObject *mod, PyObject *noargs)
     (void)mod;
     (void)noargs;
     const isx_cpu_features *c = isx_cpu();
+    PyObject *kernels = isx_py_kernel_origins(isx_simd_level());
+    if (!kernels)
+        return NULL;
     return Py_BuildValue(
-        "{s:s,s:s,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:i,s:s}",
+        "{s:s,s:s,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:i,s:s,s:N}",
         "simd", isx_isa_name(isx_simd_level()),
         "simd_supported", isx_isa_name(isx_simd_supported()),
         "sse4_2", c->sse42 ? Py_True : Py_False,
@@ -39,7 +43,8 @@ static PyObject *py_capabilities(PyObject *mod, PyObject *noargs)
         "avx512fp16", c->avx512fp16 && c->os_avx512 ? Py_True : Py_False,
         "avx512vnni", c->avx512vnni && c->os_avx512 ? Py_True : Py_False,
         "cpus", isx_cpu_count(),
-        "blas", openblas_get_config());
+        "blas", openblas_get_config(),
+        "kernels", kernels);
 }
 
 static int metric_dtype(isx_metric m)
@@ -81,65 +86,6 @@ static PyObject *py_pairwise(PyObject *mod, PyObject *args, PyObject *kw)
         Py_XDECREF(out);
         return isx_py_raise(rc);
     }
-    return (PyObject *)out;
-}
-
-/* _kernel(metric, isa, q, X, storage=None): one query against rows with one
- * ISA level's kernel, bypassing dispatch -- for the tests that check each
- * level alone.  storage "float16" / "int8" runs the float32-query kernels
- * against rows of that type (X must already be of it). */
-static PyObject *py_kernel(PyObject *mod, PyObject *args)
-{
-    (void)mod;
-    PyObject *metric_obj, *q_obj, *x_obj;
-    const char *isa_name, *storage = NULL;
-    if (!PyArg_ParseTuple(args, "OsOO|s:_kernel", &metric_obj, &isa_name, &q_obj, &x_obj, &storage))
-        return NULL;
-    isx_metric metric;
-    if (isx_py_metric(metric_obj, &metric) < 0)
-        return NULL;
-    int isa = -1;
-    for (int i = 0; i < ISX_ISA_COUNT; i++)
-        if (strcmp(isa_name, isx_isa_name((isx_isa)i)) == 0)
-            isa = i;
-    if (isa < 0)
-        return PyErr_Format(PyExc_ValueError, "unknown ISA level '%s'", isa_name);
-    const isx_kernels *k = isx_kernels_for((isx_isa)isa);
-    if (!k)
-        return PyErr_Format(PyExc_RuntimeError, "this CPU does not support the %s level", isa_name);
-    isx_dist_fn fn = k->dist[metric];
-    int row_type = metric_dtype(metric);
-    if (storage && strcmp(storage, "float16") == 0) {
-        fn = k->dist_f16[metric];
-        row_type = NPY_FLOAT16;
-    } else if (storage && strcmp(storage, "int8") == 0) {
-        fn = k->dist_i8[metric];
-        row_type = NPY_INT8;
-    } else if (storage) {
-        return PyErr_Format(PyExc_ValueError, "storage: expected 'float16' or 'int8', found '%s'", storage);
-    }
-    if (!fn)
-        return PyErr_Format(PyExc_ValueError, "no %s kernel for metric %s", storage, isx_metric_name(metric));
-    PyArrayObject *q = isx_py_matrix(q_obj, metric_dtype(metric), 0, 1, "q");
-    if (!q)
-        return NULL;
-    PyArrayObject *X = storage ? (PyArrayObject *)PyArray_FROMANY(x_obj, row_type, 2, 2, NPY_ARRAY_IN_ARRAY)
-                               : isx_py_matrix(x_obj, row_type, PyArray_DIM(q, 1), 1, "X");
-    if (!X) {
-        Py_DECREF(q);
-        return NULL;
-    }
-    if (PyArray_DIM(X, 1) != PyArray_DIM(q, 1)) {
-        Py_DECREF(q);
-        Py_DECREF(X);
-        return PyErr_Format(PyExc_ValueError, "X: expected %zd columns", (Py_ssize_t)PyArray_DIM(q, 1));
-    }
-    npy_intp n = PyArray_DIM(X, 0);
-    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32);
-    if (out)
-        fn(PyArray_DATA(q), PyArray_DATA(X), (size_t)n, (size_t)PyArray_DIM(X, 1), PyArray_DATA(out));
-    Py_DECREF(q);
-    Py_DECREF(X);
     return (PyObject *)out;
 }
 
@@ -263,7 +209,15 @@ static PyMethodDef module_methods[] = {
      "capabilities()\n--\n\nThe CPU features found and the SIMD level in use."},
     {"pairwise", (PyCFunction)(void (*)(void))py_pairwise, METH_VARARGS | METH_KEYWORDS,
      "pairwise(A, B, metric=\"l2\", *, threads=None)\n--\n\nAll distances, float32 (len(A), len(B))."},
-    {"_kernel", py_kernel, METH_VARARGS, NULL},
+    {"_kernel", isx_py_kernel, METH_VARARGS, NULL},
+    {"_bounded", isx_py_bounded, METH_VARARGS, NULL},
+    {"_select", isx_py_select, METH_VARARGS, NULL},
+    {"_fused", isx_py_fused, METH_VARARGS, NULL},
+    {"_kdleaf", isx_py_kdleaf, METH_VARARGS, NULL},
+    {"_f16_to_f32", isx_py_f16_to_f32, METH_VARARGS, NULL},
+    {"_crc32c", isx_py_crc32c, METH_VARARGS, NULL},
+    {"_kernel_table", isx_py_kernel_table, METH_VARARGS, NULL},
+    {"_set_simd", isx_py_set_simd, METH_VARARGS, NULL},
     {"load", (PyCFunction)(void (*)(void))py_load, METH_VARARGS | METH_KEYWORDS,
      "load(path, mmap=False)\n--\n\nLoad any saved index.  mmap=True maps the vectors read-only\n"
      "instead of reading them (the index copies them on its first change)."},

@@ -1,5 +1,6 @@
 /*
- * dispatch.c -- pick the kernel table once, from what the CPU and the OS allow.
+ * dispatch.c -- build the kernel tables once, from what the CPU and the OS
+ * allow, and pick the level in use.
  *
  * CPUID says what the CPU implements; XGETBV says whether the OS saves the
  * YMM/ZMM registers across context switches, without which the wide
@@ -7,31 +8,82 @@
  * is computed once under pthread_once, so every accessor calls init first
  * and no caller has to remember to.
  *
- * The AVX-512 table is copied into writable storage at init so that its
- * hamming slot can fall back to the AVX2 kernel on CPUs with AVX-512 but no
- * VPOPCNTDQ (Skylake-X, Cascade Lake): the kernel files stay free of
- * run-time checks.  Likewise the AVX2 table is copied so that its float16
- * kernels (which need F16C) fall back to the serial ones on a CPU without
- * F16C, and the AVX-512 table takes the float16 / int8 kernels of the AVX2
- * level, which has the only wide versions of them.
+ * The table of level L is built slot by slot: the kernel of the highest
+ * level <= L whose raw table (internal.h) has one.  Raw tables that need a
+ * feature beyond their level's baseline (AVX-512 VPOPCNTDQ) are laid over
+ * their level only where the CPU has it.  The slot list below is the one
+ * description of the table's layout that the builder, capabilities() and
+ * the tests share; a slot is a run of bytes whose first member is a
+ * function pointer, NULL when the raw table has no kernel there.
  */
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "simd.h"
+#include "internal.h"
 
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
 
+typedef struct {
+    const char *name;
+    size_t offset, size;
+} slot_desc;
+
+#define SLOT(member, name) {name, offsetof(isx_kernels, member), sizeof(((isx_kernels *)0)->member)}
+static const slot_desc slots[] = {
+    SLOT(dist[ISX_METRIC_L2], "l2sq_f32"),
+    SLOT(dist[ISX_METRIC_IP], "ip_f32"),
+    SLOT(dist[ISX_METRIC_COSINE], "cosine_f32"),
+    SLOT(dist[ISX_METRIC_L1], "l1_f32"),
+    SLOT(dist[ISX_METRIC_HAMMING], "hamming_u8"),
+    SLOT(sqnorm, "sqnorm_f32"),
+    SLOT(dot, "dot_f32"),
+    SLOT(dist_f16[ISX_METRIC_L2], "l2sq_f16"),
+    SLOT(dist_f16[ISX_METRIC_IP], "ip_f16"),
+    SLOT(dist_f16[ISX_METRIC_COSINE], "cosine_f16"),
+    SLOT(dist_f16[ISX_METRIC_L1], "l1_f16"),
+    SLOT(dist_i8[ISX_METRIC_L2], "l2sq_i8"),
+    SLOT(dist_i8[ISX_METRIC_IP], "ip_i8"),
+    SLOT(dist_i8[ISX_METRIC_COSINE], "cosine_i8"),
+    SLOT(dist_i8[ISX_METRIC_L1], "l1_i8"),
+    SLOT(bounded[ISX_METRIC_L2], "l2sq_bounded_f32"),
+    SLOT(bounded[ISX_METRIC_L1], "l1_bounded_f32"),
+    SLOT(fused, "fused_dot_topk_f32"),
+    SLOT(select, "select_topk_f32"),
+    SLOT(kd_dists, "kdleaf_f32"),
+    SLOT(kd_dists_ptrs, "kdleaf_ptrs_f32"),
+    SLOT(f16_to_f32, "f16_to_f32"),
+    SLOT(crc32c, "crc32c_u8"),
+};
+#define NSLOTS (sizeof(slots) / sizeof(slots[0]))
+
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static isx_cpu_features cpu;
 static isx_isa supported_level = ISX_ISA_SERIAL;
-static isx_isa active_level = ISX_ISA_SERIAL;
-#if defined(__x86_64__)
-static isx_kernels avx2_table, avx512_table;
-#endif
+static _Atomic int active_level = ISX_ISA_SERIAL;
+static isx_kernels tables[ISX_ISA_COUNT];
+static signed char origin[ISX_ISA_COUNT][NSLOTS];
+
+static int slot_filled(const isx_kernels *t, size_t i)
+{
+    void (*fn)(void);
+    memcpy(&fn, (const char *)t + slots[i].offset, sizeof(fn));
+    return fn != NULL;
+}
+
+/* Lay the kernels `raw` has over table `level`. */
+static void overlay(isx_isa level, const isx_kernels *raw, isx_isa from)
+{
+    for (size_t i = 0; i < NSLOTS; i++)
+        if (slot_filled(raw, i)) {
+            memcpy((char *)&tables[level] + slots[i].offset, (const char *)raw + slots[i].offset, slots[i].size);
+            origin[level][i] = (signed char)from;
+        }
+}
 
 #if defined(__x86_64__)
 static uint64_t read_xcr0(void)
@@ -71,29 +123,47 @@ static void detect_cpu(void)
 
 static void init(void)
 {
+    isx_crc32c_init();
 #if defined(__x86_64__)
     detect_cpu();
-    if (cpu.avx2 && cpu.fma && cpu.popcnt && cpu.os_avx) {
+    if (cpu.avx2 && cpu.fma && cpu.f16c && cpu.popcnt && cpu.sse42 && cpu.os_avx) {
         supported_level = ISX_ISA_AVX2;
         if (cpu.avx512f && cpu.avx512bw && cpu.avx512dq && cpu.avx512vl && cpu.os_avx512)
             supported_level = ISX_ISA_AVX512;
     }
-    avx2_table = isx_kernels_avx2;
-    if (!cpu.f16c)
-        memcpy(avx2_table.dist_f16, isx_kernels_serial.dist_f16, sizeof(avx2_table.dist_f16));
-    avx512_table = isx_kernels_avx512;
-    memcpy(avx512_table.dist_f16, avx2_table.dist_f16, sizeof(avx512_table.dist_f16));
-    memcpy(avx512_table.dist_i8, avx2_table.dist_i8, sizeof(avx512_table.dist_i8));
-    if (!cpu.avx512vpopcntdq)
-        avx512_table.dist[ISX_METRIC_HAMMING] = isx_kernels_avx2.dist[ISX_METRIC_HAMMING];
 #endif
-    active_level = supported_level;
+    memset(origin, -1, sizeof(origin));
+    for (int level = 0; level <= (int)supported_level; level++) {
+        if (level > 0) {
+            tables[level] = tables[level - 1];
+            memcpy(origin[level], origin[level - 1], sizeof(origin[level]));
+        }
+        switch (level) {
+        case ISX_ISA_SERIAL:
+            overlay(ISX_ISA_SERIAL, &isx_raw_serial, ISX_ISA_SERIAL);
+            break;
+#if defined(__x86_64__)
+        case ISX_ISA_AVX2:
+            overlay(ISX_ISA_AVX2, &isx_raw_avx2, ISX_ISA_AVX2);
+            break;
+        case ISX_ISA_AVX512:
+            overlay(ISX_ISA_AVX512, &isx_raw_avx512, ISX_ISA_AVX512);
+            if (cpu.avx512vpopcntdq)
+                overlay(ISX_ISA_AVX512, &isx_raw_avx512_vpopcntdq, ISX_ISA_AVX512);
+            break;
+#endif
+        default:
+            break;
+        }
+    }
+    int level = (int)supported_level;
     const char *env = getenv("IMGSEARCH_SIMD");
     if (env) {
         for (int i = 0; i < ISX_ISA_COUNT; i++)
-            if (strcmp(env, isx_isa_name((isx_isa)i)) == 0 && (isx_isa)i < active_level)
-                active_level = (isx_isa)i;
+            if (strcmp(env, isx_isa_name((isx_isa)i)) == 0 && i < level)
+                level = i;
     }
+    atomic_store(&active_level, level);
 }
 
 void isx_simd_init(void)
@@ -104,7 +174,17 @@ void isx_simd_init(void)
 isx_isa isx_simd_level(void)
 {
     isx_simd_init();
-    return active_level;
+    return (isx_isa)atomic_load_explicit(&active_level, memory_order_relaxed);
+}
+
+int isx_simd_set_level(isx_isa level)
+{
+    isx_simd_init();
+    if ((unsigned)level > (unsigned)supported_level)
+        return isx_error(ISX_EINVAL, "this CPU supports SIMD levels up to %s, found %s",
+                         isx_isa_name(supported_level), isx_isa_name(level));
+    atomic_store(&active_level, (int)level);
+    return ISX_OK;
 }
 
 isx_isa isx_simd_supported(void)
@@ -132,16 +212,25 @@ const isx_kernels *isx_kernels_for(isx_isa isa)
     isx_simd_init();
     if ((unsigned)isa > (unsigned)supported_level) /* also rejects negatives */
         return NULL;
-    switch (isa) {
-#if defined(__x86_64__)
-    case ISX_ISA_AVX2:
-        return &avx2_table;
-    case ISX_ISA_AVX512:
-        return &avx512_table;
-#endif
-    default:
-        return &isx_kernels_serial;
-    }
+    return &tables[isa];
+}
+
+size_t isx_kernel_slot_count(void)
+{
+    return NSLOTS;
+}
+
+const char *isx_kernel_slot_name(size_t i)
+{
+    return i < NSLOTS ? slots[i].name : NULL;
+}
+
+int isx_kernel_origin(isx_isa level, size_t i)
+{
+    isx_simd_init();
+    if ((unsigned)level > (unsigned)supported_level || i >= NSLOTS)
+        return -1;
+    return origin[level][i];
 }
 
 const isx_kernels *isx_kernels_active(void)
@@ -153,4 +242,21 @@ const isx_cpu_features *isx_cpu(void)
 {
     isx_simd_init();
     return &cpu;
+}
+
+size_t isx_fused_packed_size(size_t m, size_t d, size_t panel)
+{
+    size_t panels = (m + panel - 1) / panel;
+    return panels * d * panel;
+}
+
+void isx_fused_pack(const float *Q, size_t m, size_t d, float alpha, size_t panel, float *packed)
+{
+    memset(packed, 0, isx_fused_packed_size(m, d, panel) * sizeof(float));
+    for (size_t q = 0; q < m; q++) {
+        float *p = packed + (q / panel) * d * panel;
+        size_t lane = q % panel;
+        for (size_t j = 0; j < d; j++)
+            p[j * panel + lane] = alpha * Q[q * d + j];
+    }
 }

@@ -1,5 +1,7 @@
 /*
- * kernels_avx2.c -- AVX2 + FMA + POPCNT kernels.
+ * kernels_avx2.c -- AVX2 + FMA + F16C + POPCNT kernels (the AVX2 level;
+ * the fused top-k and KD-tree leaf kernels of this level have files of
+ * their own, fused_avx2.c and kdleaf_avx2.c).
  *
  * Every function carries a target attribute instead of the file being built
  * with -mavx2, so the rest of the library (and this file's table) stays
@@ -20,9 +22,11 @@
 #include <math.h>
 #include <string.h>
 
-#include "simd.h"
+#include "fused.h"
+#include "internal.h"
+#include "kdleaf.h"
 
-#define AVX2 __attribute__((target("avx2,fma,popcnt")))
+#define AVX2 __attribute__((target("avx2,fma,popcnt,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
 enum kind { K_L2, K_IP, K_COS, K_L1, K_SQ, K_DOT };
@@ -167,18 +171,17 @@ static AVX2 void dot_f32_avx2(const void *q, const void *x, size_t nrows, size_t
  * so the arithmetic is exactly that of the float32 kernels.  The tail is
  * copied into a zeroed 16-byte buffer: a zero element adds nothing to any
  * of the sums, and nothing is read past the end of the row. */
-#define AVX2_F16C __attribute__((target("avx2,fma,popcnt,f16c")))
 
 enum coding { C_F16, C_I8 };
 
-INLINE AVX2_F16C __m256 load8_coded(enum coding c, const uint8_t *row, size_t i)
+INLINE AVX2 __m256 load8_coded(enum coding c, const uint8_t *row, size_t i)
 {
     if (c == C_F16)
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 2 * i)));
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + i))));
 }
 
-INLINE AVX2_F16C void scan_coded(enum kind k, enum coding c, const void *qv, const void *xv, size_t nrows,
+INLINE AVX2 void scan_coded(enum kind k, enum coding c, const void *qv, const void *xv, size_t nrows,
                                  size_t dim, float *out)
 {
     const float *q = qv;
@@ -208,7 +211,7 @@ INLINE AVX2_F16C void scan_coded(enum kind k, enum coding c, const void *qv, con
 }
 
 #define CODED_KERNEL(name, k, c) \
-    static AVX2_F16C void name(const void *q, const void *x, size_t nrows, size_t dim, float *out) \
+    static AVX2 void name(const void *q, const void *x, size_t nrows, size_t dim, float *out) \
     { \
         scan_coded(k, c, q, x, nrows, dim, out); \
     }
@@ -269,7 +272,128 @@ static AVX2 void hamming_u8_avx2(const void *qv, const void *xv, size_t nrows, s
     }
 }
 
-const isx_kernels isx_kernels_avx2 = {
+/* ---------- bounded l2 / l1 (the HNSW walk) ----------------------------
+ * Most rows a beam search measures are rejected: their distance is not below
+ * the current ef-th best.  The partial sums of l2 and l1 only grow, so once
+ * one reaches that bound the rest of the row is neither computed nor loaded;
+ * it is looked at every ISX_BOUNDED_CHECK elements, and a row that is kept
+ * is summed in full, so every returned distance is exact. */
+
+INLINE AVX2 __m256 term(int l1, __m256 q, __m256 x, __m256 acc)
+{
+    __m256 d = _mm256_sub_ps(q, x);
+    return l1 ? _mm256_add_ps(acc, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), d)) : _mm256_fmadd_ps(d, d, acc);
+}
+
+INLINE AVX2 float bounded_avx2(int l1, const float *q, const float *x, size_t dim, float bound)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0, check = ISX_BOUNDED_CHECK;
+    for (; i + 32 <= dim; i += 32) {
+        a0 = term(l1, _mm256_loadu_ps(q + i), _mm256_loadu_ps(x + i), a0);
+        a1 = term(l1, _mm256_loadu_ps(q + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = term(l1, _mm256_loadu_ps(q + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = term(l1, _mm256_loadu_ps(q + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+        if (i + 32 >= check) {
+            float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+            if (s >= bound)
+                return s;
+            check += ISX_BOUNDED_CHECK;
+        }
+    }
+    for (; i + 8 <= dim; i += 8)
+        a0 = term(l1, _mm256_loadu_ps(q + i), _mm256_loadu_ps(x + i), a0);
+    if (i < dim) {
+        __m256i m = _mm256_loadu_si256((const __m256i *)(mask_window + 8 - (dim - i)));
+        a1 = term(l1, _mm256_maskload_ps(q + i, m), _mm256_maskload_ps(x + i, m), a1);
+    }
+    return hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+}
+
+static AVX2 float l2sq_bounded_f32_avx2(const float *q, const float *x, size_t dim, float bound)
+{
+    return bounded_avx2(0, q, x, dim, bound);
+}
+
+static AVX2 float l1_bounded_f32_avx2(const float *q, const float *x, size_t dim, float bound)
+{
+    return bounded_avx2(1, q, x, dim, bound);
+}
+
+/* ---------- the GEMM plan's select: 16 lanes a step -------------------- */
+
+static AVX2 void select_f32_avx2(const float *row, const float *scale, const float *bias, size_t n, size_t slot0,
+                                 const uint64_t *allowed, isx_topk *h)
+{
+    float bound = isx_topk_bound(h);
+    __m256 vb = _mm256_set1_ps(bound);
+    float lanes[16];
+    size_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        __m256 v0 = _mm256_loadu_ps(row + j), v1 = _mm256_loadu_ps(row + j + 8);
+        if (scale) {
+            v0 = _mm256_mul_ps(v0, _mm256_loadu_ps(scale + j));
+            v1 = _mm256_mul_ps(v1, _mm256_loadu_ps(scale + j + 8));
+        }
+        if (bias) {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(bias + j));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(bias + j + 8));
+        }
+        unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v0, vb, _CMP_LT_OQ)) |
+                     ((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v1, vb, _CMP_LT_OQ)) << 8);
+        if (!m)
+            continue;
+        _mm256_storeu_ps(lanes, v0);
+        _mm256_storeu_ps(lanes + 8, v1);
+        for (; m; m &= m - 1) {
+            unsigned lane = (unsigned)__builtin_ctz(m);
+            if (lanes[lane] < bound && isx_row_allowed(allowed, slot0 + j + lane)) {
+                isx_topk_push(h, lanes[lane], (int64_t)(slot0 + j + lane));
+                bound = isx_topk_bound(h);
+            }
+        }
+        vb = _mm256_set1_ps(bound);
+    }
+    if (j < n)
+        isx_raw_serial.select(row + j, scale ? scale + j : NULL, bias ? bias + j : NULL, n - j, slot0 + j, allowed, h);
+}
+
+/* ---------- KD-tree leaves: eight rows a group from dim 8 ---------------- */
+
+static void kd_dists_avx2(const float *rows, const uint32_t *perm, size_t s, size_t e, const float *q, size_t dim,
+                          int l1, float *out)
+{
+    if (dim < ISX_KDLEAF_SIMD_MIN_DIM)
+        isx_kd_dists_serial(rows, perm, s, e, q, dim, l1, out);
+    else
+        isx_kd_dists_avx2(rows, perm, s, e, q, dim, l1, out);
+}
+
+static void kd_dists_ptrs_avx2(const float *const *rows, size_t n, const float *q, size_t dim, int l1, float *out)
+{
+    if (dim < ISX_KDLEAF_SIMD_MIN_DIM)
+        isx_kd_dists_ptrs_serial(rows, n, q, dim, l1, out);
+    else
+        isx_kd_dists_ptrs_avx2(rows, n, q, dim, l1, out);
+}
+
+/* ---------- half -> float (F16C) ----------------------------------------- */
+
+static AVX2 void f16_to_f32_f16c(const uint16_t *in, float *out, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(in + i))));
+    if (i < n) {
+        uint16_t tail[8] = {0};
+        float wide[8];
+        memcpy(tail, in + i, (n - i) * sizeof(uint16_t));
+        _mm256_storeu_ps(wide, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)tail)));
+        memcpy(out + i, wide, (n - i) * sizeof(float));
+    }
+}
+
+const isx_kernels isx_raw_avx2 = {
     .dist = {
         [ISX_METRIC_L2] = l2sq_f32_avx2,
         [ISX_METRIC_IP] = ip_f32_avx2,
@@ -291,6 +415,16 @@ const isx_kernels isx_kernels_avx2 = {
         [ISX_METRIC_COSINE] = cosine_i8_avx2,
         [ISX_METRIC_L1] = l1_i8_avx2,
     },
+    .bounded = {
+        [ISX_METRIC_L2] = l2sq_bounded_f32_avx2,
+        [ISX_METRIC_L1] = l1_bounded_f32_avx2,
+    },
+    .fused = {isx_fused_knn_avx2, ISX_FUSED_PANEL_AVX2, ISX_FUSED_ROWS_AVX2},
+    .select = select_f32_avx2,
+    .kd_dists = kd_dists_avx2,
+    .kd_dists_ptrs = kd_dists_ptrs_avx2,
+    .f16_to_f32 = f16_to_f32_f16c,
+    .crc32c = isx_crc32c_sse42,
 };
 
 #else

@@ -2,14 +2,21 @@
  * kernels_avx512.c -- AVX-512 F/BW/DQ/VL kernels (hamming also VPOPCNTDQ).
  *
  * Same shape as kernels_avx2.c, twice as wide: per-function target
- * attributes (no -mavx512f for the file), and one generic block rows_f32()
- * specialised by always_inline with constant metric, rows R and unroll U.
- * Blocks of R = 4 rows share each query load; U = 2 gives eight independent
- * FMA chains (sixteen sums for cosine, which 32 ZMM registers hold).  Tails
- * use masked loads, which neither read nor fault past the end of a row.
+ * attributes (no -mavx512f for the file), one generic row rows_f32()
+ * specialised by always_inline with constant metric, and rows taken one at
+ * a time, front to back -- blocks of four rows sharing each query load were
+ * what this file did first, and on Zen 4 they streamed a one-query scan at
+ * half the speed of one row at a time (the hardware prefetcher follows one
+ * sequential stream best; see kernels_avx2.c's scan()).  Four accumulators
+ * of sixteen lanes hide the FMA latency.  Tails use masked loads, which
+ * neither read nor fault past the end of a row, so no tail buffers.
  *
- * hamming_u8_avx512 needs VPOPCNTDQ, which some AVX-512 CPUs lack; it has
- * its own target attribute, and dispatch.c swaps in the AVX2 kernel there.
+ * This table holds only kernels measured to beat the AVX2 level on an
+ * AVX-512 CPU (benchmarks/bench_kernels.py; the figures are in
+ * benchmarks/README.md); the slots it leaves empty run the AVX2 kernels.
+ * hamming_u8_avx512 needs VPOPCNTDQ, which some AVX-512 CPUs lack
+ * (Skylake-X, Cascade Lake): it is a table of its own, merged by dispatch.c
+ * only where the CPU has it.
  */
 #if defined(__x86_64__)
 
@@ -17,7 +24,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "simd.h"
+#include "fused.h"
+#include "internal.h"
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,popcnt")))
 #define AVX512_POPCNT \
@@ -78,38 +86,29 @@ INLINE float finish(enum kind k, float a, float xx, float qq)
     }
 }
 
-INLINE AVX512 void rows_f32(enum kind k, int R, int U, const float *q, const float *x, size_t dim, float qq,
-                            float *out)
+/* One row: U independent accumulators of sixteen lanes. */
+INLINE AVX512 void rows_f32(enum kind k, int U, const float *q, const float *x, size_t dim, float qq, float *out)
 {
-    __m512 a[4][4], b[4][4];
-    for (int r = 0; r < R; r++)
-        for (int u = 0; u < U; u++)
-            a[r][u] = b[r][u] = _mm512_setzero_ps();
+    __m512 a[4], b[4];
+    for (int u = 0; u < U; u++)
+        a[u] = b[u] = _mm512_setzero_ps();
     size_t i = 0;
     for (; i + 16 * (size_t)U <= dim; i += 16 * (size_t)U)
         for (int u = 0; u < U; u++) {
-            __m512 qv = load_q(k, q + i + 16 * (size_t)u);
-            for (int r = 0; r < R; r++)
-                step(k, qv, _mm512_loadu_ps(x + (size_t)r * dim + i + 16 * (size_t)u), &a[r][u], &b[r][u]);
+            size_t j = i + 16 * (size_t)u;
+            step(k, load_q(k, q + j), _mm512_loadu_ps(x + j), &a[u], &b[u]);
         }
-    for (; i + 16 <= dim; i += 16) {
-        __m512 qv = load_q(k, q + i);
-        for (int r = 0; r < R; r++)
-            step(k, qv, _mm512_loadu_ps(x + (size_t)r * dim + i), &a[r][0], &b[r][0]);
-    }
+    for (; i + 16 <= dim; i += 16)
+        step(k, load_q(k, q + i), _mm512_loadu_ps(x + i), &a[0], &b[0]);
     if (i < dim) {
         __mmask16 m = (__mmask16)((1u << (dim - i)) - 1);
-        __m512 qv = load_q_masked(k, q + i, m);
-        for (int r = 0; r < R; r++)
-            step(k, qv, _mm512_maskz_loadu_ps(m, x + (size_t)r * dim + i), &a[r][0], &b[r][0]);
+        step(k, load_q_masked(k, q + i, m), _mm512_maskz_loadu_ps(m, x + i), &a[0], &b[0]);
     }
-    for (int r = 0; r < R; r++) {
-        for (int u = 1; u < U; u++) {
-            a[r][0] = _mm512_add_ps(a[r][0], a[r][u]);
-            b[r][0] = _mm512_add_ps(b[r][0], b[r][u]);
-        }
-        out[r] = finish(k, _mm512_reduce_add_ps(a[r][0]), k == K_COS ? _mm512_reduce_add_ps(b[r][0]) : 0, qq);
+    for (int u = 1; u < U; u++) {
+        a[0] = _mm512_add_ps(a[0], a[u]);
+        b[0] = _mm512_add_ps(b[0], b[u]);
     }
+    *out = finish(k, _mm512_reduce_add_ps(a[0]), k == K_COS ? _mm512_reduce_add_ps(b[0]) : 0, qq);
 }
 
 INLINE AVX512 void scan(enum kind k, const void *qv, const void *xv, size_t nrows, size_t dim, float *out)
@@ -117,42 +116,160 @@ INLINE AVX512 void scan(enum kind k, const void *qv, const void *xv, size_t nrow
     const float *q = qv, *x = xv;
     float qq = 0;
     if (k == K_COS)
-        rows_f32(K_SQ, 1, 4, NULL, q, dim, 0, &qq);
-    size_t r = 0;
-    for (; r + 4 <= nrows; r += 4)
-        rows_f32(k, 4, 2, q, x + r * dim, dim, qq, out + r);
-    for (; r < nrows; r++)
-        rows_f32(k, 1, 4, q, x + r * dim, dim, qq, out + r);
+        rows_f32(K_SQ, 4, NULL, q, dim, 0, &qq);
+    for (size_t r = 0; r < nrows; r++)
+        rows_f32(k, 4, q, x + r * dim, dim, qq, out + r);
 }
 
-static AVX512 void l2sq_f32_avx512(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+#define F32_KERNEL(name, k) \
+    static AVX512 void name(const void *q, const void *x, size_t nrows, size_t dim, float *out) \
+    { \
+        scan(k, q, x, nrows, dim, out); \
+    }
+/* ip, cosine, sqnorm and dot run the AVX2 kernels: on Zen 4 the 512-bit
+ * versions tied with them (ip, sqnorm, dot) or lost by 10-15% in cache
+ * (cosine), where l2 and l1 won by 5-15% (bench_kernels.py). */
+F32_KERNEL(l2sq_f32_avx512, K_L2)
+F32_KERNEL(l1_f32_avx512, K_L1)
+
+/* ---------- float32 query against float16 / int8 rows ------------------
+ * Sixteen elements a step, widened to float32 as they are loaded
+ * (VCVTPH2PS, or VPMOVSXBD + convert), two accumulators; the tail is a
+ * masked load of the codes, whose masked-out lanes are zero and add
+ * nothing. */
+
+enum coding { C_F16, C_I8 };
+
+INLINE AVX512 __m512 load16_coded(enum coding c, const uint8_t *row, size_t i, __mmask16 m)
 {
-    scan(K_L2, q, x, nrows, dim, out);
+    if (c == C_F16)
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, row + 2 * i));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, row + i)));
 }
 
-static AVX512 void ip_f32_avx512(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+INLINE AVX512 void scan_coded(enum kind k, enum coding c, const void *qv, const void *xv, size_t nrows,
+                              size_t dim, float *out)
 {
-    scan(K_IP, q, x, nrows, dim, out);
+    const float *q = qv;
+    const uint8_t *x = xv;
+    size_t esz = c == C_F16 ? 2 : 1;
+    float qq = 0;
+    if (k == K_COS)
+        rows_f32(K_SQ, 4, NULL, q, dim, 0, &qq);
+    for (size_t r = 0; r < nrows; r++) {
+        const uint8_t *row = x + r * dim * esz;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+        size_t i = 0;
+        for (; i + 32 <= dim; i += 32) {
+            step(k, _mm512_loadu_ps(q + i), load16_coded(c, row, i, 0xFFFF), &a0, &b0);
+            step(k, _mm512_loadu_ps(q + i + 16), load16_coded(c, row, i + 16, 0xFFFF), &a1, &b1);
+        }
+        for (; i + 16 <= dim; i += 16)
+            step(k, _mm512_loadu_ps(q + i), load16_coded(c, row, i, 0xFFFF), &a0, &b0);
+        if (i < dim) {
+            __mmask16 m = (__mmask16)((1u << (dim - i)) - 1);
+            step(k, _mm512_maskz_loadu_ps(m, q + i), load16_coded(c, row, i, m), &a1, &b1);
+        }
+        out[r] = finish(k, _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)),
+                        k == K_COS ? _mm512_reduce_add_ps(_mm512_add_ps(b0, b1)) : 0, qq);
+    }
 }
 
-static AVX512 void cosine_f32_avx512(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+#define CODED_KERNEL(name, k, c) \
+    static AVX512 void name(const void *q, const void *x, size_t nrows, size_t dim, float *out) \
+    { \
+        scan_coded(k, c, q, x, nrows, dim, out); \
+    }
+CODED_KERNEL(l2sq_f16_avx512, K_L2, C_F16)
+CODED_KERNEL(ip_f16_avx512, K_IP, C_F16)
+CODED_KERNEL(cosine_f16_avx512, K_COS, C_F16)
+CODED_KERNEL(l1_f16_avx512, K_L1, C_F16)
+CODED_KERNEL(l2sq_i8_avx512, K_L2, C_I8)
+CODED_KERNEL(ip_i8_avx512, K_IP, C_I8)
+CODED_KERNEL(cosine_i8_avx512, K_COS, C_I8)
+CODED_KERNEL(l1_i8_avx512, K_L1, C_I8)
+
+/* ---------- bounded l2 / l1 (the HNSW walk; see kernels_avx2.c) --------- */
+
+INLINE AVX512 __m512 term(int l1, __m512 q, __m512 x, __m512 acc)
 {
-    scan(K_COS, q, x, nrows, dim, out);
+    __m512 d = _mm512_sub_ps(q, x);
+    return l1 ? _mm512_add_ps(acc, _mm512_abs_ps(d)) : _mm512_fmadd_ps(d, d, acc);
 }
 
-static AVX512 void l1_f32_avx512(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+INLINE AVX512 float bounded_avx512(int l1, const float *q, const float *x, size_t dim, float bound)
 {
-    scan(K_L1, q, x, nrows, dim, out);
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0, check = ISX_BOUNDED_CHECK;
+    for (; i + 64 <= dim; i += 64) {
+        a0 = term(l1, _mm512_loadu_ps(q + i), _mm512_loadu_ps(x + i), a0);
+        a1 = term(l1, _mm512_loadu_ps(q + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = term(l1, _mm512_loadu_ps(q + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = term(l1, _mm512_loadu_ps(q + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+        if (i + 64 >= check) {
+            float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+            if (s >= bound)
+                return s;
+            check += ISX_BOUNDED_CHECK;
+        }
+    }
+    for (; i + 16 <= dim; i += 16)
+        a0 = term(l1, _mm512_loadu_ps(q + i), _mm512_loadu_ps(x + i), a0);
+    if (i < dim) {
+        __mmask16 m = (__mmask16)((1u << (dim - i)) - 1);
+        a1 = term(l1, _mm512_maskz_loadu_ps(m, q + i), _mm512_maskz_loadu_ps(m, x + i), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
-static AVX512 void sqnorm_f32_avx512(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+static AVX512 float l2sq_bounded_f32_avx512(const float *q, const float *x, size_t dim, float bound)
 {
-    scan(K_SQ, q, x, nrows, dim, out);
+    return bounded_avx512(0, q, x, dim, bound);
 }
 
-static AVX512 void dot_f32_avx512(const void *q, const void *x, size_t nrows, size_t dim, float *out)
+static AVX512 float l1_bounded_f32_avx512(const float *q, const float *x, size_t dim, float bound)
 {
-    scan(K_DOT, q, x, nrows, dim, out);
+    return bounded_avx512(1, q, x, dim, bound);
+}
+
+/* ---------- the GEMM plan's select: 16 lanes a step, masked tail --------- */
+
+static AVX512 void select_f32_avx512(const float *row, const float *scale, const float *bias, size_t n,
+                                     size_t slot0, const uint64_t *allowed, isx_topk *h)
+{
+    float bound = isx_topk_bound(h);
+    __m512 vb = _mm512_set1_ps(bound);
+    float lanes[16];
+    for (size_t j = 0; j < n; j += 16) {
+        __mmask16 live = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(live, row + j);
+        if (scale)
+            v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(live, scale + j));
+        if (bias)
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, bias + j));
+        __mmask16 m = _mm512_mask_cmp_ps_mask(live, v, vb, _CMP_LT_OQ);
+        if (!m)
+            continue;
+        _mm512_storeu_ps(lanes, v);
+        for (; m; m &= (__mmask16)(m - 1)) {
+            unsigned lane = (unsigned)__builtin_ctz(m);
+            if (lanes[lane] < bound && isx_row_allowed(allowed, slot0 + j + lane)) {
+                isx_topk_push(h, lanes[lane], (int64_t)(slot0 + j + lane));
+                bound = isx_topk_bound(h);
+            }
+        }
+        vb = _mm512_set1_ps(bound);
+    }
+}
+
+/* ---------- half -> float ------------------------------------------------ */
+
+static AVX512 void f16_to_f32_avx512(const uint16_t *in, float *out, size_t n)
+{
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(out + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, in + i)));
+    }
 }
 
 static AVX512_POPCNT void hamming_u8_avx512(const void *qv, const void *xv, size_t nrows, size_t dim, float *out)
@@ -193,16 +310,34 @@ static AVX512_POPCNT void hamming_u8_avx512(const void *qv, const void *xv, size
     }
 }
 
-const isx_kernels isx_kernels_avx512 = {
+const isx_kernels isx_raw_avx512 = {
     .dist = {
         [ISX_METRIC_L2] = l2sq_f32_avx512,
-        [ISX_METRIC_IP] = ip_f32_avx512,
-        [ISX_METRIC_COSINE] = cosine_f32_avx512,
         [ISX_METRIC_L1] = l1_f32_avx512,
-        [ISX_METRIC_HAMMING] = hamming_u8_avx512,
     },
-    .sqnorm = sqnorm_f32_avx512,
-    .dot = dot_f32_avx512,
+    .dist_f16 = {
+        [ISX_METRIC_L2] = l2sq_f16_avx512,
+        [ISX_METRIC_IP] = ip_f16_avx512,
+        [ISX_METRIC_COSINE] = cosine_f16_avx512,
+        [ISX_METRIC_L1] = l1_f16_avx512,
+    },
+    .dist_i8 = {
+        [ISX_METRIC_L2] = l2sq_i8_avx512,
+        [ISX_METRIC_IP] = ip_i8_avx512,
+        [ISX_METRIC_COSINE] = cosine_i8_avx512,
+        [ISX_METRIC_L1] = l1_i8_avx512,
+    },
+    .bounded = {
+        [ISX_METRIC_L2] = l2sq_bounded_f32_avx512,
+        [ISX_METRIC_L1] = l1_bounded_f32_avx512,
+    },
+    .fused = {isx_fused_knn_avx512, ISX_FUSED_PANEL_AVX512, ISX_FUSED_ROWS_AVX512},
+    .select = select_f32_avx512,
+    .f16_to_f32 = f16_to_f32_avx512,
+};
+
+const isx_kernels isx_raw_avx512_vpopcntdq = {
+    .dist = {[ISX_METRIC_HAMMING] = hamming_u8_avx512},
 };
 
 #else

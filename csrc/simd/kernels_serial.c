@@ -5,13 +5,18 @@
  * `kind`, so the seven kernels share a single loop that cannot drift apart.
  * Sums are kept in double over four independent accumulators: the latency
  * chains overlap, and the rounding error stays far below float32 resolution.
+ * The other slots' portable kernels follow: bounded l2/l1 (float sums, as
+ * the wider levels', since the HNSW walk compares them with each other),
+ * the GEMM plan's select, the KD-tree leaf scans, half -> float.
  */
 #include <math.h>
 #include <string.h>
 
-#include "simd.h"
+#include "internal.h"
 
 enum kind { K_L2, K_IP, K_COS, K_L1, K_SQ, K_DOT };
+
+#define INLINE_S static inline __attribute__((always_inline))
 
 /* Adds element i's contribution, given the row's element xi as a double;
  * K_SQ never touches q, which may be NULL. */
@@ -204,7 +209,146 @@ static void hamming_u8_serial(const void *qv, const void *xv, size_t nrows, size
     }
 }
 
-const isx_kernels isx_kernels_serial = {
+
+/* ---------- bounded l2 / l1 (the HNSW walk) ----------------------------
+ * The partial sum is looked at every ISX_BOUNDED_CHECK elements; a row that
+ * is kept is summed in full, so every returned distance is exact. */
+
+INLINE_S float bounded_serial(int l1, const float *q, const float *x, size_t dim, float bound)
+{
+    float a[4] = {0, 0, 0, 0};
+    size_t i = 0;
+    while (i < dim) {
+        size_t end = i + ISX_BOUNDED_CHECK < dim ? i + ISX_BOUNDED_CHECK : dim;
+        for (; i + 4 <= end; i += 4)
+            for (int j = 0; j < 4; j++) {
+                float d = q[i + (size_t)j] - x[i + (size_t)j];
+                a[j] += l1 ? fabsf(d) : d * d;
+            }
+        for (; i < end; i++) {
+            float d = q[i] - x[i];
+            a[0] += l1 ? fabsf(d) : d * d;
+        }
+        float s = (a[0] + a[1]) + (a[2] + a[3]);
+        if (s >= bound)
+            return s;
+    }
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+static float l2sq_bounded_f32_serial(const float *q, const float *x, size_t dim, float bound)
+{
+    return bounded_serial(0, q, x, dim, bound);
+}
+
+static float l1_bounded_f32_serial(const float *q, const float *x, size_t dim, float bound)
+{
+    return bounded_serial(1, q, x, dim, bound);
+}
+
+/* ---------- the GEMM plan's select ------------------------------------- */
+
+static void select_f32_serial(const float *row, const float *scale, const float *bias, size_t n, size_t slot0,
+                              const uint64_t *allowed, isx_topk *h)
+{
+    float bound = isx_topk_bound(h);
+    for (size_t j = 0; j < n; j++) {
+        float v = row[j];
+        if (scale)
+            v *= scale[j];
+        if (bias)
+            v += bias[j];
+        if (v < bound && isx_row_allowed(allowed, slot0 + j)) {
+            isx_topk_push(h, v, (int64_t)(slot0 + j));
+            bound = isx_topk_bound(h);
+        }
+    }
+}
+
+/* ---------- KD-tree leaves ---------------------------------------------- */
+
+/* Distance of one row: four partial sums the compiler keeps in one vector
+ * register (D a constant after inlining). */
+INLINE_S float row_dist(const float *x, const float *q, size_t D, int l1)
+{
+    if (D < 4) {
+        float acc = 0.0f;
+        for (size_t j = 0; j < D; j++) {
+            float t = x[j] - q[j];
+            acc += l1 ? fabsf(t) : t * t;
+        }
+        return acc;
+    }
+    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    size_t j = 0;
+    for (; j + 4 <= D; j += 4) {
+        for (size_t u = 0; u < 4; u++) {
+            float t = x[j + u] - q[j + u];
+            a[u] += l1 ? fabsf(t) : t * t;
+        }
+    }
+    for (size_t u = 0; j < D; j++, u++) {
+        float t = x[j] - q[j];
+        a[u] += l1 ? fabsf(t) : t * t;
+    }
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+INLINE_S void rows_dists(const float *rows, const uint32_t *perm, size_t s,
+                                                             size_t e, const float *q, size_t D, int l1, float *out)
+{
+    if (perm) {
+        /* scattered rows: ask for all of them before the first is needed */
+        for (size_t i = s; i < e; i++)
+            __builtin_prefetch(rows + (size_t)perm[i] * D);
+        for (size_t i = s; i < e; i++)
+            out[i - s] = row_dist(rows + (size_t)perm[i] * D, q, D, l1);
+    } else {
+        const float *x = rows + s * D;
+        for (size_t i = s; i < e; i++, x += D)
+            out[i - s] = row_dist(x, q, D, l1);
+    }
+}
+
+/* Rows [s, e), with the loop specialised for the common small dimensions. */
+void isx_kd_dists_serial(const float *rows, const uint32_t *perm, size_t s, size_t e, const float *q,
+                         size_t dim, int l1, float *out)
+{
+#define KD_CASE(D)                                       \
+    case D:                                              \
+        if (l1)                                          \
+            rows_dists(rows, perm, s, e, q, D, 1, out);  \
+        else                                             \
+            rows_dists(rows, perm, s, e, q, D, 0, out);  \
+        return;
+    switch (dim) {
+        KD_CASE(1) KD_CASE(2) KD_CASE(3) KD_CASE(4) KD_CASE(5) KD_CASE(6) KD_CASE(7) KD_CASE(8)
+        KD_CASE(10) KD_CASE(12) KD_CASE(16)
+    default:
+        if (l1)
+            rows_dists(rows, perm, s, e, q, dim, 1, out);
+        else
+            rows_dists(rows, perm, s, e, q, dim, 0, out);
+    }
+#undef KD_CASE
+}
+
+void isx_kd_dists_ptrs_serial(const float *const *rows, size_t n, const float *q, size_t dim, int l1,
+                              float *out)
+{
+    for (size_t i = 0; i < n; i++)
+        isx_kd_dists_serial(rows[i], NULL, 0, 1, q, dim, l1, out + i);
+}
+
+/* ---------- half -> float ---------------------------------------------- */
+
+static void f16_to_f32_serial(const uint16_t *in, float *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = (float)half_to_double(in[i]);
+}
+
+const isx_kernels isx_raw_serial = {
     .dist = {
         [ISX_METRIC_L2] = l2sq_f32_serial,
         [ISX_METRIC_IP] = ip_f32_serial,
@@ -226,4 +370,13 @@ const isx_kernels isx_kernels_serial = {
         [ISX_METRIC_COSINE] = cosine_i8_serial,
         [ISX_METRIC_L1] = l1_i8_serial,
     },
+    .bounded = {
+        [ISX_METRIC_L2] = l2sq_bounded_f32_serial,
+        [ISX_METRIC_L1] = l1_bounded_f32_serial,
+    },
+    .select = select_f32_serial,
+    .kd_dists = isx_kd_dists_serial,
+    .kd_dists_ptrs = isx_kd_dists_ptrs_serial,
+    .f16_to_f32 = f16_to_f32_serial,
+    .crc32c = isx_crc32c_serial,
 };

@@ -1,32 +1,88 @@
 /*
- * simd.h -- distance kernels and their run-time dispatch.
+ * simd.h -- every CPU-specific routine of the library, behind one table.
  *
- * Kernels are named metric_dtype_isa (l2sq_f32_avx512, l1_f32_serial, ...)
- * and share one signature, so a table of function pointers holds them:
+ * Nothing outside csrc/simd/ names an instruction set or asks the CPU what
+ * it has: indexes, the file format and the bindings take their kernels from
+ * isx_kernels_active() (or from a table stored when an index is created).
+ * The table is filled once, at import, from CPUID and the operating
+ * system's enabled register state (XGETBV); IMGSEARCH_SIMD=serial|avx2|avx512
+ * lowers the level for every slot at once, f16c and crc32 included.
  *
- *     void kernel(const void *q, const void *x, size_t nrows, size_t dim,
- *                 float *out);
+ * Kernels are named metric_dtype_isa (l2sq_f32_avx512, l1_bounded_f32_avx2,
+ * crc32c_u8_sse42, ...).  Each ISA file (kernels_<isa>.c, fused_<isa>.c,
+ * kdleaf_<isa>.c) contributes a raw table that holds only the kernels
+ * written for it; dispatch.c builds the table of level L slot by slot from
+ * the highest level <= L that has a kernel there.  So a level without a
+ * kernel of its own -- or whose kernel was measured to lose to the level
+ * below on the CPUs that pick it -- runs the lower level's, and every level
+ * is at least as fast as every lower one, kernel by kernel.  Which level
+ * each slot comes from is reported by isx_kernel_origin() (and
+ * imgsearch.capabilities()["kernels"]).
  *
- * computes out[r] = dist(q, x + r * dim) for r in [0, nrows): one query
- * against `nrows` contiguous rows.  The one-to-one case is nrows == 1.
- * `dim` counts elements: floats for *_f32, bytes for hamming_u8.
- * Rows are contiguous (row stride == dim); no alignment is assumed.
- *
- * Every ISA level has the full set of kernels; a level that lacks a metric
- * points at the best lower one.  The table is filled once, at import, from
- * CPUID and the operating system's enabled register state (XGETBV), and an
- * environment variable IMGSEARCH_SIMD=serial|avx2|avx512 lowers the level.
+ * The slots:
+ *   dist[metric]       out[r] = dist(q, x + r * dim), r in [0, nrows): one
+ *                      query against contiguous rows (dim counts floats, or
+ *                      bytes for hamming).  No alignment is assumed.
+ *   sqnorm, dot        out[r] = |x_r|^2, q . x_r (float32).
+ *   dist_f16/_i8[m]    a float32 query against rows of IEEE halves or of int8
+ *                      taken as the numbers they hold (the hamming slot is
+ *                      NULL).
+ *   bounded[m]         l2 / l1 of one float32 row that stops once a partial
+ *                      sum reaches `bound` (returning that partial sum, >=
+ *                      bound); with bound = +inf the full distance.  NULL for
+ *                      metrics whose partial sums are not monotone.
+ *   fused              dot products of packed query panels fused with top-k
+ *                      selection (see fused.h); fn NULL where none pays.
+ *   select             v = row[j] * scale[j] + bias[j] offered to one heap.
+ *   kd_dists(_ptrs)    the KD-tree's leaf scans (see kdleaf.h).
+ *   f16_to_f32         widen n halves.
+ *   crc32c             CRC-32C (Castagnoli) of n bytes, continuing from crc.
  */
 #ifndef ISX_SIMD_H
 #define ISX_SIMD_H
 
 #include "../common/isx.h"
+#include "../common/topk.h"
 
 typedef void (*isx_dist_fn)(const void *q, const void *x, size_t nrows, size_t dim, float *out);
+typedef float (*isx_bounded_fn)(const float *q, const float *x, size_t dim, float bound);
+/* Offer rows [r0, r1) of X (row stride d) to the heaps of the m packed
+ * queries.  scale/bias may be NULL (1 / 0); allowed is a bitmap over rows or
+ * NULL (all rows).  Row r reaches the heaps as slot slot0 + r. */
+typedef void (*isx_fused_fn)(const float *packed, size_t m, size_t d, const float *X, size_t r0, size_t r1,
+                             const float *scale, const float *bias, const uint64_t *allowed, isx_topk *heaps,
+                             size_t slot0);
+/* v = row[j] (* scale[j]) (+ bias[j]) for j < n, pushed into h as slot
+ * slot0 + j when it beats h's bound and allowed (a bitmap over slots, or
+ * NULL) has the slot. */
+typedef void (*isx_select_fn)(const float *row, const float *scale, const float *bias, size_t n, size_t slot0,
+                              const uint64_t *allowed, isx_topk *h);
+/* Distances of q to rows [s, e) of `rows` (through perm when not NULL);
+ * l1 selects Manhattan, else squared Euclidean. */
+typedef void (*isx_kd_fn)(const float *rows, const uint32_t *perm, size_t s, size_t e, const float *q,
+                          size_t dim, int l1, float *out);
+typedef void (*isx_kd_ptrs_fn)(const float *const *rows, size_t n, const float *q, size_t dim, int l1,
+                               float *out);
+typedef void (*isx_f16_fn)(const uint16_t *in, float *out, size_t n);
+typedef uint32_t (*isx_crc_fn)(uint32_t crc, const void *data, size_t n);
+
+#define ISX_FUSED_MIN_PANEL 16 /* every fused kernel's panel holds at least this many queries */
+
+typedef struct {
+    isx_fused_fn fn;
+    size_t panel; /* queries per packed panel */
+    size_t rows;  /* rows per micro-kernel call */
+} isx_fused_kernel;
+
+/* The packed panels a fused kernel reads: floats needed for m queries of
+ * dimension d in panels of `panel` lanes, and the packing (multiplied by
+ * alpha, zero-padded). */
+size_t isx_fused_packed_size(size_t m, size_t d, size_t panel);
+void isx_fused_pack(const float *Q, size_t m, size_t d, float alpha, size_t panel, float *packed);
 
 typedef enum {
     ISX_ISA_SERIAL = 0,
-    ISX_ISA_AVX2 = 1,   /* AVX2 + FMA + POPCNT */
+    ISX_ISA_AVX2 = 1,   /* AVX2 + FMA + F16C + POPCNT + SSE4.2 */
     ISX_ISA_AVX512 = 2, /* AVX-512 F/BW/DQ/VL (+ VPOPCNTDQ for hamming) */
     ISX_ISA_COUNT = 3
 } isx_isa;
@@ -34,16 +90,17 @@ typedef enum {
 typedef struct {
     /* indexed by isx_metric (1..ISX_METRIC_MAX); slot 0 unused */
     isx_dist_fn dist[ISX_METRIC_MAX + 1];
-    /* sum of squares of each row: out[r] = |x_r|^2 (f32), used for norms */
     isx_dist_fn sqnorm;
-    /* dot product of q with each row: out[r] = q . x_r (f32) */
     isx_dist_fn dot;
-    /* A float32 query against compressed rows, same metrics and meaning as
-     * dist (l2, ip, cosine, l1; the hamming slot is NULL): rows of IEEE
-     * half floats (uint16), or of int8 taken as the numbers they hold (the
-     * caller maps codes back to values: see index/hnsw.c's quantiser). */
     isx_dist_fn dist_f16[ISX_METRIC_MAX + 1];
     isx_dist_fn dist_i8[ISX_METRIC_MAX + 1];
+    isx_bounded_fn bounded[ISX_METRIC_MAX + 1];
+    isx_fused_kernel fused;
+    isx_select_fn select;
+    isx_kd_fn kd_dists;
+    isx_kd_ptrs_fn kd_dists_ptrs;
+    isx_f16_fn f16_to_f32;
+    isx_crc_fn crc32c;
 } isx_kernels;
 
 /* Detect the CPU once (idempotent, thread-safe after the first call). */
@@ -51,11 +108,21 @@ void isx_simd_init(void);
 /* The level in use, and the best level this CPU + OS supports. */
 isx_isa isx_simd_level(void);
 isx_isa isx_simd_supported(void);
+/* Change the level in use (for benchmarks and tests that compare levels in
+ * one process): tables already taken by an index stay as they were; flat
+ * search and new indexes follow at once.  Returns ISX_EINVAL above what the
+ * CPU supports. */
+int isx_simd_set_level(isx_isa level);
 const char *isx_isa_name(isx_isa isa);
 /* The active table, and the table of a given level (NULL if unsupported by
  * the CPU: tests use it to run each level alone). */
 const isx_kernels *isx_kernels_active(void);
 const isx_kernels *isx_kernels_for(isx_isa isa);
+/* The slots by name (i < isx_kernel_slot_count()), and the level whose
+ * kernel the table of `level` holds in slot i (-1 if the slot is empty). */
+size_t isx_kernel_slot_count(void);
+const char *isx_kernel_slot_name(size_t i);
+int isx_kernel_origin(isx_isa level, size_t i);
 /* Individual CPU features, for capabilities(). */
 typedef struct {
     int sse42, popcnt, avx, avx2, fma, f16c;
@@ -63,10 +130,5 @@ typedef struct {
     int os_avx, os_avx512; /* XCR0 has the YMM / ZMM state enabled */
 } isx_cpu_features;
 const isx_cpu_features *isx_cpu(void);
-
-/* Per-ISA tables, defined in kernels_<isa>.c. */
-extern const isx_kernels isx_kernels_serial;
-extern const isx_kernels isx_kernels_avx2;
-extern const isx_kernels isx_kernels_avx512;
 
 #endif

@@ -12,7 +12,7 @@
 
 #include <math.h>
 
-#include "../common/isx.h"
+#include "isx.h"
 
 typedef struct {
     float *dist;

@@ -16,24 +16,6 @@
 #define ROWS ISX_FUSED_ROWS_AVX512
 #define ISX_FUSED_PANEL ISX_FUSED_PANEL_AVX512
 
-size_t isx_fused_packed_size(size_t m, size_t d, size_t width)
-{
-    size_t panels = (m + width - 1) / width;
-    return panels * d * width;
-}
-
-void isx_fused_pack(const float *Q, size_t m, size_t d, float alpha, size_t width, float *packed)
-{
-    size_t panels = (m + width - 1) / width;
-    memset(packed, 0, panels * d * width * sizeof(float));
-    for (size_t q = 0; q < m; q++) {
-        float *panel = packed + (q / width) * d * width;
-        size_t lane = q % width;
-        for (size_t j = 0; j < d; j++)
-            panel[j * width + lane] = alpha * Q[q * d + j];
-    }
-}
-
 /* The epilogue for one row: 32 lanes of v against 32 bounds. */
 __attribute__((target("avx512f")))
 static inline void offer_row(__m512 lo, __m512 hi, size_t row, const float *scale, const float *bias,
@@ -85,7 +67,7 @@ static void block_12(const float *panel, const float *x, size_t d, size_t row0, 
         FMA2(6, x6); FMA2(7, x7); FMA2(8, x8); FMA2(9, x9); FMA2(10, x10); FMA2(11, x11);
     }
 #define OFFER(i)                                                                                    \
-    if (isx_fused_row_allowed(allowed, row0 + i))                                                            \
+    if (isx_row_allowed(allowed, row0 + i))                                                            \
         offer_row(c##i##a, c##i##b, row0 + i, scale, bias, vlo, vhi, bounds, heaps, slot0)
     OFFER(0); OFFER(1); OFFER(2); OFFER(3); OFFER(4); OFFER(5);
     OFFER(6); OFFER(7); OFFER(8); OFFER(9); OFFER(10); OFFER(11);
@@ -98,7 +80,7 @@ static void block_1(const float *panel, const float *x, size_t d, size_t row, co
                     const float *bias, const uint64_t *allowed, __mmask16 vlo, __mmask16 vhi,
                     float *bounds, isx_topk *heaps, size_t slot0)
 {
-    if (!isx_fused_row_allowed(allowed, row))
+    if (!isx_row_allowed(allowed, row))
         return;
     __m512 c0a = _mm512_setzero_ps(), c0b = c0a, c1a = c0a, c1b = c0a;
     size_t j = 0;

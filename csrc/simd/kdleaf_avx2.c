@@ -1,20 +1,20 @@
 /*
- * kdtree_leaf_avx2.c -- AVX2 + FMA distance scans for KD-tree leaves.
+ * kdleaf_avx2.c -- AVX2 + FMA distance scans for KD-tree leaves (see kdleaf.h).
  *
  * Eight rows at a time: each row keeps one accumulator of eight lanes
  * (masked loads for the last dim % 8 floats, so nothing past a row is
  * read), then three rounds of horizontal adds and one cross-lane add turn
  * the eight accumulators into the eight distances in one register.  The
  * lanes of every row are summed in the same order, ((0+1)+(2+3)) +
- * ((4+5)+(6+7)), in every slot, which is what kdtree_leaf.h promises.
- * Built with a per-function target attribute; kdtree.c calls in only when
- * the dispatcher chose AVX2 or better.
+ * ((4+5)+(6+7)), in every slot, which is what kdleaf.h promises.
+ * Built with a per-function target attribute; reached only through the
+ * AVX2 table (kernels_avx2.c), for dim >= ISX_KDLEAF_SIMD_MIN_DIM.
  */
 #if defined(__x86_64__)
 
 #include <immintrin.h>
 
-#include "kdtree_leaf.h"
+#include "kdleaf.h"
 
 #define AVX2 __attribute__((target("avx2,fma")))
 #define INLINE static inline __attribute__((always_inline))
@@ -77,7 +77,7 @@ INLINE AVX2 void scan(const float *rows, const uint32_t *perm, const float *cons
     }
 }
 
-AVX2 void isx_kdtree_dists_avx2(const float *rows, const uint32_t *perm, size_t s, size_t e, const float *q,
+AVX2 void isx_kd_dists_avx2(const float *rows, const uint32_t *perm, size_t s, size_t e, const float *q,
                                 size_t dim, int l1, float *out)
 {
     /* constant dimensions and metric inline into their own loops */
@@ -99,7 +99,7 @@ AVX2 void isx_kdtree_dists_avx2(const float *rows, const uint32_t *perm, size_t 
 #undef KD_DIM_CASE
 }
 
-AVX2 void isx_kdtree_dists_ptrs_avx2(const float *const *rows, size_t n, const float *q, size_t dim, int l1,
+AVX2 void isx_kd_dists_ptrs_avx2(const float *const *rows, size_t n, const float *q, size_t dim, int l1,
                                      float *out)
 {
     if (l1)
@@ -109,6 +109,6 @@ AVX2 void isx_kdtree_dists_ptrs_avx2(const float *const *rows, size_t n, const f
 }
 
 #else
-/* Not x86-64: kdtree.c never calls in here.  ISO C wants a declaration. */
+/* Not x86-64: dispatch.c never selects this level.  ISO C wants a declaration. */
 typedef int isx_kdtree_leaf_avx2_unavailable;
 #endif

@@ -63,7 +63,7 @@ static void block_6(const float *panel, const float *x, size_t d, size_t row0, c
         FMA2(0, x0); FMA2(1, x1); FMA2(2, x2); FMA2(3, x3); FMA2(4, x4); FMA2(5, x5);
     }
 #define OFFER(i)                                                                    \
-    if (isx_fused_row_allowed(allowed, row0 + i))                                  \
+    if (isx_row_allowed(allowed, row0 + i))                                  \
         offer_row(c##i##a, c##i##b, row0 + i, scale, bias, valid, bounds, heaps, slot0)
     OFFER(0); OFFER(1); OFFER(2); OFFER(3); OFFER(4); OFFER(5);
 #undef OFFER
@@ -74,7 +74,7 @@ __attribute__((target("avx2,fma")))
 static void block_1(const float *panel, const float *x, size_t d, size_t row, const float *scale,
                     const float *bias, const uint64_t *allowed, unsigned valid, float *bounds, isx_topk *heaps, size_t slot0)
 {
-    if (!isx_fused_row_allowed(allowed, row))
+    if (!isx_row_allowed(allowed, row))
         return;
     __m256 c0a = _mm256_setzero_ps(), c0b = c0a, c1a = c0a, c1b = c0a;
     size_t j = 0;
