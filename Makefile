@@ -7,18 +7,24 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-APT_PACKAGES := libopenblas-dev pkg-config libstb-dev libjpeg-dev libwebp-dev dataset-fashion-mnist
+# chromium + chromium-driver: the service's real-browser test (tests/test_serve_browser.py)
+APT_PACKAGES := libopenblas-dev pkg-config libstb-dev libjpeg-dev libwebp-dev dataset-fashion-mnist chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 C_SOURCES := $(shell find csrc -name '*.[ch]')
 IMAGES ?=
 
-.PHONY: demo test test-asan bench bench-kernels bench-flat bench-hnsw bench-kdtree bench-image bench-engine fuzz build deps venv clean check-install lint
+.PHONY: demo test test-asan bench bench-kernels bench-flat bench-hnsw bench-kdtree bench-image bench-engine bench-serve soak fuzz build deps venv clean check-install lint
 
 demo: build $(VENV)/.torch
 	$(PY) -m imgsearch._demo $(if $(IMAGES),--images "$(IMAGES)")
 
-test: build $(VENV)/.torch
+test: build $(VENV)/.torch $(VENV)/.serve
 	$(PY) -m pytest -q tests
+
+# The service under a longer load (minutes; not part of make test).
+SOAK_SECONDS ?= 120
+soak: build $(VENV)/.serve
+	IMGSEARCH_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q tests/test_serve_load.py -k soak
 
 # Sanitizer builds: AddressSanitizer + UBSan, in their own build folders so that
 # restoring the normal build afterwards really rebuilds it.  pytest runs with -s
@@ -46,7 +52,7 @@ fuzz: deps venv
 	$(ASAN_RUN) $(PY) -m pytest -q -s -x tests/test_image.py -p no:cacheprovider; \
 	status=$$?; $(RESTORE_BUILD) && exit $$status
 
-bench: bench-kernels bench-flat bench-hnsw bench-kdtree bench-image bench-engine
+bench: bench-kernels bench-flat bench-hnsw bench-kdtree bench-image bench-engine bench-serve
 	$(PY) benchmarks/collect.py
 
 bench-kernels: build $(VENV)/.bench
@@ -66,6 +72,9 @@ bench-image: build $(VENV)/.bench
 
 bench-engine: build $(VENV)/.bench $(VENV)/.torch
 	$(PY) benchmarks/bench_engine.py
+
+bench-serve: build $(VENV)/.bench $(VENV)/.torch $(VENV)/.serve
+	$(PY) benchmarks/bench_serve.py
 
 # `pip install .` from a clean copy, with build isolation, into a scratch venv.
 check-install: deps
@@ -108,6 +117,11 @@ lint: $(VENV)/.lint build
 
 $(VENV)/.lint: $(VENV)/.stamp
 	$(PIP) install -q ruff==0.17.6 mypy==2.4.1
+	touch $@
+
+# The [serve] extra and what its tests drive it with (the browser itself comes from Debian).
+$(VENV)/.serve: $(VENV)/.stamp
+	$(PIP) install -q "fastapi>=0.110" "uvicorn[standard]>=0.29" "python-multipart>=0.0.9" httpx httpx2 selenium schemathesis
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.stamp

@@ -19,6 +19,8 @@ SECTIONS = [
      "bench_image.py", "make bench-image"),
     ("engine", "End to end: ImageSearch with MobileNetV2 vs a Pillow + torch loop; retrieval quality",
      "bench_engine.py", "make bench-engine"),
+    ("serve", "The HTTP service: search by uploaded JPEG, latency and throughput vs engine.search",
+     "bench_serve.py", "make bench-serve"),
 ]
 
 INTRO = """# Benchmarks

@@ -20,4 +20,13 @@ from .results import SearchResults  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["FlatIndex", "HNSWIndex", "KDTreeIndex", "ImageSearch", "SearchResults", "ImageDecodeError",
-           "IndexFormatError", "capabilities", "distance", "evaluate", "features", "image", "load", "__version__"]
+           "IndexFormatError", "capabilities", "distance", "evaluate", "features", "image", "load", "serve",
+           "__version__"]
+
+
+def serve(engine, host="127.0.0.1", port=8000, **options):
+    """Serve an engine (or the path of a saved one) over HTTP with a search page at ``/``;
+    by default in a background thread, returning a handle with ``.url`` and ``.stop()``.
+    Needs the ``[serve]`` extra; see :func:`imgsearch.service.serve` for the options."""
+    from .service import serve as _serve  # FastAPI and uvicorn are imported only now
+    return _serve(engine, host, port, **options)

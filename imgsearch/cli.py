@@ -6,6 +6,7 @@
     imgsearch dups DIR [--threshold T] [--extractor ...] [--json]
     imgsearch eval DIR [--labels labels.csv] [--extractor ...] [--index ...] [--json]
     imgsearch info photos.isx
+    imgsearch serve photos.isx [--host 127.0.0.1] [--port 8000] [--token T] [--allow-add]
 
 Results go to stdout, progress and messages to stderr; ranks start at 1 in
 text and JSON alike.  Inputs are checked before anything is indexed: the
@@ -193,9 +194,8 @@ def cmd_eval(args):
 
 
 def cmd_info(args):
-    from .engine import ImageSearch
-    engine = ImageSearch.load(args.index_file)
-    info = engine.info()
+    from .engine import read_info
+    info = read_info(args.index_file)  # no extractor is built: no torch needed
     if args.json:
         json.dump(info, sys.stdout, indent=1)
         print()
@@ -204,6 +204,20 @@ def cmd_info(args):
         for key, v in info.items():
             print(f"{key}\t{v}")
         print(f"extractor\t{ex.get('name')} ({json.dumps(ex)})")
+    return 0
+
+
+def cmd_serve(args):
+    from . import service  # FastAPI and uvicorn: the [serve] extra, imported only here
+    token = args.token or os.environ.get("IMGSEARCH_TOKEN")
+    service.check_host(args.host, token)  # before loading a large engine
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    _say(f"imgsearch: serving {args.index_file} at http://{shown}:{args.port}/ "
+         f"({'changes allowed' if args.allow_add else 'read-only'}{', token required' if token else ''}); "
+         "Ctrl-C stops")
+    service.serve(args.index_file, host=args.host, port=args.port, token=token, allow_add=args.allow_add,
+                  background=False, log_level="info", upload_dir=args.upload_dir, roots=args.root,
+                  max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_megapixels=args.max_megapixels)
     return 0
 
 
@@ -250,6 +264,21 @@ def build_parser():
     p.add_argument("index_file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("serve", help="an HTTP search service and browser page over an indexed file")
+    p.add_argument("index_file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                                                        "only; any other needs --token)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="required from clients (Authorization: Bearer T); default $IMGSEARCH_TOKEN")
+    p.add_argument("--allow-add", action="store_true", help="accept POST /images and DELETE /images/{id}; "
+                                                            "changes are saved to INDEX_FILE")
+    p.add_argument("--upload-dir", help="where added images are stored (default: INDEX_FILE without .isx + .uploads)")
+    p.add_argument("--root", action="append", help="a folder whose files may be served (repeatable; default: "
+                                                   "the folders of the indexed files)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload per image (default 20)")
+    p.add_argument("--max-megapixels", type=float, default=40.0, help="largest image to decode (default 40)")
+    p.set_defaults(func=cmd_serve)
     return ap
 
 

@@ -686,16 +686,7 @@ class ImageSearch:
         """Open a saved engine.  ``extractor``: pass the extractor object when it was
         built from a Python model; a different configuration is an error."""
         path = os.fspath(path)
-        raw = _core.read_meta(path)
-        if raw is None:
-            raise ValueError(f"{path} holds a bare index, not an ImageSearch engine: open it with imgsearch.load")
-        try:
-            meta = json.loads(raw.decode("utf-8"))
-        except ValueError as e:
-            raise ValueError(f"{path}: the engine table is not valid JSON ({e})") from e
-        if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
-            found = meta.get("format") if isinstance(meta, dict) else meta
-            raise ValueError(f"{path}: unknown engine format {found!r}")
+        meta = _read_engine_meta(path)
         saved = meta["extractor"]
         if extractor is None:
             ex = _extractors.from_config(saved)
@@ -732,13 +723,41 @@ class ImageSearch:
         return [p for _, p in sorted(self._paths.items())]
 
     def info(self) -> dict[str, Any]:
-        return {"count": len(self), "dim": int(self.index.dim), "metric": self.index.metric,
-                "index": self.index_kind, "index_params": self.index_params,
-                "extractor": self.extractor.config()}
+        return _info(len(self), self.index, self.index_kind, self.index_params, self.extractor.config())
 
     def __repr__(self):
         return (f"ImageSearch({len(self)} images, extractor={self.extractor.name!r} ({self.extractor.dim}-d), "
                 f"index={self.index_kind!r}, metric={self.index.metric!r})")
+
+
+def _read_engine_meta(path):
+    """The engine table of a saved engine file (a dict), checked."""
+    raw = _core.read_meta(path)
+    if raw is None:
+        raise ValueError(f"{path} holds a bare index, not an ImageSearch engine: open it with imgsearch.load")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path}: the engine table is not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise ValueError(f"{path}: unknown engine format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    return meta
+
+
+def _info(count, index, kind, params, extractor_config):
+    return {"count": count, "dim": int(index.dim), "metric": index.metric, "index": kind, "index_params": params,
+            "extractor": extractor_config}
+
+
+def read_info(path):
+    """What ``ImageSearch.load(path).info()`` says, read from the file alone: the
+    extractor is not rebuilt, so a file indexed with a torch model is described
+    without PyTorch (``imgsearch info``)."""
+    path = os.fspath(path)
+    meta = _read_engine_meta(path)
+    index = _core.load(path, mmap=True)
+    return _info(len(meta["items"]), index, meta.get("index_kind", "flat"), meta.get("index_params", {}),
+                 meta["extractor"])
 
 
 _CONFIG_KEYS_IGNORED = ("source", "name")

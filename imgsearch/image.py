@@ -47,8 +47,8 @@ import numpy as np
 from . import _core
 from ._core import ImageDecodeError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Failure", "ImageDecodeError", "iter_batches", "load", "load_batch",
-           "resize"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Failure", "ImageDecodeError", "dimensions", "iter_batches", "load",
+           "load_batch", "resize", "thumbnail"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,6 +72,33 @@ def resize(img, width, height):
     ``(height, width, 3)``: area averaging on an axis that shrinks, bilinear
     (pixel centres aligned) on one that grows; rounded to nearest."""
     return _core._image_resize(img, int(width), int(height))
+
+
+THUMBNAIL_FORMAT = "jpeg" if _core._HAVE_LIBJPEG else "png"  # what thumbnail() writes by default
+THUMBNAIL_MIME = {"jpeg": "image/jpeg", "png": "image/png"}
+
+
+def thumbnail(image, max_side=128, format=None, quality=85):
+    """A small picture of an image, encoded: JPEG or PNG ``bytes``, made in C
+    (no Pillow needed).
+
+    ``image`` is a path, the bytes of an image file or a uint8 array, as for
+    :func:`load_batch`.  The longer side becomes ``max_side`` (1..1024) and the
+    aspect ratio is kept; a smaller image keeps its size (never enlarged).
+    ``format``: ``"jpeg"`` (needs a build with libjpeg-turbo), ``"png"``
+    (always available; stored, not compressed: about 3 bytes a pixel), or
+    None for :data:`THUMBNAIL_FORMAT`.  ``quality`` (1..100) is JPEG's.
+    Raises :class:`ImageDecodeError` for data that is not a decodable image.
+    Releases the GIL.
+    """
+    return _core._image_thumbnail(image, int(max_side), format or THUMBNAIL_FORMAT, int(quality))
+
+
+def dimensions(data):
+    """``(width, height)`` read from the header of an encoded image (bytes),
+    without decoding its pixels: for capping uploads before they are decoded.
+    Raises :class:`ImageDecodeError` when no image header is recognised."""
+    return _core._image_dimensions(data)
 
 
 def _item_path(item):

@@ -7,7 +7,8 @@
     >>> hits.to_pandas()                    # long form: query, rank, id, name, path, distance, score
     >>> hits                                # in a notebook: a grid of thumbnails
 
-pandas, Pillow and matplotlib are imported only by the methods that need them.
+pandas and matplotlib are imported only by the methods that need them; thumbnails
+are made in C (imgsearch.image.thumbnail), so the grid needs no Pillow.
 The HTML view escapes every string, embeds at most ``max_rows`` x ``max_cols``
 thumbnails (bounded in pixels and bytes), and returns None instead of raising
 when something goes wrong, as notebook display hooks should.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import os
 
 from typing import Any
@@ -26,7 +26,7 @@ import numpy as np
 __all__ = ["SearchResults", "DuplicateGroup"]
 
 THUMB_PX = 128          # longest side of an embedded thumbnail
-MAX_THUMB_BYTES = 200_000  # skip files whose thumbnail would be larger (never happens for JPEG 128px)
+MAX_THUMB_BYTES = 200_000  # skip files whose thumbnail would be larger (128 px: ~5 KB JPEG, 49 KB PNG)
 
 
 class SearchResults:
@@ -126,26 +126,18 @@ class SearchResults:
     # -- pictures ---------------------------------------------------------------------
     @staticmethod
     def _thumbnail_uri(path):
-        """A small JPEG of the image as a data: URI, or None if it cannot be made."""
+        """A small JPEG (PNG without libjpeg) of the image as a data: URI, or None if
+        it cannot be made.  Made by the C decoder and encoder: Pillow is not needed."""
         if not path:
             return None
+        from . import image as _image
         try:
-            from . import image as _image
-            from PIL import Image
-        except ImportError:
+            data = _image.thumbnail(path, max_side=THUMB_PX, quality=80)
+        except (ValueError, TypeError, OSError, MemoryError):
             return None
-        try:
-            arr = _image.load(path)
-            im = Image.fromarray(arr)
-            im.thumbnail((THUMB_PX, THUMB_PX))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=80)
-            data = buf.getvalue()
-            if len(data) > MAX_THUMB_BYTES:
-                return None
-            return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
-        except Exception:
+        if len(data) > MAX_THUMB_BYTES:
             return None
+        return f"data:{_image.THUMBNAIL_MIME[_image.THUMBNAIL_FORMAT]};base64," + base64.b64encode(data).decode("ascii")
 
     def to_html(self, max_rows=10, max_cols=10):
         """A table: one row per query (its image first), thumbnails of the hits."""

@@ -17,6 +17,7 @@
 #include "py_common.h"
 #include "py_image.h"
 #include "../image/image.h"
+#include "../image/encode.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -421,6 +422,17 @@ error:
 /* One image                                                                 */
 /* ======================================================================== */
 
+/* One item (path, bytes or array) as a list of one; -1 with an exception as items_from. */
+static int item_from_one(PyObject *obj, item_list *l)
+{
+    PyObject *one = PyTuple_Pack(1, obj);
+    if (!one)
+        return -1;
+    int r = items_from(one, l);
+    Py_DECREF(one);
+    return r;
+}
+
 static void free_capsule(PyObject *cap)
 {
     free(PyCapsule_GetPointer(cap, "imgsearch.pixels"));
@@ -456,12 +468,7 @@ static PyObject *py_image_load(PyObject *mod, PyObject *arg)
 {
     (void)mod;
     item_list l;
-    PyObject *one = PyTuple_Pack(1, arg);
-    if (!one)
-        return NULL;
-    int r = items_from(one, &l);
-    Py_DECREF(one);
-    if (r < 0)
+    if (item_from_one(arg, &l) < 0)
         return NULL;
     isx_image_source *src = &l.src[0];
     if (src->kind == ISX_SRC_PIXELS || src->kind == ISX_SRC_INVALID) {
@@ -497,12 +504,7 @@ static PyObject *py_image_resize(PyObject *mod, PyObject *args)
         return PyErr_Format(PyExc_ValueError, "resize: expected a size between 1 and %u per side, found %zd x %zd",
                             ISX_IMAGE_MAX_OUT_SIDE, w, h);
     item_list l;
-    PyObject *one = PyTuple_Pack(1, arr_obj);
-    if (!one)
-        return NULL;
-    int r = items_from(one, &l);
-    Py_DECREF(one);
-    if (r < 0)
+    if (item_from_one(arr_obj, &l) < 0)
         return NULL;
     if (l.src[0].kind != ISX_SRC_PIXELS) {
         PyErr_Format(PyExc_TypeError, "resize: %s",
@@ -534,6 +536,73 @@ static PyObject *py_image_resize(PyObject *mod, PyObject *args)
     return (PyObject *)out;
 }
 
+/* _image_thumbnail(item, max_side, format, quality) -> bytes: format is
+ * "jpeg" or "png"; item a path, encoded bytes or a uint8 array. */
+static PyObject *py_image_thumbnail(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    PyObject *item;
+    Py_ssize_t max_side;
+    const char *format_name;
+    int quality;
+    if (!PyArg_ParseTuple(args, "Onsi:_image_thumbnail", &item, &max_side, &format_name, &quality))
+        return NULL;
+    isx_thumb_format format;
+    if (strcmp(format_name, "jpeg") == 0)
+        format = ISX_THUMB_JPEG;
+    else if (strcmp(format_name, "png") == 0)
+        format = ISX_THUMB_PNG;
+    else
+        return PyErr_Format(PyExc_ValueError, "format: expected \"jpeg\" or \"png\", found %R",
+                            PyTuple_GET_ITEM(args, 2));
+    if (max_side < 1 || (size_t)max_side > ISX_THUMB_MAX_SIDE)
+        return PyErr_Format(PyExc_ValueError, "max_side: expected 1..%u pixels, found %zd", ISX_THUMB_MAX_SIDE,
+                            max_side);
+    item_list l;
+    if (item_from_one(item, &l) < 0)
+        return NULL;
+    const isx_image_source *src = &l.src[0];
+    if (src->kind == ISX_SRC_INVALID) {
+        PyErr_Format(PyExc_TypeError, "thumbnail: %s", src->error);
+        items_free(&l);
+        return NULL;
+    }
+    uint8_t *data = NULL;
+    size_t len = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_image_thumbnail(src, (size_t)max_side, format, quality, &data, &len);
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL;
+    if (rc) {
+        isx_py_raise_object(image_exception(rc, isx_last_errno(), isx_last_error(), src, 0));
+    } else {
+        result = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len);
+    }
+    free(data);
+    items_free(&l);
+    return result;
+}
+
+/* _image_dimensions(bytes) -> (width, height) from the header alone */
+static PyObject *py_image_dimensions(PyObject *mod, PyObject *arg)
+{
+    (void)mod;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    size_t w = 0, h = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_image_dimensions(view.buf, (size_t)view.len, &w, &h);
+    Py_END_ALLOW_THREADS
+    isx_image_source what = {.kind = ISX_SRC_BYTES, .len = (size_t)view.len};
+    PyBuffer_Release(&view);
+    if (rc)
+        return isx_py_raise_object(image_exception(rc, isx_last_errno(), isx_last_error(), &what, 0));
+    return Py_BuildValue("(nn)", (Py_ssize_t)w, (Py_ssize_t)h);
+}
+
 /* _exif_orientation(bytes) -> int: for tests and for callers that decode elsewhere */
 static PyObject *py_exif_orientation(PyObject *mod, PyObject *arg)
 {
@@ -552,6 +621,8 @@ static PyMethodDef image_methods[] = {
     {"_image_batch", py_image_batch, METH_VARARGS, NULL},
     {"_image_features", py_image_features, METH_VARARGS, NULL},
     {"_exif_orientation", py_exif_orientation, METH_O, NULL},
+    {"_image_thumbnail", py_image_thumbnail, METH_VARARGS, NULL},
+    {"_image_dimensions", py_image_dimensions, METH_O, NULL},
     {NULL, NULL, 0, NULL}};
 
 int isx_py_image_init(PyObject *m)
