@@ -24,6 +24,14 @@ __all__ = ["FlatIndex", "HNSWIndex", "KDTreeIndex", "ImageSearch", "SearchResult
            "__version__"]
 
 
+def __getattr__(name):
+    """``imgsearch.dask`` is imported on first use (it imports Dask, an optional extra)."""
+    if name == "dask":
+        import importlib
+        return importlib.import_module(".dask", __name__)
+    raise AttributeError(f"module 'imgsearch' has no attribute {name!r}")
+
+
 def serve(engine, host="127.0.0.1", port=8000, **options):
     """Serve an engine (or the path of a saved one) over HTTP with a search page at ``/``;
     by default in a background thread, returning a handle with ``.url`` and ``.stop()``.

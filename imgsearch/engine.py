@@ -714,6 +714,21 @@ class ImageSearch:
             raise ValueError(f"{path}: the table lists {len(self._paths)} items but the index holds {len(index)}")
         return self
 
+    @classmethod
+    def from_dask(cls, embedding: Any, index: str | Any = "hnsw", *, paths: Sequence[PathLike] | None = None,
+                  extractor: str | Extractor | dict | None = None, **index_params: Any) -> ImageSearch:
+        """An engine over vectors computed on a Dask cluster: an ``imgsearch.dask.Embedding``
+        (``imgsearch.dask.embed``'s result, which carries its paths and extractor), or a
+        dask or NumPy array with ``paths=`` and ``extractor=`` (a name, config or object).
+        The vectors are gathered into this process, so they must fit in its memory; the
+        engine then has the ids ``add`` would have given the same files, and ``save``
+        writes one ``.isx``.  Needs the ``[dask]`` extra for an Embedding."""
+        from . import dask as _dask  # Dask is imported only now
+        X, paths, ex = _dask.engine_pieces(embedding, paths, extractor)
+        engine = cls(extractor=ex, index=index, **index_params)
+        engine.add_vectors(X, paths)
+        return engine
+
     # -- introspection -----------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._paths)
