@@ -13,12 +13,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 C_SOURCES := $(shell find csrc -name '*.[ch]')
 IMAGES ?=
 
-.PHONY: demo test test-asan bench bench-kernels bench-flat bench-hnsw bench-kdtree bench-image bench-engine bench-serve soak fuzz build deps venv clean check-install lint
+.PHONY: demo test test-asan bench bench-kernels bench-flat bench-hnsw bench-kdtree bench-image bench-engine bench-serve bench-dask soak fuzz build deps venv clean check-install lint
 
 demo: build $(VENV)/.torch
 	$(PY) -m imgsearch._demo $(if $(IMAGES),--images "$(IMAGES)")
 
-test: build $(VENV)/.torch $(VENV)/.serve
+test: build $(VENV)/.torch $(VENV)/.serve $(VENV)/.dask
 	$(PY) -m pytest -q tests
 
 # The service under a longer load (minutes; not part of make test).
@@ -52,7 +52,7 @@ fuzz: deps venv
 	$(ASAN_RUN) $(PY) -m pytest -q -s -x tests/test_image.py -p no:cacheprovider; \
 	status=$$?; $(RESTORE_BUILD) && exit $$status
 
-bench: bench-kernels bench-flat bench-hnsw bench-kdtree bench-image bench-engine bench-serve
+bench: bench-kernels bench-flat bench-hnsw bench-kdtree bench-image bench-engine bench-serve bench-dask
 	$(PY) benchmarks/collect.py
 
 bench-kernels: build $(VENV)/.bench
@@ -75,6 +75,9 @@ bench-engine: build $(VENV)/.bench $(VENV)/.torch
 
 bench-serve: build $(VENV)/.bench $(VENV)/.torch $(VENV)/.serve
 	$(PY) benchmarks/bench_serve.py
+
+bench-dask: build $(VENV)/.bench $(VENV)/.dask
+	$(PY) benchmarks/bench_dask.py
 
 # `pip install .` from a clean copy, with build isolation, into a scratch venv.
 check-install: deps
@@ -122,6 +125,11 @@ $(VENV)/.lint: $(VENV)/.stamp
 # The [serve] extra and what its tests drive it with (the browser itself comes from Debian).
 $(VENV)/.serve: $(VENV)/.stamp
 	$(PIP) install -q "fastapi>=0.110" "uvicorn[standard]>=0.29" "python-multipart>=0.0.9" httpx httpx2 selenium schemathesis
+	touch $@
+
+# The [dask] extra: the distributed scheduler its tests start a LocalCluster of.
+$(VENV)/.dask: $(VENV)/.stamp
+	$(PIP) install -q "dask[array,distributed]>=2024.1"
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.stamp

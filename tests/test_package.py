@@ -10,7 +10,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_import_pulls_in_no_optional_dependency():
     code = ("import sys, imgsearch; "
-            "print(sorted(m for m in ('torch', 'PIL', 'pandas', 'matplotlib', 'tqdm') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'PIL', 'pandas', 'matplotlib', 'tqdm', 'dask', 'distributed') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
