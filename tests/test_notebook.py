@@ -49,6 +49,38 @@ def test_quickstart_notebook_runs_from_its_folder_on_the_installed_package(tmp_p
     assert not os.path.exists(os.path.join(NOTEBOOKS, "quickstart.isx"))
 
 
+def test_distributed_notebook_runs_on_a_local_cluster(tmp_path, rng, monkeypatch):
+    pytest.importorskip("distributed", reason="the [dask] extra is not installed: pip install 'imgsearch[dask]'")
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.delenv("IMGSEARCH_SCHEDULER", raising=False)  # the notebook starts its own LocalCluster
+    if os.path.isdir(FLOWERS):
+        monkeypatch.delenv("IMGSEARCH_IMAGES", raising=False)
+        folder = FLOWERS
+    else:
+        folder = str(tmp_path / "imgs")
+        make_folder(folder, rng, per_class=5)
+        monkeypatch.setenv("IMGSEARCH_IMAGES", folder)
+    nb = nbformat.read(os.path.join(NOTEBOOKS, "distributed.ipynb"), as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": NOTEBOOKS}})
+    client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    plain = "".join(o["data"].get("text/plain", "") for o in outputs if "data" in o)
+    assert f"{folder} on 2 workers" in text
+    assert "sharded flat == one FlatIndex: True" in text
+    recall = float(re.search(r"sharded HNSW recall@10 at ef=32: ([0-9.]+)", text).group(1))
+    assert recall > 0.8
+    assert "manifest.json" in text and "-> HNSWIndex" in text
+    html = [o["data"]["text/html"] for o in outputs if "data" in o and "text/html" in o["data"]]
+    assert any("<img" in h for h in html)  # the engine's results grid
+    assert "application/vnd.jupyter.widget-view+json" in str(outputs)  # Dask's progress widget
+    m = re.search(r"'mAP': ([0-9.e-]+)", text + plain)
+    assert m and 0 < float(m.group(1)) < 0.95
+    assert not os.path.exists(os.path.join(NOTEBOOKS, "distributed.shards"))
+
+
 def test_the_command_is_installed_beside_the_interpreter(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "imgsearch")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
