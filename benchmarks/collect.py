@@ -21,6 +21,8 @@ SECTIONS = [
      "bench_engine.py", "make bench-engine"),
     ("serve", "The HTTP service: search by uploaded JPEG, latency and throughput vs engine.search",
      "bench_serve.py", "make bench-serve"),
+    ("dask", "On Dask: embed and ShardedIndex on LocalClusters of 1 and 2 workers vs the single-process engine",
+     "bench_dask.py", "make bench-dask"),
 ]
 
 INTRO = """# Benchmarks

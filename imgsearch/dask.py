@@ -203,10 +203,12 @@ class Embedding:
     ``failed``   ``[(path, reason)]`` of the files that could not be read
     ``extractor`` the extractor's config (``imgsearch.extractors.from_config`` rebuilds it)
     ``builds``   how many times a worker built the extractor (once per worker process)
+    ``client``   the Dask client it was computed with
     """
 
-    def __init__(self, vectors, paths, failed, extractor, builds, seconds):
+    def __init__(self, vectors, paths, failed, extractor, builds, seconds, client):
         self.vectors = vectors
+        self.client = client
         self.paths = paths
         self.ids = np.arange(len(paths), dtype=np.int64)
         self.failed = failed
@@ -229,7 +231,7 @@ class Embedding:
 
     def compute(self) -> np.ndarray:
         """The vectors as one NumPy array in this process."""
-        return np.asarray(self.vectors.compute())
+        return np.asarray(self.client.compute(self.vectors).result())
 
     def __repr__(self):
         return (f"Embedding({len(self)} vectors of {self.vectors.shape[1]} {self.vectors.dtype}, "
@@ -294,11 +296,11 @@ def embed(paths_or_bag: PathLike | Sequence[PathLike] | Any, extractor: str | An
     client = _get_client(client)
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size <= 0:
         raise ValueError(f"Expected batch_size > 0 (an int). Got {batch_size!r}")
+    t0 = time.perf_counter()
     params = dict(extractor_params or {})
     if weights is not None:
         params["weights"] = os.fspath(weights)
     recipe = client.scatter(_ExtractorRecipe(extractor, params), broadcast=True, hash=False)
-    t0 = time.perf_counter()
     if isinstance(paths_or_bag, db.Bag):
         parts = paths_or_bag.to_delayed()
         batches = client.compute([dask.delayed(_extract_batch, pure=True)(recipe, part, threads, False)
@@ -320,12 +322,12 @@ def embed(paths_or_bag: PathLike | Sequence[PathLike] | Any, extractor: str | An
         keep = [j for j, p in enumerate(ok_paths) if p not in seen]  # a bag may name a file twice
         seen.update(ok_paths)
         paths.extend(ok_paths[j] for j in keep)
-        rows = client.submit(_batch_rows, batch, None if len(keep) == shape[0] else keep, pure=False)
-        chunks.append(da.from_delayed(dask.delayed(rows), shape=(len(keep), shape[1]), dtype=np.dtype(dtype)))
+        rows = dask.delayed(_batch_rows, pure=True)(batch, None if len(keep) == shape[0] else keep)
+        chunks.append(da.from_delayed(rows, shape=(len(keep), shape[1]), dtype=np.dtype(dtype)))
     if not chunks:
         raise ValueError(f"embed: no image files in {paths_or_bag!r}")
     vectors = da.concatenate(chunks, axis=0) if len(chunks) > 1 else chunks[0]
-    return Embedding(vectors, paths, failed, config, builds, time.perf_counter() - t0)
+    return Embedding(vectors, paths, failed, config, builds, time.perf_counter() - t0, client)
 
 
 # ---------------------------------------------------------------------------------------------
