@@ -77,6 +77,7 @@ DEFAULT_BATCH_SIZE = 64  # images per task: ~0.1-0.3 s of colorhist, so tasks ba
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "imgsearch.sharded/1"
 KINDS = {"flat": "FlatIndex", "hnsw": "HNSWIndex"}  # no "ivfpq": the C core has no IVF-PQ index yet
+WORKER_CHECK_SECONDS = 1.0  # while waiting on shard tasks, check this often that their workers are alive
 SCATTER_QUERY_BYTES = 1 << 20  # larger query batches are scattered once instead of sent with each task
 
 
@@ -464,17 +465,32 @@ class ShardedIndex:
         self._finalizer = weakref.finalize(self, _drop_shards, client, list(self._keys), list(self._workers))
 
     # -- tasks on the shards -------------------------------------------------------------
-    def _submit(self, s, fn, *args):
-        w = self._workers[s]
-        if w not in self.client.scheduler_info()["workers"]:
-            raise RuntimeError(f"shard {s} was held by worker {w}, which has left the cluster, and its vectors "
-                               "with it; load the index again from its last save (ShardedIndex.load(dir))")
-        return self.client.submit(fn, self._keys[s], *args, workers=[w], allow_other_workers=False, pure=False)
+    def _check_alive(self, shards, futures=()):
+        """Raise if a shard's worker has left the cluster (a task pinned to it would wait forever)."""
+        alive = self.client.scheduler_info()["workers"]
+        lost = [s for s in shards if self._workers[s] not in alive]
+        if lost:
+            self.client.cancel(list(futures))
+            s = lost[0]
+            raise RuntimeError(f"shard {s} was held by worker {self._workers[s]}, which has left the cluster, "
+                               "and its vectors with it; load the index again from its last save "
+                               "(ShardedIndex.load(dir))")
 
     def _run_each(self, fn, args_of, shards=None):
-        """Run fn on the given shards (default: all) and return their results in order."""
-        shards = range(len(self._keys)) if shards is None else shards
-        return self.client.gather([self._submit(s, fn, *args_of(s)) for s in shards])
+        """Run fn on the given shards (default: all), each on its worker, and return
+        their results in order; raise if a shard's worker goes away meanwhile."""
+        import distributed
+        shards = list(range(len(self._keys)) if shards is None else shards)
+        self._check_alive(shards)
+        futures = [self.client.submit(fn, self._keys[s], *args_of(s), workers=[self._workers[s]],
+                                      allow_other_workers=False, pure=False) for s in shards]
+        while True:
+            try:
+                distributed.wait(futures, timeout=WORKER_CHECK_SECONDS)
+                break
+            except distributed.TimeoutError:
+                self._check_alive(shards, futures)
+        return self.client.gather(futures)
 
     # -- properties ----------------------------------------------------------------------
     @property
@@ -557,14 +573,15 @@ class ShardedIndex:
         if ids.min() < self._next_id and len(self):
             self.remove(ids)  # replacements: out of whichever shard holds them
         places, starts = self._place(chunks), np.cumsum([0] + [rows for _, rows, _ in chunks])
-        futures = []
-        for s in sorted(set(places)):
+        targets = sorted(set(places))
+
+        def args_of(s):
             mine = [c for c, p in enumerate(places) if p == s]
             data = [chunks[c][0] for c in mine]
             data = [d if hasattr(d, "key") else self.client.scatter(d, workers=[self._workers[s]]) for d in data]
-            shard_ids = np.concatenate([ids[starts[c]:starts[c + 1]] for c in mine])
-            futures.append((s, self._submit(s, _shard_add, shard_ids, *data)))
-        for s, count in zip([s for s, _ in futures], self.client.gather([f for _, f in futures])):
+            return (np.concatenate([ids[starts[c]:starts[c + 1]] for c in mine]), *data)
+
+        for s, count in zip(targets, self._run_each(_shard_add, args_of, targets)):
             self._counts[s] = count
         self._next_id = max(self._next_id, int(ids.max()) + 1)
         return self

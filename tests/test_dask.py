@@ -280,6 +280,26 @@ def test_from_dask_builds_the_engine_add_builds_and_saves_it_as_one_file(client,
         isx.ImageSearch.from_dask(emb.vectors)
 
 
+# -- killed workers ---------------------------------------------------------------------------
+def test_a_shard_whose_worker_died_is_reported_lost_and_its_save_restores_it(client, tmp_path):
+    X = np.random.default_rng(6).normal(size=(400, 8)).astype(np.float32)
+    sharded = isx.dask.ShardedIndex.from_array(X, kind="flat", shards=2)
+    before = sharded.search(X[:10], k=5)
+    sharded.save(tmp_path / "s")
+    victim = sharded.shard_info()[1]["worker"]
+    os.kill(client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=f"shard 1 was held by worker {victim}, which has left the cluster.*"
+                                           r"ShardedIndex.load"):
+        sharded.search(X[:10], k=5)  # raised, not a task waiting forever for a worker that is gone
+    assert time.monotonic() - t0 < 15
+    client.wait_for_workers(2, timeout=60)  # the nanny brought a new worker up
+    back = isx.dask.ShardedIndex.load(tmp_path / "s")
+    for a, b in zip(back.search(X[:10], k=5), before):
+        np.testing.assert_array_equal(a, b)
+    back.close()
+
+
 # -- a worker killed during extraction -------------------------------------------------------
 class SlowColorHistogram(features.ColorHistogram):
     """colorhist that logs which process started each batch, and takes its time."""
