@@ -41,9 +41,9 @@ TARGET_OVERHEAD = 0.15  # embed on 1 worker at most 15% slower than ImageSearch.
 TARGET_SCALING = 1.7    # 2 workers at least 1.7x 1 worker
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
-    result = fn()
+    result = fn(*args, **kwargs)
     return time.perf_counter() - t0, result
 
 
@@ -82,6 +82,13 @@ def recall(I, truth):
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(I.tolist(), truth.tolist())]))
 
 
+def search_figures(index, Q, truth, params):
+    """Batch search QPS (after a warm-up call) and recall@10 against the exact ids."""
+    index.search(Q[:50], k=10, **params)
+    t, (_, I) = timed(index.search, Q, k=10, **params)
+    return {"qps": len(Q) / t, "recall@10": recall(I, truth)}
+
+
 def bench_sharded(clients, n, dim, nq, hnsw_params, ef):
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(100, dim)) * 2
@@ -93,27 +100,20 @@ def bench_sharded(clients, n, dim, nq, hnsw_params, ef):
     for threads in (1, None):
         label = "one process, 1 thread" if threads == 1 else f"one process, {os.cpu_count()} threads"
         for kind in ("flat", "hnsw"):
-            def build():
-                index = isx.FlatIndex(dim) if kind == "flat" else isx.HNSWIndex(dim, **hnsw_params)
-                index.add(X, threads=threads)
-                return index
-            t_build, index = timed(build)
-            params = {"ef": ef} if kind == "hnsw" else {}
-            index.search(Q[:50], k=10, threads=threads, **params)
-            t_search, (D, I) = timed(lambda: index.search(Q, k=10, threads=threads, **params))
-            out["rows"].append({"setup": label, "kind": kind, "build_s": t_build, "qps": nq / t_search,
-                                "recall@10": recall(I, truth)})
+            index = isx.FlatIndex(dim) if kind == "flat" else isx.HNSWIndex(dim, **hnsw_params)
+            t_build, _ = timed(index.add, X, threads=threads)
+            params = {"ef": ef, "threads": threads} if kind == "hnsw" else {"threads": threads}
+            out["rows"].append({"setup": label, "kind": kind, "build_s": t_build,
+                                **search_figures(index, Q, truth, params)})
     D_flat, I_flat = exact.search(Q, k=10)
     for workers, client in clients.items():
         for kind in ("flat", "hnsw"):
-            params = hnsw_params if kind == "hnsw" else {}
-            t_build, sharded = timed(lambda: isx.dask.ShardedIndex.from_array(X, kind=kind, client=client, **params))
-            sp = {"ef": ef} if kind == "hnsw" else {}
-            sharded.search(Q[:50], k=10, **sp)
-            t_search, (D, I) = timed(lambda: sharded.search(Q, k=10, **sp))
+            build = hnsw_params if kind == "hnsw" else {}
+            t_build, sharded = timed(isx.dask.ShardedIndex.from_array, X, kind=kind, client=client, **build)
             row = {"setup": f"ShardedIndex, {workers} worker(s) x 1 thread, {sharded.shards} shard(s)", "kind": kind,
-                   "build_s": t_build, "qps": nq / t_search, "recall@10": recall(I, truth)}
+                   "build_s": t_build, **search_figures(sharded, Q, truth, {"ef": ef} if kind == "hnsw" else {})}
             if kind == "flat":
+                D, I = sharded.search(Q, k=10)
                 row["equals_one_flat_index"] = bool(np.array_equal(I, I_flat) and np.array_equal(D, D_flat))
             out["rows"].append(row)
             sharded.close()
@@ -123,7 +123,8 @@ def bench_sharded(clients, n, dim, nq, hnsw_params, ef):
 def markdown(out):
     e = out["embedding"]
     n = out["images"]
-    lines = [f"## Embedding: {n} flowers17 JPEGs, colorhist, LocalCluster vs one process, {out['machine']['cpus']} cores",
+    cpus = out["machine"]["cpus"]
+    lines = [f"## Embedding: {n} flowers17 JPEGs, colorhist, LocalCluster vs one process, {cpus} cores",
              "",
              f"`imgsearch.dask.embed(paths, batch_size={out['batch_size']})` on a `LocalCluster` of worker processes "
              "with one thread each (start-up not timed: a user's cluster is already running), against "
@@ -152,7 +153,8 @@ def markdown(out):
               f"- 2 workers vs `ImageSearch.add` on every CPU of one process: {100 * vs_all:+.1f}% overhead.",
               ""]
     s = out["sharded"]
-    lines += [f"## Sharded search: {s['vectors']:,} synthetic clustered {s['dim']}-d vectors, {s['queries']} queries, k=10",
+    lines += [f"## Sharded search: {s['vectors']:,} synthetic clustered {s['dim']}-d vectors, {s['queries']} queries, "
+              "k=10",
               "",
               f"`ShardedIndex.from_array(X)` from a NumPy array in the client (one shard per worker; the rows are "
               f"sent to the workers as part of the build), HNSW {s['hnsw_params']}, search at ef={s['ef']} in one "

@@ -166,7 +166,8 @@ def _cached_extractor(recipe):
 
 def _extract_batch(recipe, paths, threads, canonical):
     """One batch on a worker -> (vectors of the readable files, their paths,
-    [(path, reason)] of the others, whether the extractor was built for it, its config)."""
+    [(path, reason)] of the others, whether the extractor was built for it,
+    (its config, its metric))."""
     ex, lock, built = _cached_extractor(recipe)
     paths = list(paths)
     if not canonical:  # a bag's partition: name each file as the engine does, once
@@ -179,12 +180,12 @@ def _extract_batch(recipe, paths, threads, canonical):
     bad = {int(f[0]) for f in failed}
     ok_paths = [p for i, p in enumerate(paths) if i not in bad]
     reasons = [(paths[int(f[0])], str(f[2])) for f in failed]
-    return np.ascontiguousarray(feats), ok_paths, reasons, built, ex.config()
+    return np.ascontiguousarray(feats), ok_paths, reasons, built, (ex.config(), ex.metric)
 
 
 def _batch_summary(result):
-    vectors, ok_paths, failed, built, config = result
-    return vectors.shape, vectors.dtype.str, ok_paths, failed, built, config
+    vectors, ok_paths, failed, built, about = result
+    return vectors.shape, vectors.dtype.str, ok_paths, failed, built, about
 
 
 def _batch_rows(result, keep=None):
@@ -202,24 +203,22 @@ class Embedding:
     ``paths``    their canonical paths, in row order; ``ids``: int64 0..n-1, the ids
                  ``ImageSearch.add`` gives the same files
     ``failed``   ``[(path, reason)]`` of the files that could not be read
-    ``extractor`` the extractor's config (``imgsearch.extractors.from_config`` rebuilds it)
+    ``extractor`` the extractor's config (``imgsearch.extractors.from_config`` rebuilds it),
+                 ``metric`` the metric its vectors are meant for
     ``builds``   how many times a worker built the extractor (once per worker process)
     ``client``   the Dask client it was computed with
     """
 
-    def __init__(self, vectors, paths, failed, extractor, builds, seconds, client):
+    def __init__(self, vectors, paths, failed, extractor, metric, builds, seconds, client):
         self.vectors = vectors
         self.client = client
         self.paths = paths
         self.ids = np.arange(len(paths), dtype=np.int64)
         self.failed = failed
         self.extractor = extractor
+        self.metric = metric
         self.builds = builds
         self.seconds = seconds
-
-    @property
-    def metric(self) -> str:
-        return self.extractor.get("metric") or _extractors.from_config(self.extractor).metric
 
     @property
     def dim(self) -> int:
@@ -315,10 +314,13 @@ def embed(paths_or_bag: PathLike | Sequence[PathLike] | Any, extractor: str | An
     if progress and batches:
         _show_progress(batches)
     summaries = client.gather([client.submit(_batch_summary, b, pure=False) for b in batches])
-    paths, failed, seen, chunks, builds, config = [], [], set(), [], 0, None
-    for batch, (shape, dtype, ok_paths, bad, built, cfg) in zip(batches, summaries):
+    paths: list[str] = []
+    failed: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    chunks, builds, about = [], 0, None
+    for batch, (shape, dtype, ok_paths, bad, built, batch_about) in zip(batches, summaries):
         builds += bool(built)
-        config = config or cfg
+        about = about or batch_about
         failed.extend(bad)
         keep = [j for j, p in enumerate(ok_paths) if p not in seen]  # a bag may name a file twice
         seen.update(ok_paths)
@@ -328,7 +330,8 @@ def embed(paths_or_bag: PathLike | Sequence[PathLike] | Any, extractor: str | An
     if not chunks:
         raise ValueError(f"embed: no image files in {paths_or_bag!r}")
     vectors = da.concatenate(chunks, axis=0) if len(chunks) > 1 else chunks[0]
-    return Embedding(vectors, paths, failed, config, builds, time.perf_counter() - t0, client)
+    config, metric = about if about is not None else (None, None)
+    return Embedding(vectors, paths, failed, config, metric, builds, time.perf_counter() - t0, client)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,12 +487,13 @@ class ShardedIndex:
         self._check_alive(shards)
         futures = [self.client.submit(fn, self._keys[s], *args_of(s), workers=[self._workers[s]],
                                       allow_other_workers=False, pure=False) for s in shards]
-        while True:
-            try:
-                distributed.wait(futures, timeout=WORKER_CHECK_SECONDS)
-                break
-            except distributed.TimeoutError:
-                self._check_alive(shards, futures)
+        for future in futures:  # each future's own client: this index's, not the default one
+            while True:
+                try:
+                    future.result(timeout=WORKER_CHECK_SECONDS)
+                    break
+                except (TimeoutError, distributed.TimeoutError):
+                    self._check_alive(shards, futures)
         return self.client.gather(futures)
 
     # -- properties ----------------------------------------------------------------------
@@ -710,7 +714,8 @@ def _read_manifest(folder):
                                      f"{sorted(need)}, found format {found!r}")
     _check_kind(m["kind"])
     if not m["shards"] or not all(isinstance(e, dict) and {"file", "count"} <= set(e) for e in m["shards"]):
-        raise _core.IndexFormatError(f"{path}: expected a list of shards with 'file' and 'count', found {m['shards']!r}")
+        raise _core.IndexFormatError(f"{path}: expected a list of shards with 'file' and 'count', "
+                                     f"found {m['shards']!r}")
     for e in m["shards"]:
         if os.path.basename(e["file"]) != e["file"]:
             raise _core.IndexFormatError(f"{path}: shard file {e['file']!r} is not a plain file name in the folder")

@@ -1,7 +1,6 @@
 """imgsearch.dask on a LocalCluster of two worker processes that the tests start
 themselves.  Oracles: the single-process engine (ImageSearch.add), one FlatIndex
 or HNSWIndex over the union, NumPy brute force."""
-import glob
 import json
 import os
 import signal
