@@ -104,6 +104,23 @@ def _get_client(client):
                          "distributed.Client(distributed.LocalCluster()) on this machine, or pass client=") from None
 
 
+def _check_positive(value, name):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"Expected {name} > 0 (an int). Got {value!r}")
+
+
+def _as_ids(ids, n=None):
+    """ids as int64 (one per row when n is given), or a ValueError saying what was wrong."""
+    ids = np.atleast_1d(np.asarray(ids))
+    expected = "integers" if n is None else f"{n} integers (one per row)"
+    if ids.ndim != 1 or (n is not None and len(ids) != n) or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"ids: expected {expected}, found {ids.dtype} array of shape {ids.shape}")
+    ids = ids.astype(np.int64)
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"ids: expected ids >= 0, found {int(ids.min())} at position {int(np.argmin(ids))}")
+    return ids
+
+
 def _worker_threads():
     """The threads of the worker running this task (native threads for an index operation)."""
     from distributed import get_worker
@@ -294,13 +311,19 @@ def embed(paths_or_bag: PathLike | Sequence[PathLike] | Any, extractor: str | An
     import dask.array as da
     import dask.bag as db
     client = _get_client(client)
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size <= 0:
-        raise ValueError(f"Expected batch_size > 0 (an int). Got {batch_size!r}")
+    _check_positive(batch_size, "batch_size")
+    _check_positive(threads, "threads")
     t0 = time.perf_counter()
     params = dict(extractor_params or {})
     if weights is not None:
         params["weights"] = os.fspath(weights)
-    recipe = client.scatter(_ExtractorRecipe(extractor, params), broadcast=True, hash=False)
+    recipe = _ExtractorRecipe(extractor, params)
+    try:
+        recipe = client.scatter(recipe, broadcast=True, hash=False)
+    except Exception as e:  # what each serializer raises differs: say what to do instead
+        raise TypeError(f"extractor: this {type(extractor).__name__} object cannot be sent to the workers ({e}); "
+                        "pass its registered name or TorchScript path instead, which each worker builds "
+                        "itself") from e
     if isinstance(paths_or_bag, db.Bag):
         parts = paths_or_bag.to_delayed()
         batches = client.compute([dask.delayed(_extract_batch, pure=True)(recipe, part, threads, False)
@@ -445,8 +468,7 @@ class ShardedIndex:
     def __init__(self, kind: str = "hnsw", shards: int | None = None, dim: int | None = None,
                  metric: str = "l2", *, client: Any = None, **index_params: Any) -> None:
         _check_kind(kind)
-        if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim <= 0:
-            raise ValueError(f"Expected dim > 0 (an int). Got {dim!r}")
+        _check_positive(dim, "dim")
         getattr(_core, KINDS[kind])(int(dim), metric=metric, **index_params)  # bad parameters fail here, now
         self._setup(_get_client(client), kind, int(dim), metric, dict(index_params), shards)
         self._run_each(_shard_create, lambda s: (kind, self.dim, metric, self.index_params))
@@ -457,8 +479,7 @@ class ShardedIndex:
             raise RuntimeError("the Dask cluster has no workers: wait for them (client.wait_for_workers(n)) "
                                "before building a ShardedIndex")
         n = len(workers) if shards is None else shards
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
-            raise ValueError(f"Expected shards > 0 (an int) or None (one per worker). Got {shards!r}")
+        _check_positive(n, "shards")
         self.client, self.kind, self.dim, self.metric, self.index_params = client, kind, dim, metric, params
         tag = uuid.uuid4().hex
         self._keys = [f"imgsearch-shard-{tag}-{s}" for s in range(int(n))]
@@ -524,12 +545,7 @@ class ShardedIndex:
     def _check_ids(self, ids, n):
         if ids is None:
             return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-        ids = np.asarray(ids)
-        if ids.ndim != 1 or len(ids) != n or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-            raise ValueError(f"ids: expected {n} integers (one per row), found {ids.dtype} array of shape {ids.shape}")
-        ids = ids.astype(np.int64)
-        if n and ids.min() < 0:
-            raise ValueError(f"ids: expected ids >= 0, found {int(ids.min())} at row {int(np.argmin(ids))}")
+        ids = _as_ids(ids, n)
         uniq, counts = np.unique(ids, return_counts=True)
         if (counts > 1).any():
             raise ValueError(f"ids: id {int(uniq[counts > 1][0])} is given more than once; each id names one vector")
@@ -566,7 +582,8 @@ class ShardedIndex:
 
     def add(self, X: Any, ids: Any = None) -> ShardedIndex:
         """Add rows (NumPy array, dask array or Embedding); ids default to the next unused
-        ones.  An id already held is replaced, wherever it was."""
+        ones (an Embedding's own ids, 0..n-1, on an empty index).  An id already held is
+        replaced, wherever it was."""
         if isinstance(X, Embedding):
             X, ids = X.vectors, (X.ids + self._next_id if ids is None else ids)
         chunks = self._chunks(X)
@@ -608,14 +625,14 @@ class ShardedIndex:
 
     def remove(self, ids: Any) -> int:
         """Remove ids (those not held are ignored); returns how many were removed."""
-        ids = np.atleast_1d(np.asarray(ids)).astype(np.int64)
+        ids = _as_ids(ids)
         done = self._run_each(_shard_remove, lambda s: (ids,))
         self._counts = [count for _, count in done]
         return int(sum(removed for removed, _ in done))
 
     def get(self, ids: Any) -> np.ndarray:
         """The rows of the given ids, in their order (every id must be held)."""
-        ids = np.atleast_1d(np.asarray(ids)).astype(np.int64)
+        ids = _as_ids(ids)
         out, found = np.empty((len(ids), self.row_width), dtype=np.uint8 if self.metric == "hamming" else np.float32), 0
         for where, rows in self._run_each(_shard_get, lambda s: (ids,)):
             out[where] = rows
@@ -629,8 +646,7 @@ class ShardedIndex:
     def search(self, Q: Any, k: int = 10, **search_params: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(D, I)``: the k nearest over every shard, float32 and int64 (nq, k), padded with
         ``inf`` / ``-1``.  Extra keywords (``ef``, ``filter``) go to each shard's search."""
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
-            raise ValueError(f"Expected k > 0 (an int). Got {k!r}")
+        _check_positive(k, "k")
         Q = np.asarray(Q)
         if Q.ndim == 1:
             Q = Q[None, :]

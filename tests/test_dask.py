@@ -78,6 +78,32 @@ def test_each_worker_builds_the_extractor_once(client, folder):
     np.testing.assert_array_equal(again.compute(), features.get_extractor("colorhist", bins=(6, 3, 3)).extract(good))
 
 
+def test_a_torchscript_model_is_built_by_each_worker_from_its_file(client, folder, tmp_path):
+    torch = pytest.importorskip("torch", reason="the [torch] extra is not installed")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, stride=2))
+    path = str(tmp_path / "tiny.ts.pt")
+    torch.jit.script(net).save(path)
+    params = {"size": 48, "resize": 56, "mean": 0.5, "std": 0.5, "batch_size": 8}
+    root, good, bad = folder
+    engine = isx.ImageSearch(extractor=path, index="flat", extractor_params=params)
+    report = engine.add(root, progress=False)
+    emb = isx.dask.embed(root, extractor=path, extractor_params=params, batch_size=8, progress=False)
+    assert emb.paths == engine.paths and sorted(emb.failed) == sorted(report.failed)
+    np.testing.assert_allclose(emb.compute(), engine.index.get(np.arange(len(engine))), atol=1e-5)
+    assert emb.metric == "cosine" and emb.dim == 16 and emb.extractor["source"] == {"torchscript": path}
+    assert 1 <= emb.builds <= 2
+
+
+def test_an_extractor_object_that_cannot_be_pickled_is_refused_with_what_to_pass(client, folder):
+    class Unpicklable(features.ColorHistogram):
+        def __reduce__(self):
+            raise TypeError("no pickling here")
+
+    with pytest.raises(TypeError, match="cannot be sent to the workers.*registered name or TorchScript path"):
+        isx.dask.embed(folder[1], extractor=Unpicklable())
+
+
 def test_embed_takes_a_bag_whose_partitions_are_the_batches(client, folder):
     root, good, bad = folder
     engine, report = single_process(good + bad)
@@ -248,8 +274,10 @@ def test_sharded_index_refuses_bad_input_saying_what_was_expected(client):
         sharded.add(np.zeros((3, 5), np.float32))
     with pytest.raises(ValueError, match="id 4 is given more than once"):
         sharded.add(np.zeros((3, 8), np.float32), ids=[4, 1, 4])
-    with pytest.raises(ValueError, match="expected ids >= 0, found -2 at row 1"):
+    with pytest.raises(ValueError, match="expected ids >= 0, found -2 at position 1"):
         sharded.add(np.zeros((2, 8), np.float32), ids=[4, -2])
+    with pytest.raises(ValueError, match=r"ids: expected integers, found float64 array of shape \(1,\)"):
+        sharded.remove([1.5])
     with pytest.raises(ValueError, match="NaN"):
         sharded.add(np.full((2, 8), np.nan, np.float32))  # the shard's own check, raised here
     with pytest.raises(ValueError, match=r"Q: expected queries of shape \(nq, 8\), found \(2, 3\)"):
