@@ -58,8 +58,9 @@ def loadavg():
 class Imgsearch:
     name = "imgsearch"
 
-    def __init__(self, dim, dtype="float32"):
-        self.index = imgsearch.HNSWIndex(dim, "l2", M=M, ef_construction=EF_CONSTRUCTION, seed=0, dtype=dtype)
+    def __init__(self, dim, dtype="float32", refine=None):
+        self.index = imgsearch.HNSWIndex(dim, "l2", M=M, ef_construction=EF_CONSTRUCTION, seed=0, dtype=dtype,
+                                         refine=refine)
 
     def build(self, X):
         self.index.add(X, threads=BUILD_THREADS)
@@ -69,6 +70,14 @@ class Imgsearch:
 
     def memory(self):
         return self.index.memory_usage
+
+
+class ImgsearchInt8Refined(Imgsearch):
+    """int8 rows for the walk, float32 rows to re-rank the ef candidates."""
+    name = "imgsearch int8+refine"
+
+    def __init__(self, dim):
+        super().__init__(dim, "int8", "float32")
 
 
 class ImgsearchAtLevel(Imgsearch):
@@ -194,7 +203,7 @@ def main():
     print(f"# HNSW benchmark: {X.shape[0]} x {X.shape[1]}, {len(Q)} queries, load {loadavg():.2f}", flush=True)
 
     libs, builds = [], []
-    for cls in (Imgsearch, Hnswlib, Faiss, Usearch):
+    for cls in (Imgsearch, ImgsearchInt8Refined, Hnswlib, Faiss, Usearch):
         try:
             lib = cls(X.shape[1])
         except ImportError as e:
