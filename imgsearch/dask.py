@@ -728,7 +728,8 @@ def _read_manifest(folder):
         found = m.get("format") if isinstance(m, dict) else type(m).__name__
         raise _core.IndexFormatError(f"{path}: expected a manifest of format {MANIFEST_FORMAT!r} with keys "
                                      f"{sorted(need)}, found format {found!r}")
-    _check_kind(m["kind"])
+    if m["kind"] not in KINDS:
+        raise _core.IndexFormatError(f"{path}: expected kind one of {sorted(KINDS)}, found {m['kind']!r}")
     if not m["shards"] or not all(isinstance(e, dict) and {"file", "count"} <= set(e) for e in m["shards"]):
         raise _core.IndexFormatError(f"{path}: expected a list of shards with 'file' and 'count', "
                                      f"found {m['shards']!r}")

@@ -256,10 +256,19 @@ def test_load_refuses_a_broken_folder(client, tmp_path):
     sharded = isx.dask.ShardedIndex.from_array(np.eye(4, dtype=np.float32), kind="flat", shards=2)
     sharded.save(tmp_path / "ok")
     m = json.loads((tmp_path / "ok" / "manifest.json").read_text())
-    m["shards"][0]["count"] += 1
-    (tmp_path / "ok" / "manifest.json").write_text(json.dumps(m))
+    def load_with(**change):
+        (tmp_path / "ok" / "manifest.json").write_text(json.dumps(dict(m, **change)))
+        return isx.dask.ShardedIndex.load(tmp_path / "ok")
+
+    with pytest.raises(isx.IndexFormatError, match="expected kind one of \\['flat', 'hnsw'\\], found 'ivfpq'"):
+        load_with(kind="ivfpq")
+    outside = [dict(m["shards"][0], file="../elsewhere.isx")] + m["shards"][1:]
+    with pytest.raises(isx.IndexFormatError, match="'../elsewhere.isx' is not a plain file name in the folder"):
+        load_with(shards=outside)
+    wrong_count = [dict(m["shards"][0], count=m["shards"][0]["count"] + 1)] + m["shards"][1:]
     with pytest.raises(isx.IndexFormatError, match="expected a FlatIndex of 3 vectors.*found a FlatIndex of 2"):
-        isx.dask.ShardedIndex.load(tmp_path / "ok")
+        load_with(shards=wrong_count)
+    assert len(load_with()) == 4  # the manifest as saved loads
 
 
 def test_sharded_index_refuses_bad_input_saying_what_was_expected(client):
