@@ -508,10 +508,10 @@ class ShardedIndex:
         self._check_alive(shards)
         futures = [self.client.submit(fn, self._keys[s], *args_of(s), workers=[self._workers[s]],
                                       allow_other_workers=False, pure=False) for s in shards]
-        for future in futures:  # each future's own client: this index's, not the default one
+        for future in futures:  # waits without fetching: gather below fetches each result once
             while True:
                 try:
-                    future.result(timeout=WORKER_CHECK_SECONDS)
+                    future.exception(timeout=WORKER_CHECK_SECONDS)
                     break
                 except (TimeoutError, distributed.TimeoutError):
                     self._check_alive(shards, futures)
@@ -561,6 +561,8 @@ class ShardedIndex:
                 raise ValueError("X: a dask array with unknown chunk sizes; call X.compute_chunk_sizes() first")
             X = X.rechunk({1: -1})
             futures = self.client.compute(list(X.to_delayed().ravel()))
+            for f in futures:
+                f.exception()  # computed (where they are is known), not fetched
             holders = self.client.who_has(futures)
             return [(f, int(r), (holders.get(f.key) or [None])[0]) for f, r in zip(futures, X.chunks[0])]
         X = np.asarray(X)

@@ -132,29 +132,38 @@ def test_embed_refuses_what_it_cannot_distribute(client, folder, tmp_path):
 
 
 # -- ShardedIndex ---------------------------------------------------------------------------
-def vectors_with_ties(rng, n=3000, dim=24):
-    X = rng.normal(size=(n, dim)).astype(np.float32)
-    X[1::7] = X[::7][: len(X[1::7])]  # exact copies: equal distances, ranked by id
-    return X
+def vectors_with_ties(rng, metric, n=3000, dim=24):
+    """Rows for the metric (packed bits for hamming, dim 8 * 24), with exact copies:
+    equal distances, which the merge ranks by id."""
+    if metric == "hamming":
+        X = rng.integers(0, 256, size=(n, dim), dtype=np.uint8)
+        Q = rng.integers(0, 256, size=(20, dim), dtype=np.uint8)
+    else:
+        X = rng.normal(size=(n, dim)).astype(np.float32)
+        Q = rng.normal(size=(20, dim)).astype(np.float32)
+    X[1::7] = X[::7][: len(X[1::7])]
+    return X, np.concatenate([X[:20], Q])
 
 
-@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("metric", ["l2", "cosine", "hamming"])
 def test_sharded_flat_search_equals_one_flat_index_over_the_union(client, metric):
     rng = np.random.default_rng(1)
-    X = vectors_with_ties(rng)
-    Q = np.concatenate([X[:20], rng.normal(size=(20, X.shape[1])).astype(np.float32)])
-    ref = isx.FlatIndex(X.shape[1], metric=metric)
+    X, Q = vectors_with_ties(rng, metric)
+    dim = X.shape[1] * 8 if metric == "hamming" else X.shape[1]
+    ref = isx.FlatIndex(dim, metric=metric)
     ref.add(X)
-    D0, I0 = ref.search(Q, k=10)
+    allowed = rng.choice(len(X), size=700, replace=False)
     for source in (X, da.from_array(X, chunks=400)):  # NumPy rows, and a dask array's chunks
-        sharded = isx.dask.ShardedIndex.from_array(source, kind="flat", shards=3, metric=metric)
+        sharded = isx.dask.ShardedIndex(kind="flat", shards=3, dim=dim, metric=metric).add(source)
         assert len(sharded) == len(X) and sum(s["count"] for s in sharded.shard_info()) == len(X)
         assert min(s["count"] for s in sharded.shard_info()) > 0
-        D, I = sharded.search(Q, k=10)
-        np.testing.assert_array_equal(I, I0)
-        np.testing.assert_array_equal(D, D0)
+        for params in ({}, {"filter": allowed}):
+            D, I = sharded.search(Q, k=10, **params)
+            D0, I0 = ref.search(Q, k=10, **params)
+            np.testing.assert_array_equal(I, I0)
+            np.testing.assert_array_equal(D, D0)
         first = [i - 1 if i % 7 == 1 else i for i in range(20)]  # itself, or its lower-id copy (a tie)
-        assert I[:20, 0].tolist() == first
+        assert sharded.search(Q, k=10)[1][:20, 0].tolist() == first
         sharded.close()
 
 
