@@ -167,6 +167,22 @@ def test_sharded_flat_search_equals_one_flat_index_over_the_union(client, metric
         sharded.close()
 
 
+def test_merge_topk_ranks_by_distance_then_id_with_padding_last():
+    rng = np.random.default_rng(8)
+    parts = []
+    for s in range(3):
+        D = np.sort(rng.integers(0, 4, size=(6, 5)).astype(np.float32), axis=1)  # many ties
+        I = rng.permutation(np.arange(100 * s, 100 * s + 30))[:30].reshape(6, 5).astype(np.int64)
+        D[:, 4 - s:] = np.inf  # shard s pads its last s + 1 columns
+        I[:, 4 - s:] = -1
+        parts.append((D, I))
+    D, I = isx.dask.merge_topk(parts, k=12)
+    for q in range(6):
+        pairs = [(d, i < 0, i) for Dp, Ip in parts for d, i in zip(Dp[q].tolist(), Ip[q].tolist())]
+        best = sorted(pairs)[:12]
+        assert D[q].tolist() == [p[0] for p in best] and I[q].tolist() == [p[2] for p in best]
+
+
 def test_fewer_vectors_than_k_pad_as_one_index_does(client):
     X = np.random.default_rng(2).normal(size=(5, 8)).astype(np.float32)
     sharded = isx.dask.ShardedIndex.from_array(X, kind="flat", shards=3)
