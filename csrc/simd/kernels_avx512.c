@@ -128,11 +128,16 @@ INLINE AVX512 void scan(enum kind k, const void *qv, const void *xv, size_t nrow
     }
 /* ip, cosine, sqnorm and dot run the AVX2 kernels: on Zen 4 the 512-bit
  * versions tied with them (ip, sqnorm, dot) or lost by 10-15% in cache
- * (cosine), where l2 and l1 won by 5-15% (bench_kernels.py). */
+ * (cosine).  l2 and l1 stay: in cache they were 0.98-1.17x the AVX2 kernels
+ * over three runs, and the one-query flat search (a stream of l2 rows) ran
+ * at 1.09x the AVX2 level end to end (bench_kernels.py, bench_flat.py). */
 F32_KERNEL(l2sq_f32_avx512, K_L2)
 F32_KERNEL(l1_f32_avx512, K_L1)
 
 /* ---------- float32 query against float16 / int8 rows ------------------
+ * int8 wins by 1.2-1.4x (one VPMOVSXBD widens sixteen codes), float16 by
+ * 1.03-1.10x for l2, cosine and l1; ip on float16 rows tied (0.97-1.01x)
+ * and runs the AVX2 kernel.
  * Sixteen elements a step, widened to float32 as they are loaded
  * (VCVTPH2PS, or VPMOVSXBD + convert), two accumulators; the tail is a
  * masked load of the codes, whose masked-out lanes are zero and add
@@ -181,7 +186,6 @@ INLINE AVX512 void scan_coded(enum kind k, enum coding c, const void *qv, const 
         scan_coded(k, c, q, x, nrows, dim, out); \
     }
 CODED_KERNEL(l2sq_f16_avx512, K_L2, C_F16)
-CODED_KERNEL(ip_f16_avx512, K_IP, C_F16)
 CODED_KERNEL(cosine_f16_avx512, K_COS, C_F16)
 CODED_KERNEL(l1_f16_avx512, K_L1, C_F16)
 CODED_KERNEL(l2sq_i8_avx512, K_L2, C_I8)
@@ -195,35 +199,9 @@ CODED_KERNEL(l1_i8_avx512, K_L1, C_I8)
  * whole Fashion-MNIST recall sweep it searched at 1.33x hnswlib against the
  * AVX2 kernel's 1.45x at recall 0.95 (bench_hnsw.py, same graph, same run). */
 
-/* ---------- the GEMM plan's select: 16 lanes a step, masked tail --------- */
-
-static AVX512 void select_f32_avx512(const float *row, const float *scale, const float *bias, size_t n,
-                                     size_t slot0, const uint64_t *allowed, isx_topk *h)
-{
-    float bound = isx_topk_bound(h);
-    __m512 vb = _mm512_set1_ps(bound);
-    float lanes[16];
-    for (size_t j = 0; j < n; j += 16) {
-        __mmask16 live = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
-        __m512 v = _mm512_maskz_loadu_ps(live, row + j);
-        if (scale)
-            v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(live, scale + j));
-        if (bias)
-            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, bias + j));
-        __mmask16 m = _mm512_mask_cmp_ps_mask(live, v, vb, _CMP_LT_OQ);
-        if (!m)
-            continue;
-        _mm512_storeu_ps(lanes, v);
-        for (; m; m &= (__mmask16)(m - 1)) {
-            unsigned lane = (unsigned)__builtin_ctz(m);
-            if (lanes[lane] < bound && isx_row_allowed(allowed, slot0 + j + lane)) {
-                isx_topk_push(h, lanes[lane], (int64_t)(slot0 + j + lane));
-                bound = isx_topk_bound(h);
-            }
-        }
-        vb = _mm512_set1_ps(bound);
-    }
-}
+/* The GEMM plan's select (used only where no fused kernel runs: the serial
+ * level and IMGSEARCH_FLAT_BLAS) is the AVX2 one: the 512-bit version was
+ * 0.94-1.36x of it from run to run, not a measured win. */
 
 /* ---------- half -> float ------------------------------------------------ */
 
@@ -280,7 +258,6 @@ const isx_kernels isx_raw_avx512 = {
     },
     .dist_f16 = {
         [ISX_METRIC_L2] = l2sq_f16_avx512,
-        [ISX_METRIC_IP] = ip_f16_avx512,
         [ISX_METRIC_COSINE] = cosine_f16_avx512,
         [ISX_METRIC_L1] = l1_f16_avx512,
     },
@@ -291,7 +268,6 @@ const isx_kernels isx_raw_avx512 = {
         [ISX_METRIC_L1] = l1_i8_avx512,
     },
     .fused = {isx_fused_knn_avx512, ISX_FUSED_PANEL_AVX512, ISX_FUSED_ROWS_AVX512},
-    .select = select_f32_avx512,
     .f16_to_f32 = f16_to_f32_avx512,
 };
 
