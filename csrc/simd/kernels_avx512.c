@@ -2,18 +2,20 @@
  * kernels_avx512.c -- AVX-512 F/BW/DQ/VL kernels (hamming also VPOPCNTDQ).
  *
  * Same shape as kernels_avx2.c, twice as wide: per-function target
- * attributes (no -mavx512f for the file), one generic row rows_f32()
- * specialised by always_inline with constant metric, and rows taken one at
- * a time, front to back -- blocks of four rows sharing each query load were
- * what this file did first, and on Zen 4 they streamed a one-query scan at
- * half the speed of one row at a time (the hardware prefetcher follows one
- * sequential stream best; see kernels_avx2.c's scan()).  Four accumulators
- * of sixteen lanes hide the FMA latency.  Tails use masked loads, which
- * neither read nor fault past the end of a row, so no tail buffers.
+ * attributes (no -mavx512f for the file), generic rows specialised by
+ * always_inline with constant metric, rows taken one at a time, front to
+ * back (blocks of four rows sharing each query load, what this file did
+ * first, streamed a one-query scan at half the speed on Zen 4: the hardware
+ * prefetcher follows one sequential stream best).  Tails use masked loads,
+ * which neither read nor fault past the end of a row, so no tail buffers.
  *
  * This table holds only kernels measured to beat the AVX2 level on an
  * AVX-512 CPU (benchmarks/bench_kernels.py; the figures are in
- * benchmarks/README.md); the slots it leaves empty run the AVX2 kernels.
+ * benchmarks/README.md): int8 and float16 rows, hamming with VPOPCNTDQ, the
+ * fused top-k, half -> float.  The slots it leaves empty run the AVX2
+ * kernels; each place below says what was measured.  Only Zen 4 was
+ * measured: an Intel AVX-512 core, with full-width FMA units, may well
+ * favour the 512-bit float32 scans this file no longer has.
  * hamming_u8_avx512 needs VPOPCNTDQ, which some AVX-512 CPUs lack
  * (Skylake-X, Cascade Lake): it is a table of its own, merged by dispatch.c
  * only where the CPU has it.
@@ -86,7 +88,8 @@ INLINE float finish(enum kind k, float a, float xx, float qq)
     }
 }
 
-/* One row: U independent accumulators of sixteen lanes. */
+/* One row: U independent accumulators of sixteen lanes (the cosine kernels'
+ * query norm). */
 INLINE AVX512 void rows_f32(enum kind k, int U, const float *q, const float *x, size_t dim, float qq, float *out)
 {
     __m512 a[4], b[4];
@@ -111,28 +114,13 @@ INLINE AVX512 void rows_f32(enum kind k, int U, const float *q, const float *x, 
     *out = finish(k, _mm512_reduce_add_ps(a[0]), k == K_COS ? _mm512_reduce_add_ps(b[0]) : 0, qq);
 }
 
-INLINE AVX512 void scan(enum kind k, const void *qv, const void *xv, size_t nrows, size_t dim, float *out)
-{
-    const float *q = qv, *x = xv;
-    float qq = 0;
-    if (k == K_COS)
-        rows_f32(K_SQ, 4, NULL, q, dim, 0, &qq);
-    for (size_t r = 0; r < nrows; r++)
-        rows_f32(k, 4, q, x + r * dim, dim, qq, out + r);
-}
-
-#define F32_KERNEL(name, k) \
-    static AVX512 void name(const void *q, const void *x, size_t nrows, size_t dim, float *out) \
-    { \
-        scan(k, q, x, nrows, dim, out); \
-    }
-/* ip, cosine, sqnorm and dot run the AVX2 kernels: on Zen 4 the 512-bit
- * versions tied with them (ip, sqnorm, dot) or lost by 10-15% in cache
- * (cosine).  l2 and l1 stay: in cache they were 0.98-1.17x the AVX2 kernels
- * over three runs, and the one-query flat search (a stream of l2 rows) ran
- * at 1.09x the AVX2 level end to end (bench_kernels.py, bench_flat.py). */
-F32_KERNEL(l2sq_f32_avx512, K_L2)
-F32_KERNEL(l1_f32_avx512, K_L1)
+/* No float32 row kernel of this level is in the table: on Zen 4 (whose
+ * 512-bit operations run as two 256-bit halves) the 512-bit l2, ip, cosine,
+ * l1, sqnorm and dot scans tied with the AVX2 ones or lost -- 0.95-1.05x in
+ * cache and streaming, one-query flat search 0.92-1.09x from run to run, and
+ * cosine 10-15% slower in cache (bench_kernels.py, bench_flat.py) -- so the
+ * AVX2 kernels serve.  rows_f32 remains for the query norm of the cosine
+ * kernels below. */
 
 /* ---------- float32 query against float16 / int8 rows ------------------
  * int8 wins by 1.2-1.4x (one VPMOVSXBD widens sixteen codes), float16 by
@@ -252,10 +240,6 @@ static AVX512_POPCNT void hamming_u8_avx512(const void *qv, const void *xv, size
 }
 
 const isx_kernels isx_raw_avx512 = {
-    .dist = {
-        [ISX_METRIC_L2] = l2sq_f32_avx512,
-        [ISX_METRIC_L1] = l1_f32_avx512,
-    },
     .dist_f16 = {
         [ISX_METRIC_L2] = l2sq_f16_avx512,
         [ISX_METRIC_COSINE] = cosine_f16_avx512,
