@@ -162,7 +162,7 @@ def write_markdown(result, have):
                          "avx512fp16") if result["capabilities"].get(k)]
     lines = [
         f"CPU: **{result['cpu']}**, {result['capabilities']['cpus']} cores; flags used: {', '.join(flags)}.",
-        f"Best of {result['repeat']} interleaved repeats, 1 thread, each level's own kernel "
+        f"Best of {result['repeat']} interleaved repeats, 1 thread, each level's table "
         f"(load average {result['loadavg']:.1f} at the end).",
         "",
         "| slot | workload | " + " | ".join(f"{lv} ms" for lv in have) +

@@ -2,18 +2,20 @@
  * kernels_avx512.c -- AVX-512 F/BW/DQ/VL kernels (hamming also VPOPCNTDQ).
  *
  * Same shape as kernels_avx2.c, twice as wide: per-function target
- * attributes (no -mavx512f for the file), one generic row rows_f32()
- * specialised by always_inline with constant metric, and rows taken one at
- * a time, front to back -- blocks of four rows sharing each query load were
- * what this file did first, and on Zen 4 they streamed a one-query scan at
- * half the speed of one row at a time (the hardware prefetcher follows one
- * sequential stream best; see kernels_avx2.c's scan()).  Four accumulators
- * of sixteen lanes hide the FMA latency.  Tails use masked loads, which
- * neither read nor fault past the end of a row, so no tail buffers.
+ * attributes (no -mavx512f for the file), generic rows specialised by
+ * always_inline with constant metric, rows taken one at a time, front to
+ * back (blocks of four rows sharing each query load, what this file did
+ * first, streamed a one-query scan at half the speed on Zen 4: the hardware
+ * prefetcher follows one sequential stream best).  Tails use masked loads,
+ * which neither read nor fault past the end of a row, so no tail buffers.
  *
  * This table holds only kernels measured to beat the AVX2 level on an
  * AVX-512 CPU (benchmarks/bench_kernels.py; the figures are in
- * benchmarks/README.md); the slots it leaves empty run the AVX2 kernels.
+ * benchmarks/README.md): int8 and float16 rows, hamming with VPOPCNTDQ, the
+ * fused top-k, half -> float.  The slots it leaves empty run the AVX2
+ * kernels; each place below says what was measured.  Only Zen 4 was
+ * measured: an Intel AVX-512 core, with full-width FMA units, may well
+ * favour the 512-bit float32 scans this file no longer has.
  * hamming_u8_avx512 needs VPOPCNTDQ, which some AVX-512 CPUs lack
  * (Skylake-X, Cascade Lake): it is a table of its own, merged by dispatch.c
  * only where the CPU has it.
@@ -86,7 +88,8 @@ INLINE float finish(enum kind k, float a, float xx, float qq)
     }
 }
 
-/* One row: U independent accumulators of sixteen lanes. */
+/* One row: U independent accumulators of sixteen lanes (the cosine kernels'
+ * query norm). */
 INLINE AVX512 void rows_f32(enum kind k, int U, const float *q, const float *x, size_t dim, float qq, float *out)
 {
     __m512 a[4], b[4];
@@ -111,28 +114,18 @@ INLINE AVX512 void rows_f32(enum kind k, int U, const float *q, const float *x, 
     *out = finish(k, _mm512_reduce_add_ps(a[0]), k == K_COS ? _mm512_reduce_add_ps(b[0]) : 0, qq);
 }
 
-INLINE AVX512 void scan(enum kind k, const void *qv, const void *xv, size_t nrows, size_t dim, float *out)
-{
-    const float *q = qv, *x = xv;
-    float qq = 0;
-    if (k == K_COS)
-        rows_f32(K_SQ, 4, NULL, q, dim, 0, &qq);
-    for (size_t r = 0; r < nrows; r++)
-        rows_f32(k, 4, q, x + r * dim, dim, qq, out + r);
-}
-
-#define F32_KERNEL(name, k) \
-    static AVX512 void name(const void *q, const void *x, size_t nrows, size_t dim, float *out) \
-    { \
-        scan(k, q, x, nrows, dim, out); \
-    }
-/* ip, cosine, sqnorm and dot run the AVX2 kernels: on Zen 4 the 512-bit
- * versions tied with them (ip, sqnorm, dot) or lost by 10-15% in cache
- * (cosine), where l2 and l1 won by 5-15% (bench_kernels.py). */
-F32_KERNEL(l2sq_f32_avx512, K_L2)
-F32_KERNEL(l1_f32_avx512, K_L1)
+/* No float32 row kernel of this level is in the table: on Zen 4 (whose
+ * 512-bit operations run as two 256-bit halves) the 512-bit l2, ip, cosine,
+ * l1, sqnorm and dot scans tied with the AVX2 ones or lost -- 0.95-1.05x in
+ * cache and streaming, one-query flat search 0.92-1.09x from run to run, and
+ * cosine 10-15% slower in cache (bench_kernels.py, bench_flat.py) -- so the
+ * AVX2 kernels serve.  rows_f32 remains for the query norm of the cosine
+ * kernels below. */
 
 /* ---------- float32 query against float16 / int8 rows ------------------
+ * int8 wins by 1.2-1.4x (one VPMOVSXBD widens sixteen codes), float16 by
+ * 1.03-1.10x for l2, cosine and l1; ip on float16 rows tied (0.97-1.01x)
+ * and runs the AVX2 kernel.
  * Sixteen elements a step, widened to float32 as they are loaded
  * (VCVTPH2PS, or VPMOVSXBD + convert), two accumulators; the tail is a
  * masked load of the codes, whose masked-out lanes are zero and add
@@ -181,7 +174,6 @@ INLINE AVX512 void scan_coded(enum kind k, enum coding c, const void *qv, const 
         scan_coded(k, c, q, x, nrows, dim, out); \
     }
 CODED_KERNEL(l2sq_f16_avx512, K_L2, C_F16)
-CODED_KERNEL(ip_f16_avx512, K_IP, C_F16)
 CODED_KERNEL(cosine_f16_avx512, K_COS, C_F16)
 CODED_KERNEL(l1_f16_avx512, K_L1, C_F16)
 CODED_KERNEL(l2sq_i8_avx512, K_L2, C_I8)
@@ -189,78 +181,15 @@ CODED_KERNEL(ip_i8_avx512, K_IP, C_I8)
 CODED_KERNEL(cosine_i8_avx512, K_COS, C_I8)
 CODED_KERNEL(l1_i8_avx512, K_L1, C_I8)
 
-/* ---------- bounded l2 / l1 (the HNSW walk; see kernels_avx2.c) --------- */
+/* The bounded l2 / l1 kernels of the HNSW walk are the AVX2 ones: a 512-bit
+ * version (four accumulators of sixteen lanes, the partial sum looked at
+ * every 128 elements) tied in cache and lost 7-10% streaming, and over the
+ * whole Fashion-MNIST recall sweep it searched at 1.33x hnswlib against the
+ * AVX2 kernel's 1.45x at recall 0.95 (bench_hnsw.py, same graph, same run). */
 
-INLINE AVX512 __m512 term(int l1, __m512 q, __m512 x, __m512 acc)
-{
-    __m512 d = _mm512_sub_ps(q, x);
-    return l1 ? _mm512_add_ps(acc, _mm512_abs_ps(d)) : _mm512_fmadd_ps(d, d, acc);
-}
-
-INLINE AVX512 float bounded_avx512(int l1, const float *q, const float *x, size_t dim, float bound)
-{
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    size_t i = 0, check = ISX_BOUNDED_CHECK;
-    for (; i + 64 <= dim; i += 64) {
-        a0 = term(l1, _mm512_loadu_ps(q + i), _mm512_loadu_ps(x + i), a0);
-        a1 = term(l1, _mm512_loadu_ps(q + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = term(l1, _mm512_loadu_ps(q + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = term(l1, _mm512_loadu_ps(q + i + 48), _mm512_loadu_ps(x + i + 48), a3);
-        if (i + 64 >= check) {
-            float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-            if (s >= bound)
-                return s;
-            check += ISX_BOUNDED_CHECK;
-        }
-    }
-    for (; i + 16 <= dim; i += 16)
-        a0 = term(l1, _mm512_loadu_ps(q + i), _mm512_loadu_ps(x + i), a0);
-    if (i < dim) {
-        __mmask16 m = (__mmask16)((1u << (dim - i)) - 1);
-        a1 = term(l1, _mm512_maskz_loadu_ps(m, q + i), _mm512_maskz_loadu_ps(m, x + i), a1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-
-static AVX512 float l2sq_bounded_f32_avx512(const float *q, const float *x, size_t dim, float bound)
-{
-    return bounded_avx512(0, q, x, dim, bound);
-}
-
-static AVX512 float l1_bounded_f32_avx512(const float *q, const float *x, size_t dim, float bound)
-{
-    return bounded_avx512(1, q, x, dim, bound);
-}
-
-/* ---------- the GEMM plan's select: 16 lanes a step, masked tail --------- */
-
-static AVX512 void select_f32_avx512(const float *row, const float *scale, const float *bias, size_t n,
-                                     size_t slot0, const uint64_t *allowed, isx_topk *h)
-{
-    float bound = isx_topk_bound(h);
-    __m512 vb = _mm512_set1_ps(bound);
-    float lanes[16];
-    for (size_t j = 0; j < n; j += 16) {
-        __mmask16 live = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
-        __m512 v = _mm512_maskz_loadu_ps(live, row + j);
-        if (scale)
-            v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(live, scale + j));
-        if (bias)
-            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, bias + j));
-        __mmask16 m = _mm512_mask_cmp_ps_mask(live, v, vb, _CMP_LT_OQ);
-        if (!m)
-            continue;
-        _mm512_storeu_ps(lanes, v);
-        for (; m; m &= (__mmask16)(m - 1)) {
-            unsigned lane = (unsigned)__builtin_ctz(m);
-            if (lanes[lane] < bound && isx_row_allowed(allowed, slot0 + j + lane)) {
-                isx_topk_push(h, lanes[lane], (int64_t)(slot0 + j + lane));
-                bound = isx_topk_bound(h);
-            }
-        }
-        vb = _mm512_set1_ps(bound);
-    }
-}
+/* The GEMM plan's select (used only where no fused kernel runs: the serial
+ * level and IMGSEARCH_FLAT_BLAS) is the AVX2 one: the 512-bit version was
+ * 0.94-1.36x of it from run to run, not a measured win. */
 
 /* ---------- half -> float ------------------------------------------------ */
 
@@ -311,13 +240,8 @@ static AVX512_POPCNT void hamming_u8_avx512(const void *qv, const void *xv, size
 }
 
 const isx_kernels isx_raw_avx512 = {
-    .dist = {
-        [ISX_METRIC_L2] = l2sq_f32_avx512,
-        [ISX_METRIC_L1] = l1_f32_avx512,
-    },
     .dist_f16 = {
         [ISX_METRIC_L2] = l2sq_f16_avx512,
-        [ISX_METRIC_IP] = ip_f16_avx512,
         [ISX_METRIC_COSINE] = cosine_f16_avx512,
         [ISX_METRIC_L1] = l1_f16_avx512,
     },
@@ -327,12 +251,7 @@ const isx_kernels isx_raw_avx512 = {
         [ISX_METRIC_COSINE] = cosine_i8_avx512,
         [ISX_METRIC_L1] = l1_i8_avx512,
     },
-    .bounded = {
-        [ISX_METRIC_L2] = l2sq_bounded_f32_avx512,
-        [ISX_METRIC_L1] = l1_bounded_f32_avx512,
-    },
     .fused = {isx_fused_knn_avx512, ISX_FUSED_PANEL_AVX512, ISX_FUSED_ROWS_AVX512},
-    .select = select_f32_avx512,
     .f16_to_f32 = f16_to_f32_avx512,
 };
 
