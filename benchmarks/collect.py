@@ -33,7 +33,10 @@ the same machine, in the same run, with the same parameters; each table says how
 was measured, on which CPU and with which flags. The machine is a shared 2-core x86-64
 (CPU_LINE), so absolute rates move from run to run: read the ratios, which come from
 interleaved runs. `imgsearch` rows run at the CPU's best SIMD level; `imgsearch[avx2]` and
-`imgsearch[serial]` rows run the same index at a lower level in the same run. Data: Fashion-MNIST from the Debian package `dataset-fashion-mnist`, and the
+`imgsearch[serial]` rows run the same index at a lower level in the same run. Where a
+level's table holds the level below's kernel (see the kernel table's last column), the
+two rows run the same code, and their difference -- up to ~8% in these runs -- is the
+noise floor of the machine. Data: Fashion-MNIST from the Debian package `dataset-fashion-mnist`, and the
 1,360 flowers17 photos. Each benchmark writes `results/<name>.json` (all raw figures)
 and `results/<name>.md` (the tables below); `make bench` runs them all and rebuilds
 this page (`python benchmarks/collect.py`).
