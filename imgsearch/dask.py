@@ -601,7 +601,9 @@ class ShardedIndex:
         def args_of(s):
             mine = [c for c, p in enumerate(places) if p == s]
             data = [chunks[c][0] for c in mine]
-            data = [d if hasattr(d, "key") else self.client.scatter(d, workers=[self._workers[s]]) for d in data]
+            # hash=False: equal rows bound for two shards must be two keys, each on its own worker
+            data = [d if hasattr(d, "key") else self.client.scatter(d, workers=[self._workers[s]], hash=False)
+                    for d in data]
             return (np.concatenate([ids[starts[c]:starts[c + 1]] for c in mine]), *data)
 
         for s, count in zip(targets, self._run_each(_shard_add, args_of, targets)):
