@@ -50,7 +50,7 @@
 
 #ifdef ISX_HAVE_LIBJPEG
 #include <jpeglib.h>
-#include <jerror.h>
+#include "jpeg_guard.h"
 #endif
 #ifdef ISX_HAVE_WEBP
 #include <webp/decode.h>
@@ -182,32 +182,6 @@ static void composite_on_white(uint8_t *px, size_t npix)
 /* ======================================================================== */
 
 #ifdef ISX_HAVE_LIBJPEG
-typedef struct {
-    struct jpeg_error_mgr pub;
-    jmp_buf jump;
-    int truncated;
-    char message[JMSG_LENGTH_MAX];
-} jpeg_guard;
-
-static void jpeg_fail(j_common_ptr cinfo)
-{
-    jpeg_guard *g = (jpeg_guard *)cinfo->err;
-    g->pub.format_message(cinfo, g->message);
-    longjmp(g->jump, 1);
-}
-
-static void jpeg_note(j_common_ptr cinfo, int level)
-{
-    jpeg_guard *g = (jpeg_guard *)cinfo->err;
-    if (level < 0 && g->pub.msg_code == JWRN_JPEG_EOF)
-        g->truncated = 1;
-}
-
-static void jpeg_quiet(j_common_ptr cinfo)
-{
-    (void)cinfo;
-}
-
 /* The DCT-domain scale, in eighths.  Only 1/1, 1/2, 1/4 and 1/8 are used:
  * libjpeg-turbo has SIMD inverse DCTs for those, while the other M/8 factors
  * run in plain C and decode *slower* than full size (measured on flowers17:
@@ -231,18 +205,13 @@ static unsigned jpeg_scale_eighths(size_t w, size_t h, size_t min_side)
 static int decode_jpeg(const uint8_t *data, size_t len, const isx_decode_opts *opts, isx_image *out)
 {
     struct jpeg_decompress_struct cinfo;
-    jpeg_guard guard;
+    isx_jpeg_guard guard;
     uint8_t *volatile pixels = NULL;
     uint8_t *volatile cmyk = NULL;
     volatile int rc = ISX_OK;
 
     memset(&cinfo, 0, sizeof(cinfo));
-    cinfo.err = jpeg_std_error(&guard.pub);
-    guard.pub.error_exit = jpeg_fail;
-    guard.pub.emit_message = jpeg_note;
-    guard.pub.output_message = jpeg_quiet;
-    guard.truncated = 0;
-    guard.message[0] = '\0';
+    cinfo.err = isx_jpeg_guard_init(&guard);
     if (setjmp(guard.jump)) {
         rc = isx_error(ISX_EFORMAT, "corrupt JPEG: %s", guard.message);
         goto cleanup;

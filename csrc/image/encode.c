@@ -29,6 +29,8 @@
 
 #ifdef ISX_HAVE_LIBJPEG
 #include <jpeglib.h>
+
+#include "jpeg_guard.h"
 #endif
 
 /* ======================================================================== */
@@ -154,39 +156,18 @@ static int encode_png(const isx_image *img, uint8_t **out, size_t *len)
 /* ======================================================================== */
 
 #ifdef ISX_HAVE_LIBJPEG
-typedef struct {
-    struct jpeg_error_mgr mgr;
-    jmp_buf escape;
-    char text[JMSG_LENGTH_MAX];
-} encode_errors;
-
-static void encode_error_exit(j_common_ptr cinfo)
-{
-    encode_errors *e = (encode_errors *)cinfo->err;
-    e->mgr.format_message(cinfo, e->text);
-    longjmp(e->escape, 1);
-}
-
-static void encode_silent(j_common_ptr cinfo)
-{
-    (void)cinfo;
-}
-
 static int encode_jpeg(const isx_image *img, int quality, uint8_t **out, size_t *len)
 {
     struct jpeg_compress_struct cinfo;
-    encode_errors errs;
+    isx_jpeg_guard guard;
     unsigned char *volatile mem = NULL;
     unsigned long mem_len = 0;
     volatile int rc = ISX_OK;
 
     memset(&cinfo, 0, sizeof(cinfo));
-    cinfo.err = jpeg_std_error(&errs.mgr);
-    errs.mgr.error_exit = encode_error_exit;
-    errs.mgr.output_message = encode_silent;
-    errs.text[0] = '\0';
-    if (setjmp(errs.escape)) {
-        rc = isx_error(ISX_EINVAL, "JPEG encoder: %s", errs.text);
+    cinfo.err = isx_jpeg_guard_init(&guard);
+    if (setjmp(guard.jump)) {
+        rc = isx_error(ISX_EINVAL, "JPEG encoder: %s", guard.message);
         goto cleanup;
     }
     jpeg_create_compress(&cinfo);
