@@ -391,12 +391,27 @@ static int feature_item(void *ctx, const isx_image *img, void *out)
     return ISX_OK;
 }
 
+/* PyArg_ParseTuple, after checking that `o` is a tuple (it says nothing useful otherwise). */
+static int parse_tuple(PyObject *o, const char *what, const char *format, ...)
+{
+    if (!PyTuple_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a tuple, found %s", what, Py_TYPE(o)->tp_name);
+        return 0;
+    }
+    va_list ap;
+    va_start(ap, format);
+    int ok = PyArg_VaParse(o, format, ap);
+    va_end(ap);
+    return ok;
+}
+
 /* LBP parameters: (side, ((P, R), ...), (cells per side, ...)). */
 static int parse_lbp(PyObject *params, isx_lbp_params *q)
 {
     PyObject *scales, *cells;
     int side;
-    if (!PyArg_ParseTuple(params, "iOO:lbp parameters (side, ((P, R), ...), (cells, ...))", &side, &scales, &cells))
+    if (!parse_tuple(params, "lbp parameters", "iOO:lbp parameters (side, ((P, R), ...), (cells, ...))", &side,
+                     &scales, &cells))
         return -1;
     q->side = side;
     PyObject *sf = PySequence_Fast(scales, "lbp scales: expected a sequence of (P, R) pairs");
@@ -410,7 +425,7 @@ static int parse_lbp(PyObject *params, isx_lbp_params *q)
     }
     q->n_scales = (int)ns;
     for (Py_ssize_t i = 0; i < ns; i++) {
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(sf, i), "if:lbp scale (P, R)", &q->points[i], &q->radius[i])) {
+        if (!parse_tuple(PySequence_Fast_GET_ITEM(sf, i), "lbp scale (P, R)", "if:lbp scale (P, R)", &q->points[i], &q->radius[i])) {
             Py_DECREF(sf);
             return -1;
         }
@@ -443,12 +458,15 @@ static int parse_feature(PyObject *spec, isx_feature *f)
 {
     int kind;
     PyObject *params;
-    if (!PyArg_ParseTuple(spec, "iO:feature spec (kind, params)", &kind, &params))
+    if (!parse_tuple(spec, "feature spec (kind, params)", "iO:feature spec (kind, params)", &kind, &params))
         return -1;
     memset(f, 0, sizeof(*f));
     f->kind = (isx_feature_kind)kind;
     if (kind == ISX_FEATURE_COLORHIST)
-        return PyArg_ParseTuple(params, "iii:colour histogram bins", &f->bins[0], &f->bins[1], &f->bins[2]) ? 0 : -1;
+        return parse_tuple(params, "colour histogram bins", "iii:colour histogram bins", &f->bins[0], &f->bins[1],
+                           &f->bins[2])
+                   ? 0
+                   : -1;
     if (kind == ISX_FEATURE_LBP)
         return parse_lbp(params, &f->lbp);
     return 0; /* the hashes have no parameters; an unknown kind fails its check */
