@@ -233,17 +233,34 @@ def test_threads_give_identical_rows():
 # The combined extractor, configs, the registry, the engine
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0, 2.5])
-def test_combined_is_the_weighted_concatenation(weight):
+def centre_window(img, f):
+    h, w = img.shape[:2]
+    ww, wh = max(1, int(np.floor(w * f + 0.5))), max(1, int(np.floor(h * f + 0.5)))
+    x0, y0 = (w - ww) // 2, (h - wh) // 2
+    return np.ascontiguousarray(img[y0:y0 + wh, x0:x0 + ww])
+
+
+def unit(X):
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("weight,centre,centre_weight", [(0.0, 0.0, 1.0), (0.5, 0.0, 1.0), (2.5, 0.0, 1.0),
+                                                         (2.0, 0.4, 2.0), (1.0, 0.5, 0.0), (0.0, 0.3, 3.0),
+                                                         (1.0, 1.0, 5.0)])
+def test_combined_is_the_weighted_concatenation(weight, centre, centre_weight):
     rng = np.random.default_rng(11)
-    imgs = [rng.integers(0, 256, (50, 70, 3), dtype=np.uint8), rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)]
+    imgs = [rng.integers(0, 256, (50, 70, 3), dtype=np.uint8), rng.integers(0, 256, (64, 47, 3), dtype=np.uint8)]
     kw = dict(scales=[(8, 1), (16, 2)], grid=(1, 2), side=64)
-    both = features.ColorLBP(weight=weight, bins=(6, 3, 3), **kw)
-    c = features.ColorHistogram(bins=(6, 3, 3), sqrt=True).extract(imgs).astype(np.float64)
+    both = features.ColorLBP(weight=weight, bins=(6, 3, 3), centre=centre, centre_weight=centre_weight, **kw)
+    colour = features.ColorHistogram(bins=(6, 3, 3), sqrt=True)
+    c = colour.extract(imgs).astype(np.float64)
+    if 0 < centre < 1:  # the window, cut out here, through the plain colour histogram
+        c = unit(np.hstack([c, centre_weight * colour.extract([centre_window(im, centre) for im in imgs])]))
     t = features.LBP(norm="hellinger", **kw).extract(imgs).astype(np.float64)
-    ref = np.hstack([c, weight * t]) / np.sqrt(1 + weight ** 2)  # both parts have unit length
+    ref = unit(np.hstack([c, weight * t]))
     v = both.extract(imgs)
-    assert v.shape == (2, both.dim) and both.dim == 54 + 5 * 28 and both.metric == "l2"
+    n_colour = 2 if 0 < centre < 1 else 1
+    assert v.shape == (2, both.dim) and both.dim == n_colour * 54 + 5 * 28 and both.metric == "l2"
     np.testing.assert_allclose(v, ref, rtol=1e-5, atol=1e-7)
 
 
@@ -251,7 +268,7 @@ def test_configs_round_trip_and_the_registry():
     arr = np.random.default_rng(12).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     assert {"lbp", "colorhist+lbp"} <= set(features.registered())
     for ext in (features.LBP(), features.LBP(scales=[(8, 1.5)], grid=(2,), side=128, norm="l1"),
-                features.ColorLBP(), features.ColorLBP(weight=0.25, bins=(4, 2, 2), scales=[(8, 1)], grid=(1,))):
+                features.ColorLBP(), features.ColorLBP(weight=0.25, bins=(4, 2, 2), centre=0, scales=[(8, 1)], grid=(1,))):
         cfg = json.loads(json.dumps(ext.config()))
         again = features.from_config(cfg)
         assert type(again) is type(ext) and again.config() == cfg and again.dim == ext.dim
@@ -296,9 +313,16 @@ def test_bad_parameters_are_clear_errors():
     for kw in bad:
         with pytest.raises(ValueError, match=next(iter(kw))):
             features.LBP(**kw)
-    for w in (-1, float("nan"), float("inf"), "heavy"):
+    for w in (-1, float("nan"), float("inf"), "heavy", None):
         with pytest.raises(ValueError, match="weight"):
             features.ColorLBP(weight=w)
+        with pytest.raises(ValueError, match="centre_weight"):
+            features.ColorLBP(centre_weight=w)
+    for f in (-0.1, 1.5, float("nan"), "middle"):
+        with pytest.raises(ValueError, match="centre"):
+            features.ColorLBP(centre=f)
+    with pytest.raises(ValueError, match="centre fraction"):
+        _core._image_features([(1, (8, 4, 4, 1.5))], [np.zeros((8, 8, 3), np.uint8)], 1)
     # the C core checks on its own, whatever the caller
     img = np.zeros((8, 8, 3), np.uint8)
     for params, match in [((256, ((40, 1.0),), (1,)), "P=40"), ((256, ((8, float("nan")),), (1,)), "R=nan"),

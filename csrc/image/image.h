@@ -185,6 +185,7 @@ typedef struct {
 typedef struct {
     isx_feature_kind kind;
     int bins[3];       /* COLORHIST: hue, saturation, value bins */
+    float centre;      /* COLORHIST: count only the central fraction of each side (0: the whole image) */
     isx_lbp_params lbp; /* LBP */
 } isx_feature;
 

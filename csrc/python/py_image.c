@@ -463,8 +463,8 @@ static int parse_feature(PyObject *spec, isx_feature *f)
     memset(f, 0, sizeof(*f));
     f->kind = (isx_feature_kind)kind;
     if (kind == ISX_FEATURE_COLORHIST)
-        return parse_tuple(params, "colour histogram bins", "iii:colour histogram bins", &f->bins[0], &f->bins[1],
-                           &f->bins[2])
+        return parse_tuple(params, "colour histogram parameters", "iii|f:colour histogram (bins, bins, bins, centre)",
+                           &f->bins[0], &f->bins[1], &f->bins[2], &f->centre)
                    ? 0
                    : -1;
     if (kind == ISX_FEATURE_LBP)
