@@ -162,7 +162,15 @@ class LBP(_NativeExtractor):
     (``l2`` between rows is then the Hellinger distance; ``metric="l2"``),
     ``"l1"`` scales the row to sum 1 (``metric="l1"``), ``"l2"`` scales the
     raw histograms to unit length (``metric="l2"``).
-    Measured on flowers17: see benchmarks/README.md, "Classic descriptors".
+
+    The defaults are the best of a sweep on flowers17 (benchmarks/README.md,
+    "Classic descriptors"; mAP 0.116 alone, chance 0.06): three scales beat
+    P=8, R=1 alone (0.078 at side 256), a small working side beats a large
+    one (64: 0.116, 256: 0.085 -- at R <= 3 pixels the large side sees grain,
+    the small one petals and leaves), the 1 + 2x2 + 4x4 grid beats 1 + 2x2.
+    Hellinger, l1 and l2 are within 0.003 of each other; Hellinger is the
+    default because any l2 index serves it and its rows have unit length, so
+    it concatenates with the colour histogram (:class:`ColorLBP`).
     """
 
     name = "lbp"
