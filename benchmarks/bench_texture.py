@@ -99,8 +99,8 @@ def markdown(res):
               "40% x 40% window times 2 (Stricker & Dimai's weak spatial constraint: the subject is mostly in the "
               "middle), and `lbp` times 2, the row at unit length.  The colour histogram plus LBP without the window "
               "(`centre=0`) reaches 0.20: texture adds about 0.02 whatever the weight, not enough for the 0.22 target; "
-              "the window takes colour alone to 0.257 and texture adds 0.015 on top.  The window is an assumption about "
-              "the photographs (object-centred, as flowers17's are); `centre=0` drops it.",
+              "the window takes colour alone to 0.257 and texture adds 0.015 on top.  The window is an "
+              "assumption about the photographs (object-centred, as flowers17's are); `centre=0` drops it.",
               "- The `colorhist` row is the registered default (`sqrt=True`, l2 = Hellinger).  The `hellinger` rows "
               "of the image table above apply a second square root to it (histogram ** 0.25): 0.201 there."]
     return "\n".join(lines) + "\n"

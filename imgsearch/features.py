@@ -235,7 +235,8 @@ def _lbp_grid(grid):
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"grid: expected 1..4 ints in 1..8 (cells per side of each level), e.g. (1, 2); found {grid!r}")
+        raise ValueError(f"grid: expected 1..4 ints in 1..8 (cells per side of each level), e.g. (1, 2); "
+                         f"found {grid!r}")
     return cells
 
 

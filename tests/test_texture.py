@@ -268,7 +268,8 @@ def test_configs_round_trip_and_the_registry():
     arr = np.random.default_rng(12).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     assert {"lbp", "colorhist+lbp"} <= set(features.registered())
     for ext in (features.LBP(), features.LBP(scales=[(8, 1.5)], grid=(2,), side=128, norm="l1"),
-                features.ColorLBP(), features.ColorLBP(weight=0.25, bins=(4, 2, 2), centre=0, scales=[(8, 1)], grid=(1,))):
+                features.ColorLBP(),
+                features.ColorLBP(weight=0.25, bins=(4, 2, 2), centre=0, scales=[(8, 1)], grid=(1,))):
         cfg = json.loads(json.dumps(ext.config()))
         again = features.from_config(cfg)
         assert type(again) is type(ext) and again.config() == cfg and again.dim == ext.dim
