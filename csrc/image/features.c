@@ -37,7 +37,8 @@
  *   give the bits s_p = (g_p >= g_c).  The code is the number of ones when
  *   the circular bit string has at most two 0/1 transitions ("uniform"),
  *   else P + 1: P + 2 values, invariant to rotating the image by a multiple
- *   of 2 pi / P and to monotone changes of brightness.  A flat patch has all
+ *   of 2 pi / P (exactly for 90 degrees, up to interpolation otherwise) and
+ *   to monotone changes of brightness.  A flat patch has all
  *   bits set: code P.  Samples outside the image repeat the border pixel
  *   (the image is padded once by ceil(R_max) + 1 pixels), so every pixel has
  *   a code and the smallest image still has a histogram.
@@ -46,9 +47,9 @@
  *   one or more levels (1x1, 2x2, ...).  Each (cell, scale) block is
  *   L1-normalised on its own, so cells of different sizes weigh the same; an
  *   empty cell (an image narrower than its grid) stays zero.  The bits are
- *   never stored: per row, the ones and the transitions are counted sample
- *   by sample over the whole row, which vectorises and has no limit on P
- *   but ISX_LBP_MAX_POINTS.
+ *   never stored: the ones and the transitions are counted sample by sample
+ *   over a whole row at a time, which vectorises, and bounds P only by the
+ *   byte counters (ISX_LBP_MAX_POINTS).
  */
 #include <math.h>
 #include <stdlib.h>
