@@ -17,6 +17,8 @@ SECTIONS = [
      "bench_kdtree.py", "make bench-kdtree"),
     ("image", "Image pipeline and classic features: imgsearch vs Pillow + NumPy",
      "bench_image.py", "make bench-image"),
+    ("texture", "Classic descriptors: colour histogram, LBP texture, and the two together on flowers17",
+     "bench_texture.py", "make bench-texture"),
     ("engine", "End to end: ImageSearch with MobileNetV2 vs a Pillow + torch loop; retrieval quality",
      "bench_engine.py", "make bench-engine"),
     ("serve", "The HTTP service: search by uploaded JPEG, latency and throughput vs engine.search",

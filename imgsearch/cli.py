@@ -38,7 +38,8 @@ def _floats(text):
 
 def _extractor_args(p):
     p.add_argument("--extractor", default="colorhist",
-                   help="colorhist, phash, dhash, a model name (mobilenet_v2, resnet50, ...) or a TorchScript file")
+                   help="colorhist, lbp, colorhist+lbp, phash, dhash, a model name (mobilenet_v2, resnet50, ...) "
+                        "or a TorchScript file")
     p.add_argument("--weights", help="weights file for a named model (nothing is downloaded)")
     p.add_argument("--mean", type=_floats, help="normalisation mean, e.g. 0.485,0.456,0.406 (torch models)")
     p.add_argument("--std", type=_floats, help="normalisation std, e.g. 0.229,0.224,0.225 (torch models)")

@@ -238,8 +238,8 @@ def check_labels(lab: dict, source: Any, example_path: str | None = None) -> Non
 class ImageSearch:
     """Index images by content and search them by example.
 
-    extractor   "colorhist", "phash", "dhash", a model name ("mobilenet_v2", "resnet50", ...),
-                a TorchScript file path, or any Extractor object.
+    extractor   "colorhist", "lbp", "colorhist+lbp", "phash", "dhash", a model name ("mobilenet_v2",
+                "resnet50", ...), a TorchScript file path, or any Extractor object.
     index       "hnsw" (default), "flat" (exact) or "kdtree", or an index object.
     weights     weights file for a named model (nothing is downloaded).
     extractor_params  passed to the extractor (e.g. mean/std/size for a TorchScript file).

@@ -155,18 +155,48 @@ typedef enum {
     ISX_FEATURE_COLORHIST = 1, /* HSV histogram, L1-normalised float32 */
     ISX_FEATURE_PHASH = 2,     /* DCT perceptual hash, 64 packed bits */
     ISX_FEATURE_DHASH = 3,     /* difference hash, 64 packed bits */
+    ISX_FEATURE_LBP = 4,       /* rotation-invariant uniform LBP histograms, float32 */
 } isx_feature_kind;
 
 #define ISX_HIST_MAX_BINS 64u /* per channel; 64^3 floats = 1 MiB per image */
 
+/* LBP limits.  A code's bits are counted, never stored, so P is bounded only
+ * by what is useful: Ojala et al. go to P = 24; 32 leaves room.  The radius
+ * bounds the border padding; beyond 16 pixels at a 256 working side the
+ * "texture" is the layout of the image. */
+#define ISX_LBP_MAX_SCALES 4   /* (P, R) pairs in one descriptor */
+#define ISX_LBP_MIN_POINTS 4
+#define ISX_LBP_MAX_POINTS 32
+#define ISX_LBP_MAX_RADIUS 16.0f
+#define ISX_LBP_MIN_SIDE 8u    /* working side: below this there is no texture to speak of */
+#define ISX_LBP_MAX_SIDE 4096u
+#define ISX_LBP_MAX_LEVELS 4   /* spatial grid levels, e.g. 1x1 + 2x2 */
+#define ISX_LBP_MAX_CELLS 8    /* cells per side of one level */
+
+typedef struct {
+    int side;                            /* the longest side is shrunk to this (never enlarged) */
+    int n_scales;
+    int points[ISX_LBP_MAX_SCALES];      /* P of each scale */
+    float radius[ISX_LBP_MAX_SCALES];    /* R of each scale, pixels of the working image */
+    int n_levels;
+    int cells[ISX_LBP_MAX_LEVELS];       /* cells per side of each level: {1, 2} = whole + 2x2 */
+} isx_lbp_params;
+
 typedef struct {
     isx_feature_kind kind;
     int bins[3];       /* COLORHIST: hue, saturation, value bins */
+    float centre;      /* COLORHIST: count only the central fraction of each side (0: the whole image) */
+    isx_lbp_params lbp; /* LBP */
 } isx_feature;
 
 /* Validates the parameters; *dim_bytes is the size of one output row,
  * *min_side the resolution the feature needs from the decoder. */
 int isx_feature_check(const isx_feature *f, size_t *dim_bytes, size_t *min_side);
 int isx_feature_compute(const isx_feature *f, const isx_image *img, void *out);
+
+/* LBP^riu2_{P,R} code (0..P+1) of every pixel of a grey float image, rows
+ * packed; samples off the image repeat the border pixel.  The building
+ * block of ISX_FEATURE_LBP, public so that tests can check codes directly. */
+int isx_lbp_codes(const float *grey, size_t width, size_t height, int points, float radius, uint8_t *codes);
 
 #endif

@@ -19,6 +19,7 @@
 #include "../image/image.h"
 #include "../image/encode.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -369,40 +370,163 @@ error:
     return NULL;
 }
 
+/* Several features of one decoded image, side by side in one row: a
+ * combined descriptor (colour + texture) decodes each file once. */
+#define FEATURES_MAX 4
+
+typedef struct {
+    int n;
+    isx_feature f[FEATURES_MAX];
+    size_t offset[FEATURES_MAX]; /* bytes into the row */
+} feature_set;
+
 static int feature_item(void *ctx, const isx_image *img, void *out)
 {
-    return isx_feature_compute(ctx, img, out);
+    const feature_set *set = ctx;
+    for (int i = 0; i < set->n; i++) {
+        int rc = isx_feature_compute(&set->f[i], img, (uint8_t *)out + set->offset[i]);
+        if (rc)
+            return rc;
+    }
+    return ISX_OK;
 }
 
-/* _image_features(kind, bins, items, threads) -> (features, failed) */
+/* PyArg_ParseTuple, after checking that `o` is a tuple (it says nothing useful otherwise). */
+static int parse_tuple(PyObject *o, const char *what, const char *format, ...)
+{
+    if (!PyTuple_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a tuple, found %s", what, Py_TYPE(o)->tp_name);
+        return 0;
+    }
+    va_list ap;
+    va_start(ap, format);
+    int ok = PyArg_VaParse(o, format, ap);
+    va_end(ap);
+    return ok;
+}
+
+/* LBP parameters: (side, ((P, R), ...), (cells per side, ...)). */
+static int parse_lbp(PyObject *params, isx_lbp_params *q)
+{
+    PyObject *scales, *cells;
+    int side;
+    if (!parse_tuple(params, "lbp parameters", "iOO:lbp parameters (side, ((P, R), ...), (cells, ...))", &side,
+                     &scales, &cells))
+        return -1;
+    q->side = side;
+    PyObject *sf = PySequence_Fast(scales, "lbp scales: expected a sequence of (P, R) pairs");
+    if (!sf)
+        return -1;
+    Py_ssize_t ns = PySequence_Fast_GET_SIZE(sf);
+    if (ns < 1 || ns > ISX_LBP_MAX_SCALES) {
+        Py_DECREF(sf);
+        PyErr_Format(PyExc_ValueError, "lbp scales: expected 1..%d (P, R) pairs, found %zd", ISX_LBP_MAX_SCALES, ns);
+        return -1;
+    }
+    q->n_scales = (int)ns;
+    for (Py_ssize_t i = 0; i < ns; i++) {
+        if (!parse_tuple(PySequence_Fast_GET_ITEM(sf, i), "lbp scale (P, R)", "if:lbp scale (P, R)", &q->points[i], &q->radius[i])) {
+            Py_DECREF(sf);
+            return -1;
+        }
+    }
+    Py_DECREF(sf);
+    PyObject *cf = PySequence_Fast(cells, "lbp grid: expected a sequence of cells per side, e.g. (1, 2)");
+    if (!cf)
+        return -1;
+    Py_ssize_t nl = PySequence_Fast_GET_SIZE(cf);
+    if (nl < 1 || nl > ISX_LBP_MAX_LEVELS) {
+        Py_DECREF(cf);
+        PyErr_Format(PyExc_ValueError, "lbp grid: expected 1..%d levels, found %zd", ISX_LBP_MAX_LEVELS, nl);
+        return -1;
+    }
+    q->n_levels = (int)nl;
+    for (Py_ssize_t l = 0; l < nl; l++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(cf, l));
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(cf);
+            return -1;
+        }
+        q->cells[l] = v < INT_MIN ? INT_MIN : v > INT_MAX ? INT_MAX : (int)v;
+    }
+    Py_DECREF(cf);
+    return 0;
+}
+
+/* One (kind, params) spec into f. */
+static int parse_feature(PyObject *spec, isx_feature *f)
+{
+    int kind;
+    PyObject *params;
+    if (!parse_tuple(spec, "feature spec (kind, params)", "iO:feature spec (kind, params)", &kind, &params))
+        return -1;
+    memset(f, 0, sizeof(*f));
+    f->kind = (isx_feature_kind)kind;
+    if (kind == ISX_FEATURE_COLORHIST)
+        return parse_tuple(params, "colour histogram parameters", "iii|f:colour histogram (bins, bins, bins, centre)",
+                           &f->bins[0], &f->bins[1], &f->bins[2], &f->centre)
+                   ? 0
+                   : -1;
+    if (kind == ISX_FEATURE_LBP)
+        return parse_lbp(params, &f->lbp);
+    return 0; /* the hashes have no parameters; an unknown kind fails its check */
+}
+
+/* _image_features(specs, items, threads) -> (features, failed): specs is a
+ * list of (kind, params); their rows are concatenated (float features only,
+ * or a single hash: uint8). */
 static PyObject *py_image_features(PyObject *mod, PyObject *args)
 {
     (void)mod;
-    PyObject *items_obj, *threads_obj;
-    int kind, b0, b1, b2;
-    if (!PyArg_ParseTuple(args, "i(iii)OO:_image_features", &kind, &b0, &b1, &b2, &items_obj, &threads_obj))
+    PyObject *specs_obj, *items_obj, *threads_obj;
+    if (!PyArg_ParseTuple(args, "OOO:_image_features", &specs_obj, &items_obj, &threads_obj))
         return NULL;
-    isx_feature f = {(isx_feature_kind)kind, {b0, b1, b2}};
-    size_t row_bytes, min_side;
+    PyObject *specs = PySequence_Fast(specs_obj, "expected a list of (kind, params) feature specs");
+    if (!specs)
+        return NULL;
+    feature_set set = {0};
+    Py_ssize_t nspec = PySequence_Fast_GET_SIZE(specs);
+    if (nspec < 1 || nspec > FEATURES_MAX) {
+        Py_DECREF(specs);
+        return PyErr_Format(PyExc_ValueError, "expected 1..%d feature specs, found %zd", FEATURES_MAX, nspec);
+    }
+    size_t row_bytes = 0, min_side = 0;
+    int any_hash = 0;
+    for (Py_ssize_t i = 0; i < nspec; i++) {
+        size_t bytes, side;
+        if (parse_feature(PySequence_Fast_GET_ITEM(specs, i), &set.f[i]) < 0) {
+            Py_DECREF(specs);
+            return NULL;
+        }
+        int rc = isx_feature_check(&set.f[i], &bytes, &side);
+        if (rc) {
+            Py_DECREF(specs);
+            return isx_py_raise(rc);
+        }
+        any_hash |= set.f[i].kind == ISX_FEATURE_PHASH || set.f[i].kind == ISX_FEATURE_DHASH;
+        set.offset[i] = row_bytes;
+        row_bytes += bytes;
+        min_side = side > min_side ? side : min_side;
+    }
+    set.n = (int)nspec;
+    Py_DECREF(specs);
+    if (any_hash && nspec > 1)
+        return PyErr_Format(PyExc_ValueError, "a hash (packed bits) cannot be combined with other features");
     int threads;
-    int rc = isx_feature_check(&f, &row_bytes, &min_side);
-    if (rc)
-        return isx_py_raise(rc);
     if (isx_py_threads(threads_obj, &threads) < 0)
         return NULL;
     item_list l;
     if (items_from(items_obj, &l) < 0)
         return NULL;
-    int hist = f.kind == ISX_FEATURE_COLORHIST;
-    npy_intp dims[2] = {(npy_intp)l.n, (npy_intp)(hist ? row_bytes / sizeof(float) : row_bytes)};
-    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, dims, hist ? NPY_FLOAT32 : NPY_UINT8);
+    npy_intp dims[2] = {(npy_intp)l.n, (npy_intp)(any_hash ? row_bytes : row_bytes / sizeof(float))};
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, dims, any_hash ? NPY_UINT8 : NPY_FLOAT32);
     PyObject *failed = NULL;
     if (!out)
         goto error;
     isx_image_batch b = {0};
     b.decode.min_side = min_side;
     b.fn = feature_item;
-    b.ctx = &f;
+    b.ctx = &set;
     b.out = PyArray_DATA(out);
     b.row_bytes = row_bytes;
     size_t n_ok = 0;
@@ -416,6 +540,37 @@ error:
     Py_XDECREF(out);
     Py_XDECREF(failed);
     return NULL;
+}
+
+/* _lbp_codes(grey, P, R) -> uint8 codes of a float32 (H, W) grey image: for
+ * tests, which check the codes themselves against NumPy. */
+static PyObject *py_lbp_codes(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    PyObject *grey_obj;
+    int points;
+    float radius;
+    if (!PyArg_ParseTuple(args, "Oif:_lbp_codes", &grey_obj, &points, &radius))
+        return NULL;
+    PyArrayObject *grey = (PyArrayObject *)PyArray_FROMANY(grey_obj, NPY_FLOAT32, 2, 2, NPY_ARRAY_IN_ARRAY);
+    if (!grey)
+        return NULL;
+    npy_intp dims[2] = {PyArray_DIM(grey, 0), PyArray_DIM(grey, 1)};
+    PyArrayObject *codes = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_UINT8);
+    if (!codes) {
+        Py_DECREF(grey);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = isx_lbp_codes(PyArray_DATA(grey), (size_t)dims[1], (size_t)dims[0], points, radius, PyArray_DATA(codes));
+    Py_END_ALLOW_THREADS
+    Py_DECREF(grey);
+    if (rc) {
+        Py_DECREF(codes);
+        return isx_py_raise(rc);
+    }
+    return (PyObject *)codes;
 }
 
 /* ======================================================================== */
@@ -620,6 +775,7 @@ static PyMethodDef image_methods[] = {
     {"_image_resize", py_image_resize, METH_VARARGS, NULL},
     {"_image_batch", py_image_batch, METH_VARARGS, NULL},
     {"_image_features", py_image_features, METH_VARARGS, NULL},
+    {"_lbp_codes", py_lbp_codes, METH_VARARGS, NULL},
     {"_exif_orientation", py_exif_orientation, METH_O, NULL},
     {"_image_thumbnail", py_image_thumbnail, METH_VARARGS, NULL},
     {"_image_dimensions", py_image_dimensions, METH_O, NULL},
