@@ -152,11 +152,13 @@ def chi_square_ranking(X, block=64):
     return I
 
 
+    # raw histograms (sqrt=False): each metric below is applied to the same
+    # L1-normalised histogram; "hellinger" takes the square root itself
 def bench_quality(paths, labels):
     ids = np.arange(len(paths))
     out = {}
-    configs = [("colorhist", features.ColorHistogram(), ["l1", "chi-square", "hellinger", "l2", "cosine"]),
-               ("colorhist_16x4x4", features.ColorHistogram(bins=(16, 4, 4)), ["l1", "chi-square", "hellinger"]),
+    configs = [("colorhist", features.ColorHistogram(sqrt=False), ["l1", "chi-square", "hellinger", "l2", "cosine"]),
+               ("colorhist_16x4x4", features.ColorHistogram(bins=(16, 4, 4), sqrt=False), ["l1", "chi-square", "hellinger"]),
                ("phash", features.PHash(), ["hamming"]),
                ("dhash", features.DHash(), ["hamming"])]
     for name, ext, metrics in configs:
