@@ -152,9 +152,9 @@ def chi_square_ranking(X, block=64):
     return I
 
 
+def bench_quality(paths, labels):
     # raw histograms (sqrt=False): each metric below is applied to the same
     # L1-normalised histogram; "hellinger" takes the square root itself
-def bench_quality(paths, labels):
     ids = np.arange(len(paths))
     out = {}
     configs = [("colorhist", features.ColorHistogram(sqrt=False), ["l1", "chi-square", "hellinger", "l2", "cosine"]),
