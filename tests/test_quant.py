@@ -377,3 +377,40 @@ def test_pq_bad_arguments_say_what_was_expected(rng):
         _core._pq_encode(bad, X, 4)
     with pytest.raises(ValueError, match=r"lut: expected shape \(4, 16\)"):
         _core._pq_lut_distance(cb, np.zeros((4, 15), np.float32), codes)
+
+
+def numpy_lloyd(X, C, niter):
+    """Plain Lloyd in NumPy, with kmeans.c's empty-cluster rule (split the
+    largest cluster, lowest index first, perturbing by 1/1024 alternately)."""
+    C = C.astype(np.float32).copy()
+    k = len(C)
+    for _ in range(niter):
+        a = oracle_sqdist(X, C).argmin(1)
+        size = np.bincount(a, minlength=k)
+        for c in np.flatnonzero(size):
+            C[c] = (X[a == c].astype(np.float64).sum(0) * (1.0 / size[c])).astype(np.float32)
+        for ci in range(k):
+            if size[ci] == 0:
+                cj = int(np.argmax(size))
+                b = C[cj].astype(np.float64)
+                up, down = b * (1 + 1 / 1024), b * (1 - 1 / 1024)
+                even = np.arange(X.shape[1]) % 2 == 0
+                C[ci] = np.where(even, up, down).astype(np.float32)
+                C[cj] = np.where(even, down, up).astype(np.float32)
+                size[ci] = size[cj] // 2
+                size[cj] -= size[ci]
+    return C
+
+
+@pytest.mark.parametrize("n,d,k", [(3000, 16, 64), (2000, 40, 200), (600, 3, 150)])
+def test_kmeans_is_lloyd_step_for_step(n, d, k, rng):
+    """Training skips points whose bounds prove they keep their cluster
+    (kmeans.c's Hamerly bounds): the model must still be plain Lloyd's, with
+    the same seeds, iteration for iteration."""
+    X = (rng.normal(size=(40, d))[rng.integers(0, 40, n)] * 2 + rng.normal(size=(n, d))).astype(np.float32)
+    C0, _ = _core._kmeans(X, k, niter=0, seed=7)
+    for niter in (1, 4, 12):
+        C, obj = _core._kmeans(X, k, niter=niter, seed=7)
+        ref = numpy_lloyd(X, C0, niter)
+        np.testing.assert_allclose(C, ref, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(obj, oracle_sqdist(X, ref).min(1).mean(), rtol=1e-4)

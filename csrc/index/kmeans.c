@@ -31,6 +31,15 @@
  *               by size): no random draw, so nothing depends on the order in
  *               which clusters became empty.
  *
+ *   Bounds      training does not search every point every iteration: each
+ *               point keeps bounds on its distances (Hamerly's algorithm, see
+ *               "the bounded assignment" below) and is searched again only
+ *               when the centroids' moves could have changed its cluster;
+ *               the search then starts from the last winner and runner-up.
+ *               On 100,000 x 128, k = 1024, late iterations search under 1%
+ *               of the points.  The model is plain Lloyd's, step for step
+ *               (tests/test_quant.py holds it against a NumPy Lloyd).
+ *
  * Seeding is a uniform sample of k distinct points; subsampling to
  * max_points is a uniform sample too.  Both use selection sampling (Knuth's
  * algorithm S): one pass, O(1) memory, indices come out sorted, so the copy
@@ -100,15 +109,39 @@ size_t isx_kmeans_block_scratch(size_t d)
     return gather + (ISX_ALIGN / sizeof(float)) + work;
 }
 
-void isx_kmeans_nearest_block(const float *X, size_t m, size_t d, size_t ldx, const float *C, const float *cnorm,
-                              size_t k, float *scratch, int32_t *assign, float *dist)
+#define KM_SENTINEL INT64_MAX /* slot of a seeded heap entry that no centroid replaced */
+
+/* The nb (1 or 2) best centroids of m points (see isx_kmeans_nearest_block).
+ * With nb = 2, second_v/second_c (may be NULL) receive the runner-up's
+ * v = |c|^2 - 2 x.c and index (INFINITY / the winner when k = 1).
+ *
+ * seed_v (may be NULL; INFINITY: none for that point) is a v known to be
+ * at least the nb-th best's, with a margin for rounding: the heaps start
+ * full of sentinels at that value, so only the few centroids below it reach
+ * a heap.  Most of the cost of a search from empty heaps is the pushes, not
+ * the arithmetic (~2 ln k of them per point for nb = 2, each a branch the
+ * CPU mispredicts and a heap update), when dsub is 4 or 8.  Should rounding
+ * still leave a sentinel first, fallback[i] (a centroid whose v is about
+ * seed_v[i]) is the answer; a sentinel second makes the runner-up's v the
+ * winner's, which only loosens a bound. */
+static void nearest_core(const float *X, size_t m, size_t d, size_t ldx, const float *C, const float *cnorm,
+                         size_t k, size_t nb, float *scratch, int32_t *assign, float *dist, float *second_v,
+                         int32_t *second_c, const float *seed_v, const int32_t *fallback)
 {
     const isx_kernels *kern = isx_kernels_active();
-    float hd[ISX_KMEANS_BLOCK];
-    int64_t hs[ISX_KMEANS_BLOCK];
+    float hd[2 * ISX_KMEANS_BLOCK];
+    int64_t hs[2 * ISX_KMEANS_BLOCK];
     isx_topk heaps[ISX_KMEANS_BLOCK];
-    for (size_t i = 0; i < m; i++)
-        isx_topk_init(&heaps[i], &hd[i], &hs[i], 1);
+    for (size_t i = 0; i < m; i++) {
+        isx_topk_init(&heaps[i], hd + i * nb, hs + i * nb, nb);
+        if (seed_v && seed_v[i] < INFINITY) {
+            for (size_t j = 0; j < nb; j++) {
+                hd[i * nb + j] = seed_v[i];
+                hs[i * nb + j] = KM_SENTINEL;
+            }
+            heaps[i].size = nb;
+        }
+    }
     size_t gather_floats = (size_t)ISX_KMEANS_BLOCK * d;
     float *work = scratch + gather_floats + (ISX_ALIGN / sizeof(float) - gather_floats % (ISX_ALIGN / sizeof(float)));
     if (kern->fused.fn) {
@@ -134,39 +167,37 @@ void isx_kmeans_nearest_block(const float *X, size_t m, size_t d, size_t ldx, co
         }
     }
     for (size_t i = 0; i < m; i++) {
+        isx_topk *h = &heaps[i];
+        if (nb > 1)
+            isx_topk_sort(h);
         /* an empty heap means every v compared false (overflow to NaN): any
          * centroid is as good as another then, and 0 keeps the output valid */
-        int32_t a = heaps[i].size ? (int32_t)hs[i] : 0;
+        int32_t a = h->size ? (int32_t)h->slot[0] : 0;
+        if (h->size && h->slot[0] == KM_SENTINEL)
+            a = fallback[i];
         assign[i] = a;
         if (dist)
             kern->dist[ISX_METRIC_L2](X + i * ldx, C + (size_t)a * d, 1, d, &dist[i]);
+        if (second_v) {
+            int kept = h->size > 1 && h->slot[1] != KM_SENTINEL && h->slot[0] != KM_SENTINEL;
+            second_v[i] = h->size <= 1 ? INFINITY : kept ? h->dist[1] : h->dist[0];
+            second_c[i] = kept ? (int32_t)h->slot[1] : a;
+        }
     }
 }
 
-typedef struct {
-    const float *X, *C;
-    size_t n, d, k;
-    float *cnorm;         /* |c|^2 */
-    float **scratch;      /* per worker */
-    int32_t *assign;
-    float *dist;          /* NULL: not wanted */
-} assign_ctx;
-
-static int task_assign(void *ctx, size_t task, int worker)
+void isx_kmeans_nearest_block(const float *X, size_t m, size_t d, size_t ldx, const float *C, const float *cnorm,
+                              size_t k, float *scratch, int32_t *assign, float *dist)
 {
-    assign_ctx *a = ctx;
-    size_t i0 = task * ISX_KMEANS_BLOCK;
-    size_t m = a->n - i0 < ISX_KMEANS_BLOCK ? a->n - i0 : ISX_KMEANS_BLOCK;
-    isx_kmeans_nearest_block(a->X + i0 * a->d, m, a->d, a->d, a->C, a->cnorm, a->k, a->scratch[worker],
-                             a->assign + i0, a->dist ? a->dist + i0 : NULL);
-    return ISX_OK;
+    nearest_core(X, m, d, ldx, C, cnorm, k, 1, scratch, assign, dist, NULL, NULL, NULL, NULL);
 }
 
-/* Workspace of the assignment step, allocated once per training. */
+/* Workspace of the assignment step, allocated once per call or training. */
 typedef struct {
     int nthreads;
     float *cnorm;
-    float **scratch;
+    float **scratch;   /* per worker: isx_kmeans_block_scratch(d), then a gathered block */
+    size_t gather_at;  /* where the gathered block starts in scratch (floats) */
 } assign_ws;
 
 static void assign_ws_free(assign_ws *w)
@@ -190,7 +221,8 @@ static int assign_ws_init(assign_ws *w, size_t n, size_t d, size_t k, int nthrea
     w->scratch = calloc((size_t)w->nthreads, sizeof(float *));
     if (!w->cnorm || !w->scratch)
         goto nomem;
-    size_t floats = isx_kmeans_block_scratch(d);
+    w->gather_at = isx_kmeans_block_scratch(d);
+    size_t floats = w->gather_at + (size_t)ISX_KMEANS_BLOCK * d;
     for (int i = 0; i < w->nthreads; i++)
         if (!(w->scratch[i] = isx_aligned_alloc(floats * sizeof(float))))
             goto nomem;
@@ -200,13 +232,206 @@ nomem:
     return isx_error(ISX_ENOMEM, "cannot allocate k-means workspace for k=%zu, d=%zu", k, d);
 }
 
-static int assign_all(assign_ws *w, const float *X, size_t n, size_t d, const float *C, size_t k, int32_t *assign,
-                      float *dist)
+/* ---- the plain assignment: every point against every centroid ---- */
+
+typedef struct {
+    const float *X, *C;
+    size_t n, d, k;
+    const float *cnorm;
+    float **scratch;
+    int32_t *assign;
+    float *dist;          /* NULL: not wanted */
+} assign_ctx;
+
+static int task_assign(void *ctx, size_t task, int worker)
 {
-    isx_kernels_active()->sqnorm(NULL, C, k, d, w->cnorm);
-    assign_ctx a = {X, C, n, d, k, w->cnorm, w->scratch, assign, dist};
-    size_t blocks = (n + ISX_KMEANS_BLOCK - 1) / ISX_KMEANS_BLOCK;
-    return isx_parallel_for(w->nthreads, blocks, task_assign, &a);
+    assign_ctx *a = ctx;
+    size_t i0 = task * ISX_KMEANS_BLOCK;
+    size_t m = a->n - i0 < ISX_KMEANS_BLOCK ? a->n - i0 : ISX_KMEANS_BLOCK;
+    nearest_core(a->X + i0 * a->d, m, a->d, a->d, a->C, a->cnorm, a->k, 1, a->scratch[worker], a->assign + i0,
+                 a->dist ? a->dist + i0 : NULL, NULL, NULL, NULL, NULL);
+    return ISX_OK;
+}
+
+/* ---- the bounded assignment of training (Hamerly, 2010) ----
+ *
+ * Lloyd's later iterations move few points, yet a plain assignment pays for
+ * every point against every centroid.  Each point keeps an upper bound u on
+ * the distance to its centroid and a lower bound l on the distance to every
+ * other one.  When the centroids move by shift[c], u grows by its own
+ * centroid's shift and l shrinks by the largest shift of the others
+ * (triangle inequality); while u <= l the point cannot change cluster and is
+ * skipped.  Otherwise u is made exact (one distance), and only if u > l still
+ * does the point go through the search, now for its two best centroids,
+ * which give u and l afresh.  The assignments are those of plain Lloyd
+ * (up to float rounding between near-equal distances, where plain Lloyd's
+ * |x|^2 - 2 x.c + |c|^2 is no more right); l is taken a little below the
+ * computed runner-up distance (KM_BOUND_SLACK) to cover that identity's
+ * rounding.  Every point's fate depends on its own bounds only, so the
+ * result is still the same on any thread count. */
+
+#define KM_MOVERS 16          /* centroids measured exactly when the largest moves break a bound */
+#define KM_BOUND_SLACK 1e-5f   /* relative to |x|^2 + |c|^2: the identity's float32 rounding, with margin */
+
+typedef struct {
+    const float *X, *C;
+    size_t n, d, k;
+    const float *cnorm, *xnorm;
+    const float *shift;   /* per centroid since the last pass; NULL: first pass, search every point */
+    const uint8_t *split; /* split[c]: c gave half of its cluster to an empty one since the last pass */
+    float shift_max, shift_second;
+    int32_t shift_argmax;
+    int32_t movers[KM_MOVERS]; /* the centroids that moved most, and how many */
+    size_t nmovers;
+    float *mover_rows;         /* their rows, side by side: one kernel call measures them all */
+    float shift_rest;          /* the largest move of the others */
+    float **scratch;
+    size_t gather_at;
+    int32_t *assign;
+    int32_t *second;      /* the runner-up at the last search: seeds the next one */
+    float *upper, *lower; /* u, l (not squared) */
+    float *dist;          /* NULL, or the exact squared distance of every point (the objective's pass) */
+} bounded_ctx;
+
+static int task_bounded(void *ctx, size_t task, int worker)
+{
+    bounded_ctx *b = ctx;
+    const isx_kernels *kern = isx_kernels_active();
+    size_t d = b->d, i0 = task * ISX_KMEANS_BLOCK;
+    size_t m = b->n - i0 < ISX_KMEANS_BLOCK ? b->n - i0 : ISX_KMEANS_BLOCK;
+    float *rows = b->scratch[worker] + b->gather_at;
+    uint32_t pick[ISX_KMEANS_BLOCK];
+    float seed[ISX_KMEANS_BLOCK];
+    int32_t fallback[ISX_KMEANS_BLOCK];
+    size_t np = 0;
+    for (size_t i = 0; i < m; i++) {
+        size_t p = i0 + i;
+        float du = INFINITY;
+        int32_t a = b->assign[p];
+        if (b->shift) {
+            const float *x = b->X + p * d;
+            float lower_was = b->lower[p];
+            b->upper[p] += b->shift[a];
+            b->lower[p] -= a == b->shift_argmax ? b->shift_second : b->shift_max;
+            if (b->split[a]) /* a twin of its centroid appeared next to it: no bound holds */
+                b->lower[p] = -INFINITY;
+            if (b->upper[p] > b->lower[p] || b->dist) {
+                kern->dist[ISX_METRIC_L2](x, b->C + (size_t)a * d, 1, d, &du);
+                b->upper[p] = sqrtf(du);
+                if (b->dist)
+                    b->dist[p] = du;
+            }
+            if (b->upper[p] > b->lower[p] && !b->split[a] && b->nmovers) {
+                /* a few centroids moving far should not cost a full search:
+                 * measure those exactly, bound the rest by their largest move */
+                float dm[KM_MOVERS];
+                kern->dist[ISX_METRIC_L2](x, b->mover_rows, b->nmovers, d, dm);
+                float l = lower_was - b->shift_rest;
+                for (size_t t = 0; t < b->nmovers; t++) {
+                    int32_t c = b->movers[t];
+                    if (c == a)
+                        continue;
+                    float s2 = dm[t] - KM_BOUND_SLACK * (b->xnorm[p] + b->cnorm[c]);
+                    float dc = sqrtf(s2 > 0.0f ? s2 : 0.0f);
+                    l = dc < l ? dc : l;
+                }
+                if (l > b->lower[p])
+                    b->lower[p] = l;
+            }
+            if (b->upper[p] <= b->lower[p])
+                continue;
+        }
+        /* seed the search with the winner and runner-up of the last one:
+         * the best two now are at most as far as the farther of those */
+        seed[np] = INFINITY;
+        int32_t a2 = b->shift ? b->second[p] : a;
+        if (a2 != a) {
+            float d2;
+            kern->dist[ISX_METRIC_L2](b->X + p * d, b->C + (size_t)a2 * d, 1, d, &d2);
+            float far = d2 > du ? d2 : du, cn = b->cnorm[a] > b->cnorm[a2] ? b->cnorm[a] : b->cnorm[a2];
+            seed[np] = far - b->xnorm[p] + KM_BOUND_SLACK * (b->xnorm[p] + cn);
+        }
+        fallback[np] = a;
+        pick[np++] = (uint32_t)i;
+    }
+    if (np == 0)
+        return ISX_OK;
+    const float *Xb = b->X + i0 * d;
+    if (np < m) {
+        for (size_t j = 0; j < np; j++)
+            memcpy(rows + j * d, Xb + (size_t)pick[j] * d, d * sizeof(float));
+        Xb = rows;
+    }
+    int32_t a[ISX_KMEANS_BLOCK], sc[ISX_KMEANS_BLOCK];
+    float du[ISX_KMEANS_BLOCK], sv[ISX_KMEANS_BLOCK];
+    nearest_core(Xb, np, d, d, b->C, b->cnorm, b->k, 2, b->scratch[worker], a, du, sv, sc, seed, fallback);
+    for (size_t j = 0; j < np; j++) {
+        size_t p = i0 + pick[j];
+        b->assign[p] = a[j];
+        b->second[p] = sc[j];
+        b->upper[p] = sqrtf(du[j]);
+        if (b->dist)
+            b->dist[p] = du[j];
+        float xn = b->xnorm[p];
+        float l2 = sv[j] + xn - KM_BOUND_SLACK * (xn + b->cnorm[sc[j]]);
+        b->lower[p] = sv[j] == INFINITY ? INFINITY : sqrtf(l2 > 0.0f ? l2 : 0.0f);
+    }
+    return ISX_OK;
+}
+
+/* How far each centroid moved since the last pass, rounded up, and the two
+ * largest moves.  A centroid re-seeded by a split is measured from the old
+ * place of the centroid it was split from (origin[c]; c itself otherwise):
+ * a point of another cluster was at least l from that one, so it is at least
+ * l - shift[c] from the twin, and the split costs the bounds of the points
+ * outside the split cluster almost nothing; the split cluster's own points
+ * are searched again (split[]). */
+static void centroid_shifts(const float *C, const float *prev, const int32_t *origin, size_t k, size_t d,
+                            float *shift, uint8_t *split, bounded_ctx *b)
+{
+    b->shift_max = b->shift_second = 0.0f;
+    b->shift_argmax = 0;
+    memset(split, 0, k);
+    for (size_t c = 0; c < k; c++)
+        if ((size_t)origin[c] != c)
+            split[origin[c]] = 1;
+    for (size_t c = 0; c < k; c++) {
+        double s = 0;
+        const float *from = prev + (size_t)origin[c] * d;
+        for (size_t j = 0; j < d; j++) {
+            double t = (double)C[c * d + j] - from[j];
+            s += t * t;
+        }
+        shift[c] = (float)(sqrt(s) * (1.0 + 1e-6));
+        if (shift[c] > b->shift_max) {
+            b->shift_second = b->shift_max;
+            b->shift_max = shift[c];
+            b->shift_argmax = (int32_t)c;
+        } else if (shift[c] > b->shift_second) {
+            b->shift_second = shift[c];
+        }
+    }
+    /* the KM_MOVERS largest moves, by selection (k is small next to n) */
+    b->nmovers = k > 2 * KM_MOVERS ? KM_MOVERS : 0;
+    float below = INFINITY;
+    for (size_t t = 0; t < b->nmovers; t++) {
+        int32_t best = -1;
+        for (size_t c = 0; c < k; c++)
+            if (shift[c] <= below && (best < 0 || shift[c] > shift[best]) &&
+                !(t > 0 && shift[c] == below && (int32_t)c <= b->movers[t - 1]))
+                best = (int32_t)c;
+        b->movers[t] = best;
+        below = shift[best];
+    }
+    for (size_t t = 0; t < b->nmovers; t++)
+        memcpy(b->mover_rows + t * d, C + (size_t)b->movers[t] * d, d * sizeof(float));
+    b->shift_rest = 0.0f;
+    if (b->nmovers) {
+        int32_t lastm = b->movers[b->nmovers - 1];
+        for (size_t c = 0; c < k; c++)
+            if (shift[c] < below || (shift[c] == below && (int32_t)c > lastm))
+                b->shift_rest = shift[c] > b->shift_rest ? shift[c] : b->shift_rest;
+    }
 }
 
 /* ======================================================================
@@ -249,7 +474,9 @@ int isx_kmeans_assign(const float *X, size_t n, size_t d, const float *centroids
     assign_ws w;
     if ((rc = assign_ws_init(&w, n, d, k, nthreads)))
         return rc;
-    rc = assign_all(&w, X, n, d, centroids, k, assign, dist);
+    isx_kernels_active()->sqnorm(NULL, centroids, k, d, w.cnorm);
+    assign_ctx a = {X, centroids, n, d, k, w.cnorm, w.scratch, assign, dist};
+    rc = isx_parallel_for(w.nthreads, (n + ISX_KMEANS_BLOCK - 1) / ISX_KMEANS_BLOCK, task_assign, &a);
     assign_ws_free(&w);
     return rc;
 }
@@ -309,9 +536,13 @@ static int task_update(void *ctx, size_t task, int worker)
 
 /* Give every empty cluster half of the largest one (see the file comment).
  * size[] counts points per cluster and is kept up to date, so that a second
- * empty cluster does not split the same halves again. */
-static void split_empty(float *C, size_t k, size_t d, size_t *size, int spherical)
+ * empty cluster does not split the same halves again.  origin[c] receives
+ * the centroid (before this update) whose points c's are: c itself, or for
+ * a re-seeded one, the split cluster's origin. */
+static void split_empty(float *C, size_t k, size_t d, size_t *size, int spherical, int32_t *origin)
 {
+    for (size_t c = 0; c < k; c++)
+        origin[c] = (int32_t)c;
     for (size_t ci = 0; ci < k; ci++) {
         if (size[ci] != 0)
             continue;
@@ -331,6 +562,7 @@ static void split_empty(float *C, size_t k, size_t d, size_t *size, int spherica
         }
         size[ci] = size[cj] / 2;
         size[cj] -= size[ci];
+        origin[ci] = origin[cj];
     }
 }
 
@@ -365,7 +597,10 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
     float *sample = NULL;
     size_t *idx = NULL, *start = NULL, *order = NULL, *size = NULL;
     int32_t *assign = NULL;
-    float *dist = NULL;
+    float *dist = NULL, *xnorm = NULL, *upper = NULL, *lower = NULL, *shift = NULL, *prev = NULL;
+    int32_t *origin = NULL, *second = NULL;
+    uint8_t *split = NULL;
+    float *mover_rows = NULL;
     double **acc = NULL;
     assign_ws w = {0};
     int nthreads = isx_resolve_threads(p->nthreads);
@@ -395,7 +630,19 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
     start = malloc((k + 1) * sizeof(size_t));
     size = malloc(k * sizeof(size_t));
     order = malloc(ns * sizeof(size_t));
-    if (!assign || !start || !size || !order)
+    xnorm = malloc(ns * sizeof(float));
+    upper = malloc(ns * sizeof(float));
+    lower = malloc(ns * sizeof(float));
+    shift = malloc(k * sizeof(float));
+    prev = malloc(k * d * sizeof(float));
+    origin = malloc(k * sizeof(int32_t));
+    split = malloc(k);
+    second = malloc(ns * sizeof(int32_t));
+    mover_rows = malloc(KM_MOVERS * d * sizeof(float));
+    if (!assign || !start || !size || !order || !xnorm || !upper || !lower || !shift || !prev || !origin || !split ||
+        !second || !mover_rows)
+        goto nomem;
+    if (obj && !(dist = malloc(ns * sizeof(float))))
         goto nomem;
     if ((rc = assign_ws_init(&w, ns, d, k, nthreads)))
         goto cleanup;
@@ -404,10 +651,25 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
     for (int t = 0; t < update_threads; t++)
         if (!(acc[t] = malloc(d * sizeof(double))))
             goto nomem;
+    isx_kernels_active()->sqnorm(NULL, pts, ns, d, xnorm);
+    memset(assign, 0, ns * sizeof(int32_t)); /* read (as no seed) by the first, unbounded pass */
 
-    for (int it = 0; it < p->niter; it++) {
-        if ((rc = assign_all(&w, pts, ns, d, centroids, k, assign, NULL)))
+    bounded_ctx b = {.X = pts, .C = centroids, .n = ns, .d = d, .k = k, .cnorm = w.cnorm, .xnorm = xnorm,
+                     .scratch = w.scratch, .gather_at = w.gather_at, .assign = assign, .second = second,
+                     .upper = upper, .lower = lower, .mover_rows = mover_rows};
+    size_t blocks = (ns + ISX_KMEANS_BLOCK - 1) / ISX_KMEANS_BLOCK;
+    /* niter assignments each followed by an update; then, for obj, one more
+     * (bounded, so nearly free) assignment that measures the centroids returned */
+    for (int it = 0; it <= p->niter; it++) {
+        int last = it == p->niter;
+        if (last && !obj)
+            break;
+        b.dist = last ? dist : NULL;
+        isx_kernels_active()->sqnorm(NULL, centroids, k, d, w.cnorm);
+        if ((rc = isx_parallel_for(w.nthreads, blocks, task_bounded, &b)))
             goto cleanup;
+        if (last)
+            break;
         /* counting sort: cluster by cluster, points in increasing index order */
         memset(size, 0, k * sizeof(size_t));
         for (size_t i = 0; i < ns; i++)
@@ -418,16 +680,16 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
         memcpy(idx, start, k * sizeof(size_t)); /* idx: next free position per cluster */
         for (size_t i = 0; i < ns; i++)
             order[idx[assign[i]]++] = i;
+        memcpy(prev, centroids, k * d * sizeof(float));
         update_ctx u = {pts, d, k, start, order, centroids, acc, p->spherical};
         if ((rc = isx_parallel_for(update_threads, groups, task_update, &u)))
             goto cleanup;
-        split_empty(centroids, k, d, size, p->spherical);
+        split_empty(centroids, k, d, size, p->spherical, origin);
+        centroid_shifts(centroids, prev, origin, k, d, shift, split, &b);
+        b.split = split;
+        b.shift = shift;
     }
     if (obj) {
-        if (!(dist = malloc(ns * sizeof(float))))
-            goto nomem;
-        if ((rc = assign_all(&w, pts, ns, d, centroids, k, assign, dist)))
-            goto cleanup;
         double s = 0;
         for (size_t i = 0; i < ns; i++)
             s += dist[i];
@@ -450,5 +712,14 @@ cleanup:
     free(order);
     free(assign);
     free(dist);
+    free(xnorm);
+    free(upper);
+    free(lower);
+    free(shift);
+    free(prev);
+    free(origin);
+    free(split);
+    free(second);
+    free(mover_rows);
     return rc;
 }

@@ -9,6 +9,9 @@
  * of distinct points.  Parallel over blocks of points with isx_parallel_for;
  * the result depends only on (X, seed) and not on the thread count -- every
  * reduction is done in a fixed order -- so one seed gives one model.
+ * (kmeans.c: the assignment runs the kernel table's fused dot-product + top-k
+ * kernel where the CPU has one, sgemm otherwise, and training skips the
+ * points that Hamerly's bounds prove cannot change cluster.)
  */
 #ifndef ISX_KMEANS_H
 #define ISX_KMEANS_H
