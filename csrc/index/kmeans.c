@@ -36,8 +36,8 @@
  *               "the bounded assignment" below) and is searched again only
  *               when the centroids' moves could have changed its cluster;
  *               the search then starts from the last winner and runner-up.
- *               On 100,000 x 128, k = 1024, late iterations search under 1%
- *               of the points.  The model is plain Lloyd's, step for step
+ *               On 20,000 clustered points of dim 128, k = 1024, the 10th
+ *               iteration searched 13 points.  The model is plain Lloyd's, step for step
  *               (tests/test_quant.py holds it against a NumPy Lloyd).
  *
  * Seeding is a uniform sample of k distinct points; subsampling to
@@ -271,6 +271,8 @@ static int task_assign(void *ctx, size_t task, int worker)
  * result is still the same on any thread count. */
 
 #define KM_MOVERS 16          /* centroids measured exactly when the largest moves break a bound */
+#define KM_MOVERS_MIN_DIM 32  /* below, measuring them costs more than it saves (PQ dsub = 8: 2.1 s against
+                                 2.6 s for 4 sub-spaces of 100,000 points; d = 128: 4.4 s against 5.0 s) */
 #define KM_BOUND_SLACK 1e-5f   /* relative to |x|^2 + |c|^2: the identity's float32 rounding, with margin */
 
 typedef struct {
@@ -326,15 +328,16 @@ static int task_bounded(void *ctx, size_t task, int worker)
                  * measure those exactly, bound the rest by their largest move */
                 float dm[KM_MOVERS];
                 kern->dist[ISX_METRIC_L2](x, b->mover_rows, b->nmovers, d, dm);
-                float l = lower_was - b->shift_rest;
+                float near2 = INFINITY; /* squared: one square root, not one per mover */
                 for (size_t t = 0; t < b->nmovers; t++) {
                     int32_t c = b->movers[t];
-                    if (c == a)
-                        continue;
                     float s2 = dm[t] - KM_BOUND_SLACK * (b->xnorm[p] + b->cnorm[c]);
-                    float dc = sqrtf(s2 > 0.0f ? s2 : 0.0f);
-                    l = dc < l ? dc : l;
+                    if (c != a && s2 < near2)
+                        near2 = s2;
                 }
+                float rest = lower_was - b->shift_rest;
+                float l = near2 < rest * rest || rest < 0.0f ? sqrtf(near2 > 0.0f ? near2 : 0.0f) : rest;
+                l = l < rest ? l : rest;
                 if (l > b->lower[p])
                     b->lower[p] = l;
             }
@@ -412,7 +415,7 @@ static void centroid_shifts(const float *C, const float *prev, const int32_t *or
         }
     }
     /* the KM_MOVERS largest moves, by selection (k is small next to n) */
-    b->nmovers = k > 2 * KM_MOVERS ? KM_MOVERS : 0;
+    b->nmovers = k > 2 * KM_MOVERS && d >= KM_MOVERS_MIN_DIM ? KM_MOVERS : 0;
     float below = INFINITY;
     for (size_t t = 0; t < b->nmovers; t++) {
         int32_t best = -1;
