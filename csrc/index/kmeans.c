@@ -54,6 +54,7 @@
 #include "kmeans.h"
 
 #define KM_CHUNK_BYTES (384 * 1024)    /* centroids per fused call: kept in L2 with the packed block */
+#define KM_MAX_PANEL 64                /* scratch fits packed panels of up to 64 lanes (AVX-512: 32) */
 #define KM_TILE 1024                   /* sgemm N (centroids per product tile) without a fused kernel */
 #define KM_POINTS_PER_CENTROID 256     /* default max_points = k * 256, as faiss */
 #define KM_SPLIT_EPS (1.0 / 1024.0)    /* relative perturbation of a split centroid, as faiss */
@@ -101,10 +102,12 @@ static size_t fused_chunk_rows(const isx_kernels *kern, size_t d)
 
 size_t isx_kmeans_block_scratch(size_t d)
 {
-    const isx_kernels *kern = isx_kernels_active();
+    /* room for either plan, whatever the level in use: a test may change the
+     * level (imgsearch._core._set_simd) while another thread trains */
     size_t gather = (size_t)ISX_KMEANS_BLOCK * d;
-    size_t work = kern->fused.fn ? isx_fused_packed_size(ISX_KMEANS_BLOCK, d, kern->fused.panel)
-                                 : (size_t)ISX_KMEANS_BLOCK * KM_TILE;
+    size_t packed = isx_fused_packed_size(ISX_KMEANS_BLOCK, d, KM_MAX_PANEL);
+    size_t tile = (size_t)ISX_KMEANS_BLOCK * KM_TILE;
+    size_t work = packed > tile ? packed : tile;
     /* the packed panels start on a 64-byte boundary after the gathered block */
     return gather + (ISX_ALIGN / sizeof(float)) + work;
 }
@@ -144,7 +147,7 @@ static void nearest_core(const float *X, size_t m, size_t d, size_t ldx, const f
     }
     size_t gather_floats = (size_t)ISX_KMEANS_BLOCK * d;
     float *work = scratch + gather_floats + (ISX_ALIGN / sizeof(float) - gather_floats % (ISX_ALIGN / sizeof(float)));
-    if (kern->fused.fn) {
+    if (kern->fused.fn && kern->fused.panel <= KM_MAX_PANEL) { /* a wider future kernel would not fit the scratch */
         const float *rows = X;
         if (ldx != d) { /* isx_fused_pack reads contiguous rows */
             for (size_t i = 0; i < m; i++)
