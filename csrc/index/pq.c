@@ -19,6 +19,7 @@
  * in the low nibble of byte i and 2i + 1 in the high nibble (an odd m leaves
  * the last high nibble 0).
  */
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -324,4 +325,90 @@ float isx_pq_lut_distance(const isx_pq *pq, const float *lut, const uint8_t *cod
     for (size_t j = 0; j < pq->m; j++)
         s += lut[j * pq->ksub + code_at(pq, code, j)];
     return s;
+}
+
+/* ======================================================================
+ * OPQ
+ * ====================================================================== */
+
+/* LAPACK's SVD, from OpenBLAS (column-major; Fortran calling convention). */
+extern void sgesvd_(const char *jobu, const char *jobvt, const int *m, const int *n, float *a, const int *lda,
+                    float *s, float *u, const int *ldu, float *vt, const int *ldvt, float *work, const int *lwork,
+                    int *info);
+
+#define OPQ_ITER_PQ 4   /* Lloyd iterations of each intermediate PQ training (faiss: 4) */
+
+/* R = argmin over orthogonal R of ||X R^T - Y||_F: with X^T Y = U S V^T,
+ * R^T = U V^T.  LAPACK sees the row-major M = X^T Y as its transpose, whose
+ * SVD is V S U^T: so U_lapack = V and VT_lapack = U^T, and R = V U^T is
+ * U_lapack VT_lapack, a column-major product, transposed into R. */
+static int procrustes(const float *X, const float *Y, size_t n, size_t d, float *R, float *buf)
+{
+    float *M = buf, *S = M + d * d, *U = S + d, *VT = U + d * d, *P = VT + d * d;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d, (int)d, (int)n, 1.0f, X, (int)d, Y, (int)d, 0.0f,
+                M, (int)d);
+    int dd = (int)d, lwork = -1, info = 0;
+    float query;
+    sgesvd_("A", "A", &dd, &dd, M, &dd, S, U, &dd, VT, &dd, &query, &lwork, &info);
+    if (info != 0)
+        return isx_error(ISX_EINVAL, "OPQ: LAPACK sgesvd workspace query failed (info=%d)", info);
+    lwork = (int)query;
+    float *work = malloc((size_t)(lwork > 1 ? lwork : 1) * sizeof(float));
+    if (!work)
+        return isx_error(ISX_ENOMEM, "OPQ: cannot allocate the SVD workspace");
+    sgesvd_("A", "A", &dd, &dd, M, &dd, S, U, &dd, VT, &dd, work, &lwork, &info);
+    free(work);
+    if (info != 0)
+        return isx_error(ISX_EINVAL, "OPQ: the SVD did not converge (sgesvd info=%d)", info);
+    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, dd, dd, dd, 1.0f, U, dd, VT, dd, 0.0f, P, dd);
+    for (size_t i = 0; i < d; i++)
+        for (size_t j = 0; j < d; j++)
+            R[i * d + j] = P[j * d + i];
+    return ISX_OK;
+}
+
+int isx_opq_train(isx_pq *pq, const float *X, size_t n, int niter, int niter_pq, uint64_t seed, int nthreads,
+                  float *R)
+{
+    int rc;
+    if ((rc = check_ready(pq)))
+        return rc;
+    if (niter < 0 || niter_pq < 0)
+        return isx_error(ISX_EINVAL, "expected niter >= 0 and niter_pq >= 0, found %d and %d", niter, niter_pq);
+    if (n < pq->ksub)
+        return isx_error(ISX_EINVAL, "OPQ training needs at least ksub = 2^nbits = %zu points, found n=%zu",
+                         pq->ksub, n);
+    if ((rc = check_finite(X, n, pq->d, "training vectors")))
+        return rc;
+    size_t d = pq->d, bytes;
+    if ((rc = isx_mul_size(n, d * sizeof(float), &bytes, "OPQ training set")))
+        return rc;
+    float *Xr = isx_aligned_alloc(bytes), *Y = isx_aligned_alloc(bytes);
+    uint8_t *codes = malloc(n * pq->code_bytes);
+    float *buf = malloc((4 * d * d + d) * sizeof(float));
+    if (!Xr || !Y || !codes || !buf) {
+        rc = isx_error(ISX_ENOMEM, "cannot allocate OPQ buffers for %zu x %zu", n, d);
+        goto cleanup;
+    }
+    memset(R, 0, d * d * sizeof(float));
+    for (size_t i = 0; i < d; i++)
+        R[i * d + i] = 1.0f;
+    for (int it = 0; it <= niter; it++) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)d, (int)d, 1.0f, X, (int)d, R, (int)d,
+                    0.0f, Xr, (int)d);
+        if (it == niter) { /* the final codebooks, on the final rotation */
+            rc = isx_pq_train(pq, Xr, n, niter_pq, seed, nthreads);
+            break;
+        }
+        if ((rc = isx_pq_train(pq, Xr, n, OPQ_ITER_PQ, seed + (uint64_t)it, nthreads)) ||
+            (rc = isx_pq_encode(pq, Xr, n, codes, nthreads)) || (rc = isx_pq_decode(pq, codes, n, Y)) ||
+            (rc = procrustes(X, Y, n, d, R, buf)))
+            goto cleanup;
+    }
+cleanup:
+    isx_aligned_free(Xr);
+    isx_aligned_free(Y);
+    free(codes);
+    free(buf);
+    return rc;
 }

@@ -231,6 +231,7 @@ static PyMethodDef module_methods[] = {
     {"_pq_decode", (PyCFunction)(void (*)(void))isx_py_pq_decode, METH_VARARGS | METH_KEYWORDS, NULL},
     {"_pq_lut", (PyCFunction)(void (*)(void))isx_py_pq_lut, METH_VARARGS | METH_KEYWORDS, NULL},
     {"_pq_lut_distance", (PyCFunction)(void (*)(void))isx_py_pq_lut_distance, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_opq_train", (PyCFunction)(void (*)(void))isx_py_opq_train, METH_VARARGS | METH_KEYWORDS, NULL},
     {"load", (PyCFunction)(void (*)(void))py_load, METH_VARARGS | METH_KEYWORDS,
      "load(path, mmap=False)\n--\n\nLoad any saved index.  mmap=True maps the vectors read-only\n"
      "instead of reading them (the index copies them on its first change)."},

@@ -18,6 +18,8 @@
  *   _pq_decode(centroids, codes, nbits)                  -> X float32 (n, d)
  *   _pq_lut(centroids, q, metric)                        -> lut float32 (m, ksub)
  *   _pq_lut_distance(centroids, lut, codes)              -> float32 (n,)
+ *   _opq_train(X, m, nbits, niter=8, niter_pq=25, seed=0, nthreads=0)
+ *                                        -> (R (d, d), centroids (m, ksub, dsub) of X R^T)
  *
  * nthreads = 0 means all usable CPUs, as in the C core.
  */
@@ -399,4 +401,54 @@ cleanup:
     Py_XDECREF(lut);
     Py_XDECREF(codes);
     return (PyObject *)out;
+}
+
+PyObject *isx_py_opq_train(PyObject *mod, PyObject *args, PyObject *kw)
+{
+    (void)mod;
+    static char *kwlist[] = {"X", "m", "nbits", "niter", "niter_pq", "seed", "nthreads", NULL};
+    PyObject *x_obj;
+    Py_ssize_t m, nbits;
+    int niter = 8, niter_pq = 25, nthreads = 0;
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Onn|iiKi:_opq_train", kwlist, &x_obj, &m, &nbits, &niter, &niter_pq,
+                                     &seed, &nthreads))
+        return NULL;
+    if (parse_nthreads(nthreads) < 0)
+        return NULL;
+    if (m < 1)
+        return PyErr_Format(PyExc_ValueError, "m: expected m >= 1 sub-quantizers, found m=%zd", m);
+    if (nbits != 4 && nbits != 8)
+        return PyErr_Format(PyExc_ValueError, "nbits: expected 4 or 8, found %zd", nbits);
+    PyArrayObject *X = float_rows(x_obj, 0, "X");
+    if (!X)
+        return NULL;
+    size_t n = (size_t)PyArray_DIM(X, 0), d = (size_t)PyArray_DIM(X, 1);
+    isx_pq pq;
+    int rc = isx_pq_init(&pq, d, (size_t)m, (size_t)nbits);
+    if (rc) {
+        Py_DECREF(X);
+        return isx_py_raise(rc);
+    }
+    npy_intp rshape[2] = {(npy_intp)d, (npy_intp)d};
+    npy_intp cshape[3] = {(npy_intp)pq.m, (npy_intp)pq.ksub, (npy_intp)pq.dsub};
+    PyArrayObject *R = (PyArrayObject *)PyArray_SimpleNew(2, rshape, NPY_FLOAT32);
+    PyArrayObject *C = R ? (PyArrayObject *)PyArray_SimpleNew(3, cshape, NPY_FLOAT32) : NULL;
+    PyObject *res = NULL;
+    if (C) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = isx_opq_train(&pq, PyArray_DATA(X), n, niter, niter_pq, (uint64_t)seed, nthreads, PyArray_DATA(R));
+        if (!rc)
+            memcpy(PyArray_DATA(C), pq.centroids, pq.m * pq.ksub * pq.dsub * sizeof(float));
+        Py_END_ALLOW_THREADS
+        if (rc)
+            isx_py_raise(rc);
+        else
+            res = Py_BuildValue("(OO)", R, C);
+    }
+    Py_XDECREF(R);
+    Py_XDECREF(C);
+    isx_pq_free(&pq);
+    Py_DECREF(X);
+    return res;
 }

@@ -14,5 +14,6 @@ PyObject *isx_py_pq_encode(PyObject *mod, PyObject *args, PyObject *kw);
 PyObject *isx_py_pq_decode(PyObject *mod, PyObject *args, PyObject *kw);
 PyObject *isx_py_pq_lut(PyObject *mod, PyObject *args, PyObject *kw);
 PyObject *isx_py_pq_lut_distance(PyObject *mod, PyObject *args, PyObject *kw);
+PyObject *isx_py_opq_train(PyObject *mod, PyObject *args, PyObject *kw);
 
 #endif
