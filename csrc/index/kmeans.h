@@ -9,6 +9,9 @@
  * of distinct points.  Parallel over blocks of points with isx_parallel_for;
  * the result depends only on (X, seed) and not on the thread count -- every
  * reduction is done in a fixed order -- so one seed gives one model.
+ * (kmeans.c: the assignment runs the kernel table's fused dot-product + top-k
+ * kernel where the CPU has one, sgemm otherwise, and training skips the
+ * points that Hamerly's bounds prove cannot change cluster.)
  */
 #ifndef ISX_KMEANS_H
 #define ISX_KMEANS_H
@@ -36,5 +39,24 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
  * dist[i] the squared distance (dist may be NULL).  BLAS blocks, parallel. */
 int isx_kmeans_assign(const float *X, size_t n, size_t d, const float *centroids, size_t k,
                       int nthreads, int32_t *assign, float *dist);
+
+/* ---- the building block, for callers that run their own loops (pq.c) ----
+ *
+ * isx_kmeans_assign cuts its points into blocks of at most ISX_KMEANS_BLOCK
+ * and runs each through this function on one thread; a caller with points
+ * that are not contiguous rows (PQ's sub-vectors) does the same with its own
+ * blocks and its own threads.  No argument checks: the caller has made them. */
+#define ISX_KMEANS_BLOCK 256 /* points per block: the fused kernel's queries, or sgemm's M */
+
+/* Floats of scratch (64-byte aligned) one thread needs for blocks of dimension d. */
+size_t isx_kmeans_block_scratch(size_t d);
+
+/* Nearest of the k centroids C (k x d, cnorm[c] = |C_c|^2) for m <= ISX_KMEANS_BLOCK
+ * points read with row stride ldx >= d.  assign[i] as for isx_kmeans_assign;
+ * dist (may be NULL) the exact squared distance, recomputed for the chosen
+ * centroid (the |x|^2 - 2 x.c + |c|^2 identity loses digits for near points).
+ * Ties go to the lower centroid index. */
+void isx_kmeans_nearest_block(const float *X, size_t m, size_t d, size_t ldx, const float *C, const float *cnorm,
+                              size_t k, float *scratch, int32_t *assign, float *dist);
 
 #endif

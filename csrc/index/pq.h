@@ -25,6 +25,11 @@ typedef struct {
 
 /* Set the shape; d % m == 0, nbits in {4, 8}.  Allocates zeroed centroids. */
 int isx_pq_init(isx_pq *pq, size_t d, size_t m, size_t nbits);
+/* Set the shape (checked as by isx_pq_init) over centroids (m x ksub x dsub
+ * floats) that the caller keeps alive and unchanged: a loaded file's section,
+ * or a NumPy array in the test hooks.  borrowed = 1; isx_pq_free leaves them,
+ * and isx_pq_train trains into a fresh block of its own. */
+int isx_pq_borrow(isx_pq *pq, size_t d, size_t m, size_t nbits, float *centroids);
 void isx_pq_free(isx_pq *pq);
 
 /* Train the m codebooks on n x d points (k-means per sub-space, seeded,
@@ -41,6 +46,18 @@ int isx_pq_decode(const isx_pq *pq, const uint8_t *codes, size_t n, float *X);
  *   ISX_METRIC_IP: -dot(q_j, c)  (so smaller is better and sums give -<q, x~>).
  * Other metrics: ISX_EINVAL (ivfpq.c maps cosine to IP on normalised data). */
 int isx_pq_lut(const isx_pq *pq, const float *q, int metric, float *lut);
+
+/* OPQ (Ge, He, Ke, Sun 2013, the non-parametric variant): an orthogonal d x d
+ * rotation R (row-major, written to R) under which PQ loses less, learnt by
+ * alternating a short PQ training on the rotated points X R^T with the
+ * orthogonal Procrustes update R = argmin ||X R^T - Y|| (Y their PQ
+ * reconstructions: an SVD of X^T Y, LAPACK sgesvd).  niter alternations
+ * (faiss: 50 of 4 k-means iterations; a handful already gets most of the
+ * gain), then pq is trained on X R^T with niter_pq Lloyd iterations.
+ * Vectors are rotated (x -> R x) before isx_pq_encode and isx_pq_lut.
+ * Deterministic for a seed. */
+int isx_opq_train(isx_pq *pq, const float *X, size_t n, int niter, int niter_pq, uint64_t seed, int nthreads,
+                  float *R);
 
 /* Distance from the LUT to one code (the scalar oracle the SIMD scans are tested against). */
 float isx_pq_lut_distance(const isx_pq *pq, const float *lut, const uint8_t *code);
