@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 C_SOURCES := $(shell find csrc -name '*.[ch]')
 IMAGES ?=
 
-.PHONY: demo test test-asan bench bench-kernels bench-flat bench-hnsw bench-ivfpq bench-kdtree bench-image bench-texture bench-engine bench-serve bench-dask soak fuzz build deps venv clean check-install lint
+.PHONY: demo test test-asan bench bench-kernels bench-flat bench-hnsw bench-quant bench-ivfpq bench-kdtree bench-image bench-texture bench-engine bench-serve bench-dask soak fuzz build deps venv clean check-install lint
 
 demo: build $(VENV)/.torch
 	$(PY) -m imgsearch._demo $(if $(IMAGES),--images "$(IMAGES)")
@@ -53,7 +53,7 @@ fuzz: deps venv
 	$(ASAN_RUN) $(PY) -m pytest -q -s -x tests/test_image.py -p no:cacheprovider; \
 	status=$$?; $(RESTORE_BUILD) && exit $$status
 
-bench: bench-kernels bench-flat bench-hnsw bench-ivfpq bench-kdtree bench-image bench-texture bench-engine bench-serve bench-dask
+bench: bench-kernels bench-flat bench-hnsw bench-quant bench-ivfpq bench-kdtree bench-image bench-texture bench-engine bench-serve bench-dask
 	$(PY) benchmarks/collect.py
 
 bench-kernels: build $(VENV)/.bench
@@ -64,6 +64,9 @@ bench-flat: build $(VENV)/.bench
 
 bench-hnsw: build $(VENV)/.bench
 	$(PY) benchmarks/bench_hnsw.py
+
+bench-quant: build $(VENV)/.bench
+	$(PY) benchmarks/bench_quant.py
 
 bench-ivfpq: build $(VENV)/.bench
 	$(PY) benchmarks/bench_ivfpq.py
