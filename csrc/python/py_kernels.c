@@ -15,6 +15,9 @@
  *   _kdleaf(isa, metric, q, X, perm, ptrs)     kd_dists / kd_dists_ptrs
  *   _f16_to_f32(isa, halves)                   f16_to_f32
  *   _crc32c(isa, data, crc=0)                  crc32c
+ *   _pq8_scan(isa, lut, codes)                 pq8_scan: lut (m, 256) f32, codes (n, m) u8
+ *   _pq4_scan(isa, codes, lut, thresh)         pq4_scan: codes (nblocks, npairs*32) u8,
+ *                                              lut (npairs*32,) u8 -> (sums u16, masks u32)
  *   _kernel_table(isa)                         {slot: level it comes from}
  *   _set_simd(isa)                             the level in use (returns the old)
  */
@@ -443,4 +446,65 @@ PyObject *isx_py_set_simd(PyObject *mod, PyObject *args)
     if (isx_simd_set_level(level))
         return isx_py_raise(ISX_EINVAL);
     return PyUnicode_FromString(isx_isa_name(old));
+}
+
+PyObject *isx_py_pq8_scan(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    const char *isa_name;
+    PyObject *lut_obj, *codes_obj;
+    if (!PyArg_ParseTuple(args, "sOO:_pq8_scan", &isa_name, &lut_obj, &codes_obj))
+        return NULL;
+    const isx_kernels *k = table_named(isa_name, NULL);
+    if (!k)
+        return NULL;
+    PyArrayObject *lut = exact(lut_obj, NPY_FLOAT32, 2, "lut"), *codes = NULL, *out = NULL;
+    if (!lut || !(codes = exact(codes_obj, NPY_UINT8, 2, "codes")))
+        goto done;
+    npy_intp m = PyArray_DIM(codes, 1), n = PyArray_DIM(codes, 0);
+    if (PyArray_DIM(lut, 0) != m || PyArray_DIM(lut, 1) != 256) {
+        PyErr_SetString(PyExc_ValueError, "lut must be (m, 256) for codes of m bytes");
+        goto done;
+    }
+    if ((out = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32)))
+        k->pq8_scan(PyArray_DATA(lut), PyArray_DATA(codes), (size_t)n, (size_t)m, PyArray_DATA(out));
+done:
+    Py_XDECREF(lut);
+    Py_XDECREF(codes);
+    return (PyObject *)out;
+}
+
+PyObject *isx_py_pq4_scan(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    const char *isa_name;
+    PyObject *lut_obj, *codes_obj;
+    unsigned int thresh;
+    if (!PyArg_ParseTuple(args, "sOOI:_pq4_scan", &isa_name, &codes_obj, &lut_obj, &thresh))
+        return NULL;
+    const isx_kernels *k = table_named(isa_name, NULL);
+    if (!k)
+        return NULL;
+    PyArrayObject *lut = exact(lut_obj, NPY_UINT8, 1, "lut"), *codes = NULL, *sums = NULL, *masks = NULL;
+    PyObject *r = NULL;
+    if (!lut || !(codes = exact(codes_obj, NPY_UINT8, 2, "codes")))
+        goto done;
+    npy_intp nb = PyArray_DIM(codes, 0), bytes = PyArray_DIM(codes, 1), nsum = nb * 32;
+    if (bytes % 32 || bytes == 0 || bytes / 32 > 128 || PyArray_DIM(lut, 0) != bytes || thresh > 65535) {
+        PyErr_SetString(PyExc_ValueError, "codes (nblocks, npairs*32), lut (npairs*32,), npairs <= 128, thresh <= 65535");
+        goto done;
+    }
+    sums = (PyArrayObject *)PyArray_SimpleNew(1, &nsum, NPY_UINT16);
+    masks = (PyArrayObject *)PyArray_SimpleNew(1, &nb, NPY_UINT32);
+    if (!sums || !masks)
+        goto done;
+    k->pq4_scan(PyArray_DATA(codes), (size_t)nb, (size_t)(bytes / 32), PyArray_DATA(lut), (uint16_t)thresh,
+                PyArray_DATA(sums), PyArray_DATA(masks));
+    r = Py_BuildValue("(OO)", sums, masks);
+done:
+    Py_XDECREF(lut);
+    Py_XDECREF(codes);
+    Py_XDECREF(sums);
+    Py_XDECREF(masks);
+    return r;
 }

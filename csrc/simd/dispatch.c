@@ -58,6 +58,8 @@ static const slot_desc slots[] = {
     SLOT(kd_dists_ptrs, "kdleaf_ptrs_f32"),
     SLOT(f16_to_f32, "f16_to_f32"),
     SLOT(crc32c, "crc32c_u8"),
+    SLOT(pq8_scan, "pq8_scan_f32"),
+    SLOT(pq4_scan, "pq4_scan_u8"),
 };
 #define NSLOTS (sizeof(slots) / sizeof(slots[0]))
 

@@ -36,6 +36,10 @@
  *   select             v = row[j] * scale[j] + bias[j] offered to one heap.
  *   kd_dists(_ptrs)    the KD-tree's leaf scans (see kdleaf.h).
  *   f16_to_f32         widen n halves.
+ *   pq8_scan           ADC sums of 8-bit PQ codes from a float lookup table.
+ *   pq4_scan           4-bit fast-scan: uint8 lookup tables, blocks of 32
+ *                      codes with transposed nibbles, uint16 sums and a
+ *                      threshold mask (pqscan.h describes both layouts).
  *   crc32c             CRC-32C (Castagnoli) of n bytes, continuing from crc.
  */
 #ifndef ISX_SIMD_H
@@ -65,6 +69,14 @@ typedef void (*isx_kd_ptrs_fn)(const float *const *rows, size_t n, const float *
                                float *out);
 typedef void (*isx_f16_fn)(const uint16_t *in, float *out, size_t n);
 typedef uint32_t (*isx_crc_fn)(uint32_t crc, const void *data, size_t n);
+/* out[i] = sum_{j < m} lut[j * 256 + codes[i * m + j]] for i < n. */
+typedef void (*isx_pq8_fn)(const float *lut, const uint8_t *codes, size_t n, size_t m, float *out);
+/* For each of nblocks blocks of 32 codes (npairs x 32 bytes each, pqscan.h):
+ * out[32 b + i] = the uint16 sum of the block's vector i over the npairs x 2
+ * uint8 tables of lut (npairs x 32 bytes), and bit i of masks[b] set when
+ * that sum <= thresh.  npairs <= 128, so no sum can overflow. */
+typedef void (*isx_pq4_fn)(const uint8_t *codes, size_t nblocks, size_t npairs, const uint8_t *lut,
+                           uint16_t thresh, uint16_t *out, uint32_t *masks);
 
 #define ISX_FUSED_MIN_PANEL 16 /* every fused kernel's panel holds at least this many queries */
 
@@ -101,6 +113,8 @@ typedef struct {
     isx_kd_ptrs_fn kd_dists_ptrs;
     isx_f16_fn f16_to_f32;
     isx_crc_fn crc32c;
+    isx_pq8_fn pq8_scan;
+    isx_pq4_fn pq4_scan;
 } isx_kernels;
 
 /* Detect the CPU once (idempotent, thread-safe after the first call). */
