@@ -36,8 +36,9 @@ typedef enum {
     ISX_KIND_FLAT = 1,
     ISX_KIND_KDTREE = 2,
     ISX_KIND_HNSW = 3,
+    ISX_KIND_IVFPQ = 4,
 } isx_index_kind;
-#define ISX_KIND_MAX 3
+#define ISX_KIND_MAX 4
 
 /* Four-character section tags, stored as a little-endian uint32. */
 #define ISX_TAG(a, b, c, d) \

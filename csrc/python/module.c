@@ -112,6 +112,15 @@ static PyObject *index_from_file(isx_file *f)
             return isx_py_raise(rc);
         return isx_py_hnsw_wrap(hnsw);
     }
+    case ISX_KIND_IVFPQ: {
+        isx_ivfpq *ix;
+        Py_BEGIN_ALLOW_THREADS
+        rc = isx_ivfpq_from_file(f, &ix);
+        Py_END_ALLOW_THREADS
+        if (rc)
+            return isx_py_raise(rc);
+        return isx_py_ivfpq_wrap(ix);
+    }
     case ISX_KIND_KDTREE: {
         isx_kdtree *kd;
         Py_BEGIN_ALLOW_THREADS
@@ -256,6 +265,13 @@ PyMODINIT_FUNC PyInit__core(void)
     Py_INCREF(&isx_HNSWType);
     if (PyModule_AddObject(m, "HNSWIndex", (PyObject *)&isx_HNSWType) < 0) {
         Py_DECREF(&isx_HNSWType);
+        goto error;
+    }
+    if (PyType_Ready(&isx_IVFPQType) < 0)
+        goto error;
+    Py_INCREF(&isx_IVFPQType);
+    if (PyModule_AddObject(m, "IVFPQIndex", (PyObject *)&isx_IVFPQType) < 0) {
+        Py_DECREF(&isx_IVFPQType);
         goto error;
     }
     if (PyType_Ready(&isx_KDTreeType) < 0)
