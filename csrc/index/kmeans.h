@@ -37,4 +37,23 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
 int isx_kmeans_assign(const float *X, size_t n, size_t d, const float *centroids, size_t k,
                       int nthreads, int32_t *assign, float *dist);
 
+/* ---- the building block, for callers that run their own loops (pq.c) ----
+ *
+ * isx_kmeans_assign cuts its points into blocks of at most ISX_KMEANS_BLOCK
+ * and runs each through this function on one thread; a caller with points
+ * that are not contiguous rows (PQ's sub-vectors) does the same with its own
+ * blocks and its own threads.  No argument checks: the caller has made them. */
+#define ISX_KMEANS_BLOCK 256 /* points per block: the fused kernel's queries, or sgemm's M */
+
+/* Floats of scratch (64-byte aligned) one thread needs for blocks of dimension d. */
+size_t isx_kmeans_block_scratch(size_t d);
+
+/* Nearest of the k centroids C (k x d, cnorm[c] = |C_c|^2) for m <= ISX_KMEANS_BLOCK
+ * points read with row stride ldx >= d.  assign[i] as for isx_kmeans_assign;
+ * dist (may be NULL) the exact squared distance, recomputed for the chosen
+ * centroid (the |x|^2 - 2 x.c + |c|^2 identity loses digits for near points).
+ * Ties go to the lower centroid index. */
+void isx_kmeans_nearest_block(const float *X, size_t m, size_t d, size_t ldx, const float *C, const float *cnorm,
+                              size_t k, float *scratch, int32_t *assign, float *dist);
+
 #endif

@@ -25,6 +25,11 @@ typedef struct {
 
 /* Set the shape; d % m == 0, nbits in {4, 8}.  Allocates zeroed centroids. */
 int isx_pq_init(isx_pq *pq, size_t d, size_t m, size_t nbits);
+/* Set the shape (checked as by isx_pq_init) over centroids (m x ksub x dsub
+ * floats) that the caller keeps alive and unchanged: a loaded file's section,
+ * or a NumPy array in the test hooks.  borrowed = 1; isx_pq_free leaves them,
+ * and isx_pq_train trains into a fresh block of its own. */
+int isx_pq_borrow(isx_pq *pq, size_t d, size_t m, size_t nbits, float *centroids);
 void isx_pq_free(isx_pq *pq);
 
 /* Train the m codebooks on n x d points (k-means per sub-space, seeded,

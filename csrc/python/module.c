@@ -11,6 +11,7 @@
 #include "py_index.h"
 #include "py_image.h"
 #include "py_kernels.h"
+#include "py_quant.h"
 #include "../index/format.h"
 #include "../simd/simd.h"
 
@@ -234,6 +235,13 @@ static PyMethodDef module_methods[] = {
     {"_pq8_scan", isx_py_pq8_scan, METH_VARARGS, NULL},
     {"_pq4_scan", isx_py_pq4_scan, METH_VARARGS, NULL},
     {"_set_simd", isx_py_set_simd, METH_VARARGS, NULL},
+    {"_kmeans", (PyCFunction)(void (*)(void))isx_py_kmeans, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_kmeans_assign", (PyCFunction)(void (*)(void))isx_py_kmeans_assign, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_pq_train", (PyCFunction)(void (*)(void))isx_py_pq_train, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_pq_encode", (PyCFunction)(void (*)(void))isx_py_pq_encode, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_pq_decode", (PyCFunction)(void (*)(void))isx_py_pq_decode, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_pq_lut", (PyCFunction)(void (*)(void))isx_py_pq_lut, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_pq_lut_distance", (PyCFunction)(void (*)(void))isx_py_pq_lut_distance, METH_VARARGS | METH_KEYWORDS, NULL},
     {"load", (PyCFunction)(void (*)(void))py_load, METH_VARARGS | METH_KEYWORDS,
      "load(path, mmap=False)\n--\n\nLoad any saved index.  mmap=True maps the vectors read-only\n"
      "instead of reading them (the index copies them on its first change)."},
