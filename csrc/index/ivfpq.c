@@ -1393,8 +1393,8 @@ int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out)
         ix->coarse = (float *)cq->data; /* sections are 64-byte aligned: see format.h */
         ix->coarse_owned = 0;
         isx_pq_free(&ix->pq);
-        ix->pq.centroids = (float *)pqs->data;
-        ix->pq.borrowed = 1;
+        if ((rc = isx_pq_borrow(&ix->pq, ix->dim, ix->m, ix->nbits, (float *)pqs->data)))
+            goto fail;
     }
     if ((rc = isx_idmap_reserve(&ix->map, n)))
         goto fail;

@@ -254,6 +254,37 @@ error:
     return NULL;
 }
 
+/* _centroids() -> (coarse (nlist, dim), pq (m, 2^nbits, dim / m)) float32 copies, for the tests' oracles. */
+static PyObject *ivfpq_centroids(IVFPQObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!ivfpq_ready(self))
+        return NULL;
+    isx_ivfpq *ix = self->index;
+    npy_intp cs[2] = {(npy_intp)ix->nlist, (npy_intp)ix->dim};
+    npy_intp ps[3] = {(npy_intp)ix->m, (npy_intp)1 << ix->nbits, (npy_intp)(ix->dim / ix->m)};
+    PyArrayObject *c = (PyArrayObject *)PyArray_SimpleNew(2, cs, NPY_FLOAT32);
+    PyArrayObject *p = (PyArrayObject *)PyArray_SimpleNew(3, ps, NPY_FLOAT32);
+    if (!c || !p) {
+        Py_XDECREF(c);
+        Py_XDECREF(p);
+        return NULL;
+    }
+    isx_ivfpq_lock_read(ix);
+    int trained = ix->trained;
+    if (trained) {
+        memcpy(PyArray_DATA(c), ix->coarse, (size_t)PyArray_NBYTES(c));
+        memcpy(PyArray_DATA(p), ix->pq.centroids, (size_t)PyArray_NBYTES(p));
+    }
+    isx_ivfpq_unlock(ix);
+    if (!trained) {
+        Py_DECREF(c);
+        Py_DECREF(p);
+        return isx_py_raise(isx_error(ISX_EINVAL, "IVFPQIndex is not trained: call train(X) first"));
+    }
+    return Py_BuildValue("(NN)", c, p);
+}
+
 /* Under the read lock, which keeps the described sections valid. */
 static int ivfpq_core_describe(void *index, isx_py_writer *w)
 {
@@ -470,6 +501,7 @@ static PyMethodDef ivfpq_methods[] = {
      "for cosine; rounded to float16 with refine='f16'), otherwise the PQ\n"
      "reconstruction centroid + decoded residual -- an approximation.  KeyError if absent."},
     {"_codes", (PyCFunction)ivfpq_codes, METH_O, NULL},
+    {"_centroids", (PyCFunction)ivfpq_centroids, METH_NOARGS, NULL},
     {"save", (PyCFunction)(void (*)(void))ivfpq_save, METH_VARARGS | METH_KEYWORDS,
      "save(path, *, meta=None)\n--\n\nWrite the index atomically (lists compacted to their sizes)."},
     {"load", (PyCFunction)(void (*)(void))ivfpq_load, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
