@@ -348,6 +348,39 @@ def test_pq8_scan_matches_oracle(isa, m, rng):
         np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(lut).max() * m + 1e-6)
 
 
+@pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("m,dsub,ksub", [(1, 1, 16), (3, 7, 16), (16, 8, 256), (7, 97, 256)])
+def test_pq_lut_ip_matches_oracle(isa, m, dsub, ksub, rng):
+    books = rng.normal(size=(m, ksub, dsub)).astype(np.float32)
+    q = rng.normal(size=m * dsub).astype(np.float32)
+    books_t = np.ascontiguousarray(books.transpose(0, 2, 1).reshape(m * dsub, ksub))
+    got = _core._pq_lut_ip(isa, q, books_t, m)
+    ref = -np.einsum("jcd,jd->jc", books.astype(np.float64), q.reshape(m, dsub).astype(np.float64))
+    scale = np.einsum("jcd,jd->jc", np.abs(books.astype(np.float64)), np.abs(q.reshape(m, dsub)))
+    assert got.shape == (m, ksub) and np.all(np.abs(got - ref) <= 2e-6 * scale + 1e-6)
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("m", [1, 3, 16, 32, 256])
+def test_pq4_quantize_matches_oracle(isa, m, rng):
+    lut = (rng.normal(size=(m, 16)) * rng.uniform(0.1, 10, size=(m, 1)) + rng.normal(size=(m, 1))).astype(np.float32)
+    lut[0, 5] = lut[0].max() + 3  # the widest table sets the scale
+    qtab, sum_min, scale = _core._pq4_quantize(isa, lut)
+    lo = lut.astype(np.float64).min(1, keepdims=True)
+    ref_scale = 255 / (lut.astype(np.float64).max(1, keepdims=True) - lo).max()
+    assert scale == pytest.approx(ref_scale, rel=1e-6) and sum_min == pytest.approx(lo.sum(), rel=1e-5, abs=1e-5)
+    ref = np.floor((lut - lo) * ref_scale + 0.5)
+    got = np.zeros(((m + 1) // 2 * 2, 16), np.uint8)
+    got[:] = qtab.reshape(-1, 2, 16).reshape(-1, 16)
+    assert np.abs(got[:m].astype(int) - ref).max() <= 1 and (got[:m] == ref).mean() > 0.99
+    assert got[:m].max() == 255 and got[:m].min(1).max() == 0
+    if m % 2:
+        assert np.all(got[m] == 0)  # the padding half is left as it was
+    flat = np.full((2, 16), 7.0, np.float32)  # flat tables: scale 1, all entries 0
+    qtab, sum_min, scale = _core._pq4_quantize(isa, flat)
+    assert scale == 1 and sum_min == 14 and not qtab.any()
+
+
 def pq4_pack(sub_codes):
     """(nblocks * 32, 2 * npairs) 4-bit sub-codes -> the block layout of pqscan.h, written independently."""
     nv, mm = sub_codes.shape

@@ -67,6 +67,7 @@
 #define IVFPQ_ADD_CHUNK 8192              /* rows encoded per step of add: bounds its scratch memory */
 #define IVFPQ_SCAN_CHUNK 1024             /* codes per kernel call (a multiple of ISX_PQ4_BLOCK) */
 #define IVFPQ_GROWTH_DIV 4                /* a list that grows takes at least 1/4 more room */
+#define IVFPQ_QUERY_BLOCK 32              /* queries per coarse sgemm (a fixed size: results do not depend on threads) */
 
 /* ======================================================================
  * Small pieces
@@ -214,6 +215,7 @@ int isx_ivfpq_create(isx_metric metric, size_t dim, size_t nlist, size_t m, size
     ix->row_bytes = refine == ISX_DTYPE_F16 ? 2 * dim : refine == ISX_DTYPE_F32 ? 4 * dim : 0;
     ix->coarse_owned = 1;
     ix->rows_owned = 1;
+    ix->use_precomp = 1;
     isx_idmap_init(&ix->map);
     choose_kernels(ix);
     int rc = isx_pq_init(&ix->pq, dim, m, nbits);
@@ -256,6 +258,9 @@ void isx_ivfpq_destroy(isx_ivfpq *ix)
         isx_aligned_free(ix->coarse);
     isx_pq_free(&ix->pq);
     isx_aligned_free(ix->precomp);
+    isx_aligned_free(ix->books_t);
+    isx_aligned_free(ix->book_norms);
+    free(ix->coarse_norms);
     if (ix->rows_owned)
         isx_aligned_free(ix->rows);
     free(ix->free_slots);
@@ -372,15 +377,39 @@ static int task_precomp(void *ctx, size_t j, int worker)
     return ISX_OK;
 }
 
-/* The precomputed l2 tables, or none when they would be too large (or the
- * index was told not to use them). */
-static int build_precomp(isx_ivfpq *ix, int nthreads)
+/* What the search derives from the model: the transposed codebooks and
+ * their norms (for query tables) and the precomputed l2 tables, unless they
+ * would be too large (or the index was told not to use them). */
+static int build_tables(isx_ivfpq *ix, int nthreads)
 {
     isx_aligned_free(ix->precomp);
-    ix->precomp = NULL;
-    if (ix->metric != ISX_METRIC_L2 || !ix->trained)
+    isx_aligned_free(ix->books_t);
+    isx_aligned_free(ix->book_norms);
+    free(ix->coarse_norms);
+    ix->precomp = ix->books_t = ix->book_norms = ix->coarse_norms = NULL;
+    if (!ix->trained)
         return ISX_OK;
-    size_t bytes = ix->nlist * ix->m * ksub_of(ix) * sizeof(float);
+    if (!(ix->coarse_norms = malloc(ix->nlist * sizeof(float))))
+        return isx_error(ISX_ENOMEM, "cannot allocate the centroid norms");
+    ix->kern->sqnorm(NULL, ix->coarse, ix->nlist, ix->dim, ix->coarse_norms);
+    size_t ksub = ksub_of(ix), dsub = ix->dim / ix->m;
+    ix->books_t = isx_aligned_alloc(ix->dim * ksub * sizeof(float));
+    ix->book_norms = isx_aligned_alloc(ix->m * ksub * sizeof(float));
+    if (!ix->books_t || !ix->book_norms)
+        return isx_error(ISX_ENOMEM, "cannot allocate the transposed codebooks");
+    for (size_t j = 0; j < ix->m; j++)
+        for (size_t c = 0; c < ksub; c++) {
+            const float *w = ix->pq.centroids + (j * ksub + c) * dsub;
+            float s = 0;
+            for (size_t t = 0; t < dsub; t++) {
+                ix->books_t[(j * dsub + t) * ksub + c] = w[t];
+                s += w[t] * w[t];
+            }
+            ix->book_norms[j * ksub + c] = s;
+        }
+    if (ix->metric != ISX_METRIC_L2 || !ix->use_precomp)
+        return ISX_OK;
+    size_t bytes = ix->nlist * ix->m * ksub * sizeof(float);
     if (bytes > IVFPQ_PRECOMP_MAX)
         return ISX_OK;
     if (!(ix->precomp = isx_aligned_alloc(bytes)))
@@ -477,7 +506,7 @@ static int train_nolock(isx_ivfpq *ix, const float *X, size_t n, int nthreads)
     ix->pq = pq;
     memset(&pq, 0, sizeof(pq));
     ix->trained = 1;
-    rc = build_precomp(ix, nthreads);
+    rc = build_tables(ix, nthreads);
 cleanup:
     isx_pq_free(&pq);
     isx_aligned_free(coarse);
@@ -818,13 +847,8 @@ int isx_ivfpq_set_k_factor(isx_ivfpq *ix, size_t k_factor)
 int isx_ivfpq_set_precompute(isx_ivfpq *ix, int on)
 {
     pthread_rwlock_wrlock(&ix->lock);
-    int rc = ISX_OK;
-    if (!on) {
-        isx_aligned_free(ix->precomp);
-        ix->precomp = NULL;
-    } else if (!ix->precomp) {
-        rc = build_precomp(ix, 0);
-    }
+    ix->use_precomp = !!on;
+    int rc = build_tables(ix, 0);
     pthread_rwlock_unlock(&ix->lock);
     return rc;
 }
@@ -833,11 +857,86 @@ int isx_ivfpq_set_precompute(isx_ivfpq *ix, int on)
  * Search
  * ====================================================================== */
 
+/* ======================================================================
+ * Candidates: a reservoir with a threshold
+ *
+ * A scan offers many candidates and keeps `keep` of them.  A binary heap
+ * pays an unpredictable sift (log keep compares) for every candidate that
+ * beats its root; here a candidate that beats the bound is only appended,
+ * and when the reservoir is full one quickselect keeps the `keep` smallest
+ * and lowers the bound to the largest of them.  The order is total --
+ * (distance, label) -- so the kept set is the same whatever the order of
+ * offers, and results do not depend on the scan's chunking.
+ * ====================================================================== */
+
+typedef struct {
+    float d;
+    int64_t l; /* probe << 32 | position */
+} cand;
+
+typedef struct {
+    cand *a;
+    size_t n, keep, cap;
+    float bound; /* a candidate above it cannot be among the `keep` best */
+} reservoir;
+
+static inline int cand_less(cand x, cand y)
+{
+    return x.d < y.d || (x.d == y.d && x.l < y.l);
+}
+
+/* Leave the `keep` smallest of a[0..n) in a[0..keep) (Hoare quickselect). */
+static void resv_shrink(reservoir *r)
+{
+    if (r->n <= r->keep)
+        return;
+    cand *a = r->a;
+    ptrdiff_t lo = 0, hi = (ptrdiff_t)r->n - 1, k = (ptrdiff_t)r->keep - 1;
+    while (lo < hi) {
+        ptrdiff_t mid = lo + (hi - lo) / 2;
+        /* median of three as the pivot: sorted or constant runs stay linear */
+        cand x = a[lo], y = a[mid], z = a[hi], pivot;
+        if (cand_less(x, y))
+            pivot = cand_less(y, z) ? y : cand_less(x, z) ? z : x;
+        else
+            pivot = cand_less(x, z) ? x : cand_less(y, z) ? z : y;
+        ptrdiff_t i = lo, j = hi;
+        while (i <= j) {
+            while (cand_less(a[i], pivot))
+                i++;
+            while (cand_less(pivot, a[j]))
+                j--;
+            if (i <= j) {
+                cand t = a[i];
+                a[i++] = a[j];
+                a[j--] = t;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            break; /* a[k] equals the pivot, in place */
+    }
+    r->n = r->keep;
+    r->bound = a[k].d;
+}
+
+static inline void resv_offer(reservoir *r, float d, int64_t label)
+{
+    r->a[r->n].d = d;
+    r->a[r->n].l = label;
+    if (++r->n == r->cap)
+        resv_shrink(r);
+}
+
 /* Per-worker scratch, reused across the queries of one call. */
 typedef struct {
-    float *q;            /* dim: the query (unit length for cosine) */
+    float *qblock;       /* IVFPQ_QUERY_BLOCK x dim: the block's queries (unit length for cosine) */
+    float *cblock;       /* IVFPQ_QUERY_BLOCK x nlist: their coarse distances */
+    float *q;            /* the query being searched: a row of qblock */
     float *resid;        /* dim: q - c, without precomputed tables */
-    float *coarse_d;     /* nlist */
     float *probe_d;      /* nprobe: the probe heap */
     int64_t *probe_l;
     float *qlut;         /* m x ksub: the query's inner-product table (l2: times 2) */
@@ -847,17 +946,17 @@ typedef struct {
     uint16_t *sums;      /* 4-bit: IVFPQ_SCAN_CHUNK sums */
     uint32_t *masks;     /* 4-bit: IVFPQ_SCAN_CHUNK / 32 masks */
     uint8_t *qtab;       /* 4-bit: npairs x 32 quantised entries */
-    float *cand_d;       /* kk candidates */
-    int64_t *cand_l;
+    cand *cands;         /* the reservoir: max(2 kk, kk + 64) */
+    size_t ncands;
     float *out_d;        /* k: the final selection */
     int64_t *out_l;
 } scratch;
 
 static void scratch_free(scratch *s)
 {
-    free(s->q);
+    free(s->qblock);
+    free(s->cblock);
     free(s->resid);
-    free(s->coarse_d);
     free(s->probe_d);
     free(s->probe_l);
     free(s->qlut);
@@ -867,8 +966,7 @@ static void scratch_free(scratch *s)
     free(s->sums);
     free(s->masks);
     free(s->qtab);
-    free(s->cand_d);
-    free(s->cand_l);
+    free(s->cands);
     free(s->out_d);
     free(s->out_l);
     memset(s, 0, sizeof(*s));
@@ -879,9 +977,9 @@ static int scratch_init(const isx_ivfpq *ix, scratch *s, size_t nprobe, size_t k
     memset(s, 0, sizeof(*s));
     size_t tab = ix->m * ksub_of(ix);
     size_t nluts = ix->nbits == 4 ? nprobe : 1;
-    s->q = malloc(ix->dim * sizeof(float));
+    s->qblock = malloc(IVFPQ_QUERY_BLOCK * ix->dim * sizeof(float));
+    s->cblock = malloc(IVFPQ_QUERY_BLOCK * ix->nlist * sizeof(float));
     s->resid = malloc(ix->dim * sizeof(float));
-    s->coarse_d = malloc(ix->nlist * sizeof(float));
     s->probe_d = malloc(nprobe * sizeof(float));
     s->probe_l = malloc(nprobe * sizeof(int64_t));
     s->qlut = malloc(tab * sizeof(float));
@@ -891,12 +989,12 @@ static int scratch_init(const isx_ivfpq *ix, scratch *s, size_t nprobe, size_t k
     s->sums = malloc(IVFPQ_SCAN_CHUNK * sizeof(uint16_t));
     s->masks = malloc(IVFPQ_SCAN_CHUNK / ISX_PQ4_BLOCK * sizeof(uint32_t));
     s->qtab = calloc(ix->block_bytes, 1);
-    s->cand_d = malloc(kk * sizeof(float));
-    s->cand_l = malloc(kk * sizeof(int64_t));
+    s->ncands = kk + (kk > 64 ? kk : 64);
+    s->cands = malloc(s->ncands * sizeof(cand));
     s->out_d = malloc(k * sizeof(float));
     s->out_l = malloc(k * sizeof(int64_t));
-    if (!s->q || !s->resid || !s->coarse_d || !s->probe_d || !s->probe_l || !s->qlut || !s->luts || !s->consts ||
-        !s->scan || !s->sums || !s->masks || !s->qtab || !s->cand_d || !s->cand_l || !s->out_d || !s->out_l) {
+    if (!s->qblock || !s->cblock || !s->resid || !s->probe_d || !s->probe_l || !s->qlut || !s->luts || !s->consts ||
+        !s->scan || !s->sums || !s->masks || !s->qtab || !s->cands || !s->out_d || !s->out_l) {
         scratch_free(s);
         return isx_error(ISX_ENOMEM, "cannot allocate search buffers");
     }
@@ -907,17 +1005,17 @@ typedef struct {
     isx_ivfpq *ix;
     scratch *ws;
     const float *Q;
-    size_t k, kk, nprobe;
+    size_t nq, k, kk, nprobe;
     const isx_filter *filter;   /* NULL: none */
     const isx_idmap *allowed;   /* an id-list filter as a set */
     float *dists;     /* nq x k (not D / I: cblas.h's complex.h defines I) */
     int64_t *labels;
 } search_ctx;
 
+/* Called as `!c->filter || id_allowed(c, ids[pos])`: without a filter the id
+ * (a cache miss for a scattered candidate) is never loaded. */
 static inline int id_allowed(const search_ctx *c, int64_t id)
 {
-    if (!c->filter)
-        return 1;
     if (c->filter->mask)
         return (uint64_t)id < c->filter->mask_len && c->filter->mask[id];
     return isx_idmap_get(c->allowed, id) >= 0;
@@ -937,29 +1035,35 @@ static void list_table(const isx_ivfpq *ix, scratch *w, size_t l, float coarse_d
             lut[i] = T[i] + w->qlut[i];
         *cst = coarse_d; /* |q - c|^2 */
     } else {
+        /* |r_j - w|^2 = |r_j|^2 - 2 r_j.w + |w|^2 for the residual r = q - c */
         const float *c = ix->coarse + l * ix->dim;
+        size_t ksub = ksub_of(ix), dsub = ix->dim / ix->m;
         for (size_t t = 0; t < ix->dim; t++)
             w->resid[t] = w->q[t] - c[t];
-        isx_pq_lut(&ix->pq, w->resid, ISX_METRIC_L2, lut);
+        ix->kern->pq_lut_ip(w->resid, ix->books_t, ix->m, dsub, ksub, lut);
+        for (size_t j = 0; j < ix->m; j++) {
+            float rn = 0;
+            for (size_t t = 0; t < dsub; t++)
+                rn += w->resid[j * dsub + t] * w->resid[j * dsub + t];
+            for (size_t e = 0; e < ksub; e++)
+                lut[j * ksub + e] = rn + ix->book_norms[j * ksub + e] + 2.0f * lut[j * ksub + e];
+        }
         *cst = 0;
     }
 }
 
 static void scan_list8(const search_ctx *c, scratch *w, size_t p, size_t l, const float *lut, float cst,
-                       isx_topk *h)
+                       reservoir *h)
 {
     const isx_ivfpq *ix = c->ix;
     const isx_ivf_list *L = &ix->lists[l];
     for (size_t off = 0; off < L->size; off += IVFPQ_SCAN_CHUNK) {
         size_t cn = L->size - off < IVFPQ_SCAN_CHUNK ? L->size - off : IVFPQ_SCAN_CHUNK;
         ix->kern->pq8_scan(lut, L->codes + off * ix->m, cn, ix->m, w->scan);
-        float bound = isx_topk_bound(h);
         for (size_t i = 0; i < cn; i++) {
             float d = cst + w->scan[i];
-            if (d <= bound && id_allowed(c, L->ids[off + i])) {
-                isx_topk_push(h, d, pack_loc(p, off + i));
-                bound = isx_topk_bound(h);
-            }
+            if (d <= h->bound && (!c->filter || id_allowed(c, L->ids[off + i])))
+                resv_offer(h, d, pack_loc(p, off + i));
         }
     }
 }
@@ -967,41 +1071,21 @@ static void scan_list8(const search_ctx *c, scratch *w, size_t p, size_t l, cons
 /* 4-bit: quantise lut (m x 16) to uint8 entries (per sub-quantizer bias,
  * one scale), scan with pq4, offer what the mask lets through. */
 static void scan_list4(const search_ctx *c, scratch *w, size_t p, size_t l, const float *lut, float cst,
-                       isx_topk *h)
+                       reservoir *h)
 {
     const isx_ivfpq *ix = c->ix;
     const isx_ivf_list *L = &ix->lists[l];
     if (!L->size)
         return;
-    float bias = cst, span = 0;
-    float mins[ISX_IVFPQ_MAX_M];
-    for (size_t j = 0; j < ix->m; j++) {
-        float lo = lut[j * 16], hi = lo;
-        for (size_t e = 1; e < 16; e++) {
-            float v = lut[j * 16 + e];
-            lo = v < lo ? v : lo;
-            hi = v > hi ? v : hi;
-        }
-        mins[j] = lo;
-        bias += lo;
-        span = hi - lo > span ? hi - lo : span;
-    }
-    float scale = span > 0 ? 255.0f / span : 1.0f, inv = 1.0f / scale;
-    for (size_t j = 0; j < ix->m; j++) {
-        uint8_t *t = w->qtab + (j >> 1) * ISX_PQ4_PAIR_BYTES + (j & 1) * 16;
-        for (size_t e = 0; e < 16; e++) {
-            float v = nearbyintf((lut[j * 16 + e] - mins[j]) * scale);
-            t[e] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-        }
-    }
+    float scale;
+    float bias = cst + ix->kern->pq4_quantize(lut, ix->m, w->qtab, &scale), inv = 1.0f / scale;
     size_t nblocks = (L->size + ISX_IVFPQ_BLOCK - 1) / ISX_IVFPQ_BLOCK;
     const size_t chunk_blocks = IVFPQ_SCAN_CHUNK / ISX_PQ4_BLOCK;
     for (size_t b0 = 0; b0 < nblocks; b0 += chunk_blocks) {
         size_t nb = nblocks - b0 < chunk_blocks ? nblocks - b0 : chunk_blocks;
-        float bound = isx_topk_bound(h);
         uint16_t thresh = 65535;
-        if (bound < INFINITY) {
-            float x = (bound - bias) * scale;
+        if (h->bound < INFINITY) {
+            float x = (h->bound - bias) * scale;
             if (x < 0)
                 return; /* nothing in this list can enter the heap */
             thresh = x >= 65535.0f ? 65535 : (uint16_t)x;
@@ -1016,60 +1100,49 @@ static void scan_list4(const search_ctx *c, scratch *w, size_t p, size_t l, cons
                 if (pos >= L->size)
                     break;
                 float d = bias + (float)w->sums[b * ISX_PQ4_BLOCK + i] * inv;
-                if (d <= isx_topk_bound(h) && id_allowed(c, L->ids[pos]))
-                    isx_topk_push(h, d, pack_loc(p, pos));
+                if (d <= h->bound && (!c->filter || id_allowed(c, L->ids[pos])))
+                    resv_offer(h, d, pack_loc(p, pos));
             }
         }
     }
 }
 
-/* The distance of candidate (probe p, pos) from its list's float table. */
-static float adc_distance(const isx_ivfpq *ix, const scratch *w, size_t p, size_t pos)
+/* The distance of 4-bit candidate (probe p, pos) from its list's float table. */
+static float adc_distance4(const isx_ivfpq *ix, const scratch *w, size_t p, size_t pos)
 {
     const isx_ivf_list *L = &ix->lists[(size_t)w->probe_l[p]];
+    const uint8_t *block = L->codes + pos / ISX_IVFPQ_BLOCK * ix->block_bytes;
     const float *lut = w->luts + p * ix->m * 16;
     float s = w->consts[p];
     for (size_t j = 0; j < ix->m; j++)
-        s += lut[j * 16 + code_get(ix, L->codes, pos, j)];
+        s += lut[j * 16 + isx_pq4_get(block, j, pos % ISX_IVFPQ_BLOCK)];
     return s;
 }
 
-static int task_search(void *ctx, size_t qi, int wk)
+/* Query qi, whose coarse distances (l2, or -q.c for ip / cosine) are coarse_d
+ * and whose prepared vector is w->q. */
+static void search_one(search_ctx *c, scratch *w, size_t qi, const float *coarse_d)
 {
-    search_ctx *c = ctx;
     isx_ivfpq *ix = c->ix;
-    scratch *w = &c->ws[wk];
     size_t k = c->k, d = ix->dim, tab = ix->m * ksub_of(ix);
     float *dists = c->dists + qi * k;
     int64_t *labels = c->labels + qi * k;
-    memcpy(w->q, c->Q + qi * d, d * sizeof(float));
-    if (ix->metric == ISX_METRIC_COSINE)
-        isx_normalise(w->q, d);
-    /* the coarse step: l2 distances, or -q.c for ip / cosine */
-    if (ix->metric == ISX_METRIC_L2) {
-        ix->kern->dist[ISX_METRIC_L2](w->q, ix->coarse, ix->nlist, d, w->coarse_d);
-    } else {
-        ix->kern->dot(w->q, ix->coarse, ix->nlist, d, w->coarse_d);
-        for (size_t l = 0; l < ix->nlist; l++)
-            w->coarse_d[l] = -w->coarse_d[l];
-    }
     isx_topk ph;
     isx_topk_init(&ph, w->probe_d, w->probe_l, c->nprobe);
     for (size_t l = 0; l < ix->nlist; l++)
-        if (w->coarse_d[l] <= isx_topk_bound(&ph))
-            isx_topk_push(&ph, w->coarse_d[l], (int64_t)l);
+        if (coarse_d[l] <= isx_topk_bound(&ph))
+            isx_topk_push(&ph, coarse_d[l], (int64_t)l);
     isx_topk_sort(&ph);
     size_t np = ph.size;
     if (ix->metric != ISX_METRIC_L2 || ix->precomp) {
-        isx_pq_lut(&ix->pq, w->q, ISX_METRIC_IP, w->qlut); /* -q_j . r */
+        ix->kern->pq_lut_ip(w->q, ix->books_t, ix->m, d / ix->m, ksub_of(ix), w->qlut); /* -q_j . r */
         if (ix->metric == ISX_METRIC_L2)
             for (size_t i = 0; i < tab; i++)
                 w->qlut[i] *= 2.0f;
     }
     /* the scan: kk candidates by ADC (4-bit: by quantised ADC) */
     size_t kk = ix->nbits == 8 && !ix->refine ? k : c->kk;
-    isx_topk h;
-    isx_topk_init(&h, w->cand_d, w->cand_l, kk);
+    reservoir h = {w->cands, 0, kk, w->ncands, INFINITY};
     for (size_t p = 0; p < np; p++) {
         size_t l = (size_t)w->probe_l[p];
         if (!ix->lists[l].size)
@@ -1081,21 +1154,30 @@ static int task_search(void *ctx, size_t qi, int wk)
         else
             scan_list4(c, w, p, l, lut, w->consts[p], &h);
     }
+    resv_shrink(&h);
     /* the k best of the candidates by the distance reported */
     isx_topk out;
     isx_topk_init(&out, w->out_d, w->out_l, k);
     float add = ix->metric == ISX_METRIC_L2 ? 0.0f : 1.0f; /* ADC sums give -dot: report 1 - dot */
-    for (size_t i = 0; i < h.size; i++) {
-        int64_t lab = h.slot[i];
+    /* the candidates' rows are scattered over the refine array: ask for all of
+     * them before the first is needed, so that their misses overlap */
+    for (size_t i = 0; ix->refine && i < h.n; i++) {
+        const isx_ivf_list *L = &ix->lists[(size_t)w->probe_l[loc_list(h.a[i].l)]];
+        const char *row = (const char *)ix->rows + (size_t)L->slots[loc_pos(h.a[i].l)] * ix->row_bytes;
+        for (size_t b = 0; b < ix->row_bytes; b += 64)
+            __builtin_prefetch(row + b);
+    }
+    for (size_t i = 0; i < h.n; i++) {
+        int64_t lab = h.a[i].l;
         size_t p = loc_list(lab), pos = loc_pos(lab);
         float dist;
         if (ix->refine) {
             const isx_ivf_list *L = &ix->lists[(size_t)w->probe_l[p]];
             ix->refine_dist(w->q, (const uint8_t *)ix->rows + (size_t)L->slots[pos] * ix->row_bytes, 1, d, &dist);
         } else if (ix->nbits == 4) {
-            dist = adc_distance(ix, w, p, pos) + add;
+            dist = adc_distance4(ix, w, p, pos) + add;
         } else {
-            dist = h.dist[i] + add;
+            dist = h.a[i].d + add;
         }
         isx_topk_push(&out, dist, lab);
     }
@@ -1108,6 +1190,39 @@ static int task_search(void *ctx, size_t qi, int wk)
     for (size_t j = out.size; j < k; j++) {
         dists[j] = INFINITY;
         labels[j] = -1;
+    }
+}
+
+/* A block of queries: the coarse step for all of them in one sgemm (l2 as
+ * |q|^2 - 2 q.c + |c|^2), then each query alone. */
+static int task_search(void *ctx, size_t block, int wk)
+{
+    search_ctx *c = ctx;
+    isx_ivfpq *ix = c->ix;
+    scratch *w = &c->ws[wk];
+    size_t d = ix->dim, nl = ix->nlist, q0 = block * IVFPQ_QUERY_BLOCK;
+    size_t nb = c->nq - q0 < IVFPQ_QUERY_BLOCK ? c->nq - q0 : IVFPQ_QUERY_BLOCK;
+    memcpy(w->qblock, c->Q + q0 * d, nb * d * sizeof(float));
+    if (ix->metric == ISX_METRIC_COSINE)
+        for (size_t i = 0; i < nb; i++)
+            isx_normalise(w->qblock + i * d, d);
+    int l2 = ix->metric == ISX_METRIC_L2;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)nl, (int)d, l2 ? -2.0f : -1.0f, w->qblock,
+                (int)d, ix->coarse, (int)d, 0.0f, w->cblock, (int)nl);
+    for (size_t i = 0; i < nb; i++) {
+        float *row = w->cblock + i * nl;
+        if (l2) {
+            const float *q = w->qblock + i * d;
+            float qn = 0;
+            for (size_t t = 0; t < d; t++)
+                qn += q[t] * q[t];
+            for (size_t l = 0; l < nl; l++) {
+                float v = row[l] + qn + ix->coarse_norms[l];
+                row[l] = v > 0 ? v : 0; /* rounding can take a tiny distance below zero */
+            }
+        }
+        w->q = w->qblock + i * d;
+        search_one(c, w, q0 + i, row);
     }
     return ISX_OK;
 }
@@ -1135,7 +1250,7 @@ int isx_ivfpq_search(isx_ivfpq *ix, const float *Q, size_t nq, size_t k, size_t 
         goto cleanup;
     if (nprobe == 0)
         nprobe = ix->nprobe;
-    search_ctx ctx = {.ix = ix, .Q = Q, .k = k, .nprobe = nprobe, .dists = D, .labels = labels};
+    search_ctx ctx = {.ix = ix, .Q = Q, .nq = nq, .k = k, .nprobe = nprobe, .dists = D, .labels = labels};
     /* candidates kept for re-ranking: k_factor x k, never more than the index holds */
     size_t kk = ix->k_factor * k;
     if (kk > ix->count)
@@ -1160,8 +1275,8 @@ int isx_ivfpq_search(isx_ivfpq *ix, const float *Q, size_t nq, size_t k, size_t 
         }
     }
     nt = isx_resolve_threads(nthreads);
-    if ((size_t)nt > nq)
-        nt = (int)nq;
+    if ((size_t)nt > (nq + IVFPQ_QUERY_BLOCK - 1) / IVFPQ_QUERY_BLOCK)
+        nt = (int)((nq + IVFPQ_QUERY_BLOCK - 1) / IVFPQ_QUERY_BLOCK);
     if (!(ws = calloc((size_t)nt, sizeof(scratch)))) {
         rc = isx_error(ISX_ENOMEM, "cannot allocate %d workers", nt);
         goto cleanup;
@@ -1170,7 +1285,7 @@ int isx_ivfpq_search(isx_ivfpq *ix, const float *Q, size_t nq, size_t k, size_t 
         if ((rc = scratch_init(ix, &ws[i], nprobe, ctx.kk, k)))
             goto cleanup;
     ctx.ws = ws;
-    rc = isx_parallel_for(nt, nq, task_search, &ctx);
+    rc = isx_parallel_for(nt, (nq + IVFPQ_QUERY_BLOCK - 1) / IVFPQ_QUERY_BLOCK, task_search, &ctx);
 cleanup:
     pthread_rwlock_unlock(&ix->lock);
     for (int i = 0; ws && i < nt; i++)
@@ -1474,7 +1589,7 @@ int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out)
     }
     free(used);
     used = NULL;
-    if ((rc = build_precomp(ix, 0)))
+    if ((rc = build_tables(ix, 0)))
         goto fail;
     ix->file = file;
     isx_clear_error();

@@ -65,6 +65,10 @@ typedef struct isx_ivfpq {
     size_t npairs;          /* 4-bit: ceil(m / 2) */
     size_t block_bytes;     /* 4-bit: npairs * 32 */
     float *precomp;         /* l2: nlist x m x ksub terms |r|^2 + 2 c.r, or NULL (see ivfpq.c) */
+    int use_precomp;        /* 0: never build precomp (tests of the other path) */
+    float *books_t;         /* the codebooks transposed, m x dsub x ksub (for pq_lut_ip) */
+    float *book_norms;      /* m x ksub squared norms of the codewords */
+    float *coarse_norms;    /* nlist squared norms of the coarse centroids */
 
     isx_ivf_list *lists;    /* nlist (allocated at train) */
     size_t count;

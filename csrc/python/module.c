@@ -232,6 +232,8 @@ static PyMethodDef module_methods[] = {
     {"_f16_to_f32", isx_py_f16_to_f32, METH_VARARGS, NULL},
     {"_crc32c", isx_py_crc32c, METH_VARARGS, NULL},
     {"_kernel_table", isx_py_kernel_table, METH_VARARGS, NULL},
+    {"_pq_lut_ip", isx_py_pq_lut_ip, METH_VARARGS, NULL},
+    {"_pq4_quantize", isx_py_pq4_quantize, METH_VARARGS, NULL},
     {"_pq8_scan", isx_py_pq8_scan, METH_VARARGS, NULL},
     {"_pq4_scan", isx_py_pq4_scan, METH_VARARGS, NULL},
     {"_set_simd", isx_py_set_simd, METH_VARARGS, NULL},

@@ -15,6 +15,8 @@
  *   _kdleaf(isa, metric, q, X, perm, ptrs)     kd_dists / kd_dists_ptrs
  *   _f16_to_f32(isa, halves)                   f16_to_f32
  *   _crc32c(isa, data, crc=0)                  crc32c
+ *   _pq_lut_ip(isa, q, books_t, m)             pq_lut_ip: books_t (m*dsub, ksub) f32 -> (m, ksub)
+ *   _pq4_quantize(isa, lut)                    pq4_quantize: lut (m, 16) f32 -> (qtab, sum_min, scale)
  *   _pq8_scan(isa, lut, codes)                 pq8_scan: lut (m, 256) f32, codes (n, m) u8
  *   _pq4_scan(isa, codes, lut, thresh)         pq4_scan: codes (nblocks, npairs*32) u8,
  *                                              lut (npairs*32,) u8 -> (sums u16, masks u32)
@@ -506,5 +508,63 @@ done:
     Py_XDECREF(codes);
     Py_XDECREF(sums);
     Py_XDECREF(masks);
+    return r;
+}
+
+PyObject *isx_py_pq_lut_ip(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    const char *isa_name;
+    PyObject *q_obj, *b_obj;
+    Py_ssize_t m;
+    if (!PyArg_ParseTuple(args, "sOOn:_pq_lut_ip", &isa_name, &q_obj, &b_obj, &m))
+        return NULL;
+    const isx_kernels *k = table_named(isa_name, NULL);
+    if (!k)
+        return NULL;
+    PyArrayObject *q = exact(q_obj, NPY_FLOAT32, 1, "q"), *b = NULL, *out = NULL;
+    if (!q || !(b = exact(b_obj, NPY_FLOAT32, 2, "books_t")))
+        goto done;
+    npy_intp d = PyArray_DIM(q, 0), ksub = PyArray_DIM(b, 1);
+    if (m < 1 || d % m || PyArray_DIM(b, 0) != d || ksub % 16 || ksub == 0) {
+        PyErr_SetString(PyExc_ValueError, "q (d,), books_t (d, ksub) with m | d and 16 | ksub");
+        goto done;
+    }
+    npy_intp shape[2] = {(npy_intp)m, ksub};
+    if ((out = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32)))
+        k->pq_lut_ip(PyArray_DATA(q), PyArray_DATA(b), (size_t)m, (size_t)(d / m), (size_t)ksub, PyArray_DATA(out));
+done:
+    Py_XDECREF(q);
+    Py_XDECREF(b);
+    return (PyObject *)out;
+}
+
+PyObject *isx_py_pq4_quantize(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    const char *isa_name;
+    PyObject *lut_obj;
+    if (!PyArg_ParseTuple(args, "sO:_pq4_quantize", &isa_name, &lut_obj))
+        return NULL;
+    const isx_kernels *k = table_named(isa_name, NULL);
+    if (!k)
+        return NULL;
+    PyArrayObject *lut = exact(lut_obj, NPY_FLOAT32, 2, "lut"), *qtab = NULL;
+    PyObject *r = NULL;
+    if (!lut)
+        return NULL;
+    npy_intp m = PyArray_DIM(lut, 0), nbytes = (m + 1) / 2 * 32;
+    if (PyArray_DIM(lut, 1) != 16 || m < 1 || m > 256) {
+        PyErr_SetString(PyExc_ValueError, "lut must be (m, 16) with 1 <= m <= 256");
+        goto done;
+    }
+    if (!(qtab = (PyArrayObject *)PyArray_ZEROS(1, &nbytes, NPY_UINT8, 0)))
+        goto done;
+    float scale;
+    float sum_min = k->pq4_quantize(PyArray_DATA(lut), (size_t)m, PyArray_DATA(qtab), &scale);
+    r = Py_BuildValue("(Odd)", qtab, (double)sum_min, (double)scale);
+done:
+    Py_XDECREF(lut);
+    Py_XDECREF(qtab);
     return r;
 }

@@ -381,4 +381,6 @@ const isx_kernels isx_raw_serial = {
     .crc32c = isx_crc32c_serial,
     .pq8_scan = isx_pq8_scan_serial,
     .pq4_scan = isx_pq4_scan_serial,
+    .pq4_quantize = isx_pq4_quantize_serial,
+    .pq_lut_ip = isx_pq_lut_ip_serial,
 };

@@ -23,6 +23,7 @@
 #if defined(__x86_64__)
 
 #include <immintrin.h>
+#include <stddef.h>
 
 #include "internal.h"
 #include "pqscan.h"
@@ -69,6 +70,69 @@ AVX2 void isx_pq4_scan_avx2(const uint8_t *codes, size_t nblocks, size_t npairs,
         uint32_t lo = (uint32_t)_mm_movemask_epi8(_mm_packs_epi16(k0, k8));
         uint32_t hi = (uint32_t)_mm_movemask_epi8(_mm_packs_epi16(k16, k24));
         masks[b] = lo | (hi << 16);
+    }
+}
+
+static inline AVX2 float hmin8(__m256 v)
+{
+    __m128 x = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_min_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_min_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+static inline AVX2 float hmax8(__m256 v)
+{
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_max_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+/* One table of 16 in two registers: min and max by two reductions, then
+ * (v - min) * scale + 0.5 truncated to int32 and packed down to bytes (the
+ * packs work per 128-bit lane, so one permute restores the order). */
+AVX2 float isx_pq4_quantize_avx2(const float *lut, size_t m, uint8_t *qtab, float *scale)
+{
+    float mins[256], sum_min = 0, span = 0; /* m <= 256: ISX_IVFPQ_MAX_M */
+    for (size_t j = 0; j < m; j++) {
+        __m256 a = _mm256_loadu_ps(lut + j * 16), b = _mm256_loadu_ps(lut + j * 16 + 8);
+        float lo = hmin8(_mm256_min_ps(a, b)), hi = hmax8(_mm256_max_ps(a, b));
+        mins[j] = lo;
+        sum_min += lo;
+        span = hi - lo > span ? hi - lo : span;
+    }
+    float s = span > 0 ? 255.0f / span : 1.0f;
+    const __m256 sv = _mm256_set1_ps(s), half = _mm256_set1_ps(0.5f), top = _mm256_set1_ps(255.0f);
+    for (size_t j = 0; j < m; j++) {
+        __m256 lo = _mm256_set1_ps(mins[j]);
+        __m256 a = _mm256_min_ps(_mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(lut + j * 16), lo), sv, half), top);
+        __m256 b = _mm256_min_ps(_mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(lut + j * 16 + 8), lo), sv, half), top);
+        __m256i w = _mm256_packus_epi32(_mm256_cvttps_epi32(a), _mm256_cvttps_epi32(b)); /* 0-3 8-11 | 4-7 12-15 */
+        w = _mm256_permute4x64_epi64(w, 0xD8);                                          /* 0-7 | 8-15 */
+        __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+        _mm_storeu_si128((__m128i *)(qtab + (j >> 1) * ISX_PQ4_PAIR_BYTES + (j & 1) * 16), bytes);
+    }
+    *scale = s;
+    return sum_min;
+}
+
+/* 16 codewords per step in two registers, the dsub products accumulated by FMA. */
+AVX2 void isx_pq_lut_ip_avx2(const float *q, const float *books_t, size_t m, size_t dsub, size_t ksub, float *lut)
+{
+    for (size_t j = 0; j < m; j++) {
+        const float *qj = q + j * dsub, *bj = books_t + j * dsub * ksub;
+        for (size_t c = 0; c < ksub; c += 16) {
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            for (size_t t = 0; t < dsub; t++) {
+                __m256 qt = _mm256_set1_ps(qj[t]);
+                a0 = _mm256_fmadd_ps(qt, _mm256_loadu_ps(bj + t * ksub + c), a0);
+                a1 = _mm256_fmadd_ps(qt, _mm256_loadu_ps(bj + t * ksub + c + 8), a1);
+            }
+            const __m256 neg = _mm256_set1_ps(-0.0f);
+            _mm256_storeu_ps(lut + j * ksub + c, _mm256_xor_ps(a0, neg));
+            _mm256_storeu_ps(lut + j * ksub + c + 8, _mm256_xor_ps(a1, neg));
+        }
     }
 }
 

@@ -5,6 +5,10 @@
  * pq8: four codes at a time, each with its own accumulator, so the m table
  * loads of four codes are independent and overlap (one code alone is a
  * chain of dependent adds).
+ *
+ * pq_lut_ip: codebooks transposed, so the innermost loop runs over
+ * codewords, contiguous, and the compiler vectorises it; a row-by-row dot
+ * product of dsub (often 8) elements would pay a horizontal sum per entry.
  */
 #include "internal.h"
 #include "pqscan.h"
@@ -51,4 +55,46 @@ void isx_pq4_scan_serial(const uint8_t *codes, size_t nblocks, size_t npairs, co
         }
         masks[b] = mask;
     }
+}
+
+void isx_pq_lut_ip_serial(const float *q, const float *books_t, size_t m, size_t dsub, size_t ksub, float *lut)
+{
+    for (size_t j = 0; j < m; j++) {
+        float *row = lut + j * ksub;
+        for (size_t c = 0; c < ksub; c++)
+            row[c] = 0;
+        for (size_t t = 0; t < dsub; t++) {
+            float qt = q[j * dsub + t];
+            const float *b = books_t + (j * dsub + t) * ksub;
+            for (size_t c = 0; c < ksub; c++)
+                row[c] -= qt * b[c];
+        }
+    }
+}
+
+float isx_pq4_quantize_serial(const float *lut, size_t m, uint8_t *qtab, float *scale)
+{
+    float sum_min = 0, span = 0;
+    for (size_t j = 0; j < m; j++) {
+        float lo = lut[j * 16], hi = lo;
+        for (size_t e = 1; e < 16; e++) {
+            lo = lut[j * 16 + e] < lo ? lut[j * 16 + e] : lo;
+            hi = lut[j * 16 + e] > hi ? lut[j * 16 + e] : hi;
+        }
+        sum_min += lo;
+        span = hi - lo > span ? hi - lo : span;
+    }
+    float a = span > 0 ? 255.0f / span : 1.0f;
+    for (size_t j = 0; j < m; j++) {
+        float lo = lut[j * 16];
+        for (size_t e = 1; e < 16; e++)
+            lo = lut[j * 16 + e] < lo ? lut[j * 16 + e] : lo;
+        uint8_t *t = qtab + (j >> 1) * ISX_PQ4_PAIR_BYTES + (j & 1) * 16;
+        for (size_t e = 0; e < 16; e++) {
+            float v = (lut[j * 16 + e] - lo) * a + 0.5f; /* in [0.5, 255.5]: rounding by truncation */
+            t[e] = (uint8_t)(v < 255.0f ? v : 255.0f);
+        }
+    }
+    *scale = a;
+    return sum_min;
 }
