@@ -1060,6 +1060,7 @@ static void scan_list8(const search_ctx *c, scratch *w, size_t p, size_t l, cons
     for (size_t off = 0; off < L->size; off += IVFPQ_SCAN_CHUNK) {
         size_t cn = L->size - off < IVFPQ_SCAN_CHUNK ? L->size - off : IVFPQ_SCAN_CHUNK;
         ix->kern->pq8_scan(lut, L->codes + off * ix->m, cn, ix->m, w->scan);
+        resv_shrink(h);
         for (size_t i = 0; i < cn; i++) {
             float d = cst + w->scan[i];
             if (d <= h->bound && (!c->filter || id_allowed(c, L->ids[off + i])))
@@ -1083,6 +1084,7 @@ static void scan_list4(const search_ctx *c, scratch *w, size_t p, size_t l, cons
     const size_t chunk_blocks = IVFPQ_SCAN_CHUNK / ISX_PQ4_BLOCK;
     for (size_t b0 = 0; b0 < nblocks; b0 += chunk_blocks) {
         size_t nb = nblocks - b0 < chunk_blocks ? nblocks - b0 : chunk_blocks;
+        resv_shrink(h); /* the bound as tight as the candidates so far allow, for the mask */
         uint16_t thresh = 65535;
         if (h->bound < INFINITY) {
             float x = (h->bound - bias) * scale;
@@ -1091,15 +1093,42 @@ static void scan_list4(const search_ctx *c, scratch *w, size_t p, size_t l, cons
             thresh = x >= 65535.0f ? 65535 : (uint16_t)x;
         }
         ix->kern->pq4_scan(L->codes + b0 * ix->block_bytes, nb, ix->npairs, w->qtab, thresh, w->sums, w->masks);
+        size_t valid = L->size - b0 * ISX_PQ4_BLOCK < nb * ISX_PQ4_BLOCK ? L->size - b0 * ISX_PQ4_BLOCK
+                                                                            : nb * ISX_PQ4_BLOCK;
+        if (valid % ISX_PQ4_BLOCK) /* the last block's padding codes are no candidates */
+            w->masks[nb - 1] &= (1u << (valid % ISX_PQ4_BLOCK)) - 1;
+        size_t passed = 0;
+        for (size_t b = 0; b < nb; b++)
+            passed += (size_t)__builtin_popcount(w->masks[b]);
+        if (passed > h->keep && !c->filter) {
+            /* Far more pass than can be kept (the first list, while the bound is
+             * still infinite): the keep-th smallest sum of this chunk alone bounds
+             * the keep-th of all, so a 256-bin histogram of the sums gives a
+             * tighter threshold before anything reaches the reservoir.  (Not with
+             * a filter: the disallowed would count.) */
+            unsigned shift = 0, cum = 0, hist[256] = {0};
+            while (((unsigned)thresh >> shift) > 255)
+                shift++;
+            for (size_t i = 0; i < valid; i++)
+                if (w->sums[i] <= thresh)
+                    hist[w->sums[i] >> shift]++;
+            for (unsigned bin = 0; bin < 256; bin++)
+                if ((cum += hist[bin]) >= h->keep) {
+                    unsigned t = ((bin + 1) << shift) - 1;
+                    thresh = t < thresh ? (uint16_t)t : thresh;
+                    break;
+                }
+        }
         for (size_t b = 0; b < nb; b++) {
             uint32_t mk = w->masks[b];
             while (mk) {
                 size_t i = (size_t)__builtin_ctz(mk);
                 mk &= mk - 1;
                 size_t pos = (b0 + b) * ISX_PQ4_BLOCK + i;
-                if (pos >= L->size)
-                    break;
-                float d = bias + (float)w->sums[b * ISX_PQ4_BLOCK + i] * inv;
+                uint16_t sum = w->sums[b * ISX_PQ4_BLOCK + i];
+                if (sum > thresh)
+                    continue;
+                float d = bias + (float)sum * inv;
                 if (d <= h->bound && (!c->filter || id_allowed(c, L->ids[pos])))
                     resv_offer(h, d, pack_loc(p, pos));
             }
@@ -1147,6 +1176,14 @@ static void search_one(search_ctx *c, scratch *w, size_t qi, const float *coarse
         size_t l = (size_t)w->probe_l[p];
         if (!ix->lists[l].size)
             continue;
+        if (p + 1 < np) { /* the next list's table and first codes, while this one is scanned */
+            size_t nx = (size_t)w->probe_l[p + 1];
+            const char *t = ix->precomp ? (const char *)(ix->precomp + nx * tab) : NULL;
+            for (size_t b = 0; t && b < tab * sizeof(float); b += 64)
+                __builtin_prefetch(t + b);
+            for (size_t b = 0; b < 4 * 64 && ix->lists[nx].codes; b += 64)
+                __builtin_prefetch((const char *)ix->lists[nx].codes + b);
+        }
         float *lut = ix->nbits == 4 ? w->luts + p * tab : w->luts;
         list_table(ix, w, l, w->probe_d[p], lut, &w->consts[p]);
         if (ix->nbits == 8)
