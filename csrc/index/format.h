@@ -58,9 +58,20 @@ typedef struct {
 } isx_header;
 
 typedef struct {
+    const void *data;
+    uint64_t size;
+} isx_span;
+
+/* A section to write: `size` bytes at `data`, or -- when parts is not NULL --
+ * the nparts spans one after the other (their sizes add up to `size`), so an
+ * index whose data lies in many blocks (IVF-PQ's lists) writes them without
+ * first copying them into one. */
+typedef struct {
     uint32_t tag;
     const void *data;
     uint64_t size;
+    const isx_span *parts;
+    size_t nparts;
 } isx_section_out;
 
 typedef struct {

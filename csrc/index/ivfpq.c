@@ -214,7 +214,6 @@ int isx_ivfpq_create(isx_metric metric, size_t dim, size_t nlist, size_t m, size
     ix->block_bytes = ix->npairs * ISX_PQ4_PAIR_BYTES;
     ix->row_bytes = refine == ISX_DTYPE_F16 ? 2 * dim : refine == ISX_DTYPE_F32 ? 4 * dim : 0;
     ix->coarse_owned = 1;
-    ix->rows_owned = 1;
     ix->use_precomp = 1;
     isx_idmap_init(&ix->map);
     choose_kernels(ix);
@@ -240,8 +239,8 @@ static void free_list(isx_ivf_list *L)
     if (L->owned) {
         free(L->codes);
         free(L->ids);
+        isx_aligned_free(L->rows);
     }
-    free(L->slots);
     memset(L, 0, sizeof(*L));
     L->owned = 1;
 }
@@ -261,9 +260,6 @@ void isx_ivfpq_destroy(isx_ivfpq *ix)
     isx_aligned_free(ix->books_t);
     isx_aligned_free(ix->book_norms);
     free(ix->coarse_norms);
-    if (ix->rows_owned)
-        isx_aligned_free(ix->rows);
-    free(ix->free_slots);
     isx_idmap_free(&ix->map);
     if (ix->file) {
         isx_format_close(ix->file);
@@ -299,11 +295,11 @@ static int list_reserve(isx_ivfpq *ix, isx_ivf_list *L, size_t need)
     size_t cb = codes_bytes(ix, cap);
     uint8_t *codes = malloc(cb ? cb : 1);
     int64_t *ids = malloc((cap ? cap : 1) * sizeof(int64_t));
-    uint32_t *slots = ix->refine ? malloc((cap ? cap : 1) * sizeof(uint32_t)) : NULL;
-    if (!codes || !ids || (ix->refine && !slots)) {
+    uint8_t *rows = ix->refine ? isx_aligned_alloc((cap ? cap : 1) * ix->row_bytes) : NULL;
+    if (!codes || !ids || (ix->refine && !rows)) {
         free(codes);
         free(ids);
-        free(slots);
+        isx_aligned_free(rows);
         return isx_error(ISX_ENOMEM, "cannot allocate an inverted list of %zu vectors", cap);
     }
     size_t used = codes_bytes(ix, L->size);
@@ -312,17 +308,17 @@ static int list_reserve(isx_ivfpq *ix, isx_ivf_list *L, size_t need)
     memset(codes + used, 0, cb - used); /* 4-bit: the unused nibbles of a block stay zero */
     if (L->size) {
         memcpy(ids, L->ids, L->size * sizeof(int64_t));
-        if (slots)
-            memcpy(slots, L->slots, L->size * sizeof(uint32_t));
+        if (rows)
+            memcpy(rows, L->rows, L->size * ix->row_bytes);
     }
     if (L->owned) {
         free(L->codes);
         free(L->ids);
+        isx_aligned_free(L->rows);
     }
-    free(L->slots);
     L->codes = codes;
     L->ids = ids;
-    L->slots = slots;
+    L->rows = rows;
     L->cap = cap;
     L->owned = 1;
     return ISX_OK;
@@ -337,8 +333,8 @@ static void list_remove_at(isx_ivfpq *ix, size_t l, size_t pos)
         for (size_t j = 0; j < ix->m; j++)
             code_set(ix, L->codes, pos, j, code_get(ix, L->codes, last, j));
         L->ids[pos] = L->ids[last];
-        if (L->slots)
-            L->slots[pos] = L->slots[last];
+        if (L->rows)
+            memcpy(L->rows + pos * ix->row_bytes, L->rows + last * ix->row_bytes, ix->row_bytes);
         isx_idmap_put(&ix->map, L->ids[pos], pack_loc(l, pos)); /* overwrites: cannot fail */
     }
     for (size_t j = 0; j < ix->m; j++)
@@ -532,45 +528,8 @@ int isx_ivfpq_train(isx_ivfpq *ix, const float *X, size_t n, int nthreads)
  * Refine rows
  * ====================================================================== */
 
-/* Room for `need` slots of rows, owned (copy-on-write of a loaded file's). */
-static int rows_reserve(isx_ivfpq *ix, size_t need)
+static void store_row(const isx_ivfpq *ix, uint8_t *dst, const float *x)
 {
-    if (!ix->refine || (need <= ix->slots_cap && ix->rows_owned))
-        return ISX_OK;
-    size_t cap = ix->slots_cap;
-    if (need > cap) {
-        cap = ix->nslots ? cap + cap / 2 : 0;
-        if (cap < need)
-            cap = need;
-    }
-    size_t bytes;
-    int rc = isx_mul_size(cap ? cap : 1, ix->row_bytes, &bytes, "refine rows");
-    if (rc)
-        return rc;
-    void *rows = isx_aligned_alloc(bytes);
-    uint32_t *fs = malloc((cap ? cap : 1) * sizeof(uint32_t));
-    if (!rows || !fs) {
-        isx_aligned_free(rows);
-        free(fs);
-        return isx_error(ISX_ENOMEM, "cannot allocate %zu bytes of refine rows", bytes);
-    }
-    if (ix->nslots)
-        memcpy(rows, ix->rows, ix->nslots * ix->row_bytes);
-    if (ix->nfree)
-        memcpy(fs, ix->free_slots, ix->nfree * sizeof(uint32_t));
-    if (ix->rows_owned)
-        isx_aligned_free(ix->rows);
-    free(ix->free_slots);
-    ix->rows = rows;
-    ix->rows_owned = 1;
-    ix->free_slots = fs;
-    ix->slots_cap = cap;
-    return ISX_OK;
-}
-
-static void store_row(isx_ivfpq *ix, size_t slot, const float *x)
-{
-    uint8_t *dst = (uint8_t *)ix->rows + slot * ix->row_bytes;
     if (ix->refine == ISX_DTYPE_F32) {
         memcpy(dst, x, ix->row_bytes);
     } else {
@@ -580,9 +539,8 @@ static void store_row(isx_ivfpq *ix, size_t slot, const float *x)
     }
 }
 
-static void load_row(const isx_ivfpq *ix, size_t slot, float *out)
+static void load_row(const isx_ivfpq *ix, const uint8_t *src, float *out)
 {
-    const uint8_t *src = (const uint8_t *)ix->rows + slot * ix->row_bytes;
     if (ix->refine == ISX_DTYPE_F32)
         memcpy(out, src, ix->row_bytes);
     else
@@ -605,8 +563,6 @@ static int remove_nolock(isx_ivfpq *ix, const int64_t *ids, size_t n, size_t *re
         int rc = list_reserve(ix, L, L->size); /* copy-on-write of a loaded list */
         if (rc)
             return rc;
-        if (ix->refine) /* free_slots has room for every slot: rows_reserve and the loader size it so */
-            ix->free_slots[ix->nfree++] = L->slots[pos];
         isx_idmap_del(&ix->map, ids[i]);
         list_remove_at(ix, l, pos);
         ix->count--;
@@ -645,8 +601,6 @@ static int add_nolock(isx_ivfpq *ix, const float *X, size_t n, const int64_t *id
         return isx_error(ISX_EINVAL, "an index holds at most %llu vectors", (unsigned long long)ISX_MAX_COUNT);
     if (!ids && ix->next_id > INT64_MAX - (int64_t)n)
         return isx_error(ISX_EINVAL, "default ids would overflow int64: pass ids explicitly");
-    if (ix->refine && ix->nslots + n > UINT32_MAX)
-        return isx_error(ISX_EINVAL, "an IVFPQIndex with refine holds at most %u vectors", UINT32_MAX);
     assign = malloc(n * sizeof(int32_t));
     need = calloc(ix->nlist, sizeof(size_t));
     buf = malloc(chunk * d * sizeof(float));
@@ -676,8 +630,7 @@ static int add_nolock(isx_ivfpq *ix, const float *X, size_t n, const int64_t *id
     for (size_t l = 0; l < ix->nlist; l++)
         if (need[l] && (rc = list_reserve(ix, &ix->lists[l], ix->lists[l].size + need[l])))
             goto cleanup;
-    size_t reuse = ix->nfree < n ? ix->nfree : n;
-    if ((rc = rows_reserve(ix, ix->nslots + (n - reuse))) || (rc = isx_idmap_reserve(&ix->map, ix->count + n)))
+    if ((rc = isx_idmap_reserve(&ix->map, ix->count + n)))
         goto cleanup;
     for (size_t r0 = 0; r0 < n; r0 += chunk) {
         size_t cn = n - r0 < chunk ? n - r0 : chunk;
@@ -701,11 +654,8 @@ static int add_nolock(isx_ivfpq *ix, const float *X, size_t n, const int64_t *id
                     code_set(ix, L->codes, pos, j, packed_get(ix, code, j));
             int64_t id = ids ? ids[r0 + i] : ix->next_id + (int64_t)(r0 + i);
             L->ids[pos] = id;
-            if (ix->refine) {
-                uint32_t slot = ix->nfree ? ix->free_slots[--ix->nfree] : (uint32_t)ix->nslots++;
-                L->slots[pos] = slot;
-                store_row(ix, slot, rows + i * d);
-            }
+            if (ix->refine)
+                store_row(ix, L->rows + pos * ix->row_bytes, rows + i * d);
             isx_idmap_put(&ix->map, id, pack_loc(l, pos)); /* cannot fail: reserved */
             ix->count++;
         }
@@ -773,7 +723,7 @@ int isx_ivfpq_get(isx_ivfpq *ix, const int64_t *ids, size_t n, float *out)
         }
         size_t l = loc_list(loc), pos = loc_pos(loc);
         if (ix->refine)
-            load_row(ix, ix->lists[l].slots[pos], out + i * ix->dim);
+            load_row(ix, ix->lists[l].rows + pos * ix->row_bytes, out + i * ix->dim);
         else
             reconstruct(ix, l, pos, packed, out + i * ix->dim);
     }
@@ -1196,11 +1146,11 @@ static void search_one(search_ctx *c, scratch *w, size_t qi, const float *coarse
     isx_topk out;
     isx_topk_init(&out, w->out_d, w->out_l, k);
     float add = ix->metric == ISX_METRIC_L2 ? 0.0f : 1.0f; /* ADC sums give -dot: report 1 - dot */
-    /* the candidates' rows are scattered over the refine array: ask for all of
-     * them before the first is needed, so that their misses overlap */
+    /* the candidates' rows are scattered over the lists: ask for all of them
+     * before the first is needed, so that their misses overlap */
     for (size_t i = 0; ix->refine && i < h.n; i++) {
         const isx_ivf_list *L = &ix->lists[(size_t)w->probe_l[loc_list(h.a[i].l)]];
-        const char *row = (const char *)ix->rows + (size_t)L->slots[loc_pos(h.a[i].l)] * ix->row_bytes;
+        const char *row = (const char *)L->rows + loc_pos(h.a[i].l) * ix->row_bytes;
         for (size_t b = 0; b < ix->row_bytes; b += 64)
             __builtin_prefetch(row + b);
     }
@@ -1210,7 +1160,7 @@ static void search_one(search_ctx *c, scratch *w, size_t qi, const float *coarse
         float dist;
         if (ix->refine) {
             const isx_ivf_list *L = &ix->lists[(size_t)w->probe_l[p]];
-            ix->refine_dist(w->q, (const uint8_t *)ix->rows + (size_t)L->slots[pos] * ix->row_bytes, 1, d, &dist);
+            ix->refine_dist(w->q, L->rows + pos * ix->row_bytes, 1, d, &dist);
         } else if (ix->nbits == 4) {
             dist = adc_distance4(ix, w, p, pos) + add;
         } else {
@@ -1339,18 +1289,19 @@ cleanup:
 size_t isx_ivfpq_memory(isx_ivfpq *ix, size_t *lists)
 {
     pthread_rwlock_rdlock(&ix->lock);
-    size_t lb = 0;
+    size_t lb = 0, rb = 0;
     for (size_t l = 0; l < ix->nlist; l++) {
         const isx_ivf_list *L = &ix->lists[l];
         size_t cap = L->owned ? L->cap : L->size;
-        lb += codes_bytes(ix, cap) + cap * sizeof(int64_t) + (L->slots ? cap * sizeof(uint32_t) : 0);
+        lb += codes_bytes(ix, cap) + cap * sizeof(int64_t);
+        rb += ix->refine ? cap * ix->row_bytes : 0;
     }
     size_t b = sizeof(*ix) + ix->nlist * sizeof(isx_ivf_list) + lb;
     b += ix->trained ? ix->nlist * ix->dim * sizeof(float) : 0;
     b += ix->dim * ksub_of(ix) * sizeof(float);
     b += ix->precomp ? ix->nlist * ix->m * ksub_of(ix) * sizeof(float) : 0;
     b += ix->map.keys ? (ix->map.mask + 1) * 2 * sizeof(int64_t) : 0;
-    b += ix->refine ? (ix->rows_owned ? ix->slots_cap : ix->nslots) * (ix->row_bytes + sizeof(uint32_t)) : 0;
+    b += rb;
     pthread_rwlock_unlock(&ix->lock);
     if (lists)
         *lists = lb;
@@ -1369,8 +1320,17 @@ static void param_int(isx_param *p, const char *key, int64_t v)
     p->v.i = v;
 }
 
+void isx_ivfpq_save_buf_free(isx_ivfpq_save_buf *b)
+{
+    if (b) {
+        free(b->sizes);
+        free(b->spans);
+        free(b);
+    }
+}
+
 int isx_ivfpq_describe(isx_ivfpq *ix, isx_header *hd, isx_section_out *secs, uint32_t *nsecs, uint8_t *parm,
-                       size_t parm_cap, void **bufs)
+                       size_t parm_cap, isx_ivfpq_save_buf **bufs)
 {
     *bufs = NULL;
     isx_param p[16];
@@ -1384,37 +1344,31 @@ int isx_ivfpq_describe(isx_ivfpq *ix, isx_header *hd, isx_section_out *secs, uin
     param_int(&p[np++], "k_factor", (int64_t)ix->k_factor);
     param_int(&p[np++], "next_id", ix->next_id);
     param_int(&p[np++], "trained", ix->trained);
-    param_int(&p[np++], "slots", (int64_t)ix->nslots);
     size_t used;
     int rc = isx_params_encode(p, np, parm, parm_cap, &used);
     if (rc)
         return rc;
-    /* the lists concatenated, compacted to their sizes: sizes, codes, ids, slots */
-    size_t ncodes = 0;
-    for (size_t l = 0; l < ix->nlist; l++)
-        ncodes += codes_bytes(ix, ix->lists[l].size);
-    size_t off_sizes = 0, off_ids = ix->nlist * 8, off_slots = off_ids + ix->count * 8;
-    size_t off_codes = off_slots + (ix->refine ? ix->count * 4 : 0);
-    uint8_t *buf = malloc(off_codes + ncodes + 1);
-    if (!buf)
-        return isx_error(ISX_ENOMEM, "cannot allocate %zu bytes for saving", off_codes + ncodes);
-    uint64_t *sizes = (uint64_t *)(buf + off_sizes);
-    int64_t *ids = (int64_t *)(buf + off_ids);
-    uint32_t *slots = (uint32_t *)(buf + off_slots);
-    uint8_t *codes = buf + off_codes;
-    size_t at = 0, cat = 0;
+    /* each list's arrays as parts of one section, compacted to their sizes */
+    isx_ivfpq_save_buf *buf = malloc(sizeof(*buf));
+    uint64_t *sizes = malloc(ix->nlist * 8);
+    isx_span *spans = malloc(3 * ix->nlist * sizeof(isx_span));
+    if (!buf || !sizes || !spans) {
+        free(buf);
+        free(sizes);
+        free(spans);
+        return isx_error(ISX_ENOMEM, "cannot allocate the section table of %zu lists for saving", ix->nlist);
+    }
+    buf->sizes = sizes;
+    buf->spans = spans;
+    isx_span *codes = spans, *ids = spans + ix->nlist, *rows = spans + 2 * ix->nlist;
+    uint64_t ncodes = 0;
     for (size_t l = 0; l < ix->nlist; l++) {
         const isx_ivf_list *L = &ix->lists[l];
         sizes[l] = L->size;
-        if (L->size) {
-            memcpy(ids + at, L->ids, L->size * sizeof(int64_t));
-            if (ix->refine)
-                memcpy(slots + at, L->slots, L->size * sizeof(uint32_t));
-            size_t cb = codes_bytes(ix, L->size);
-            memcpy(codes + cat, L->codes, cb);
-            cat += cb;
-        }
-        at += L->size;
+        codes[l] = (isx_span){L->codes, codes_bytes(ix, L->size)};
+        ids[l] = (isx_span){L->ids, L->size * sizeof(int64_t)};
+        rows[l] = (isx_span){L->rows, ix->refine ? L->size * ix->row_bytes : 0};
+        ncodes += codes[l].size;
     }
     memset(hd, 0, sizeof(*hd));
     hd->kind = ISX_KIND_IVFPQ;
@@ -1427,10 +1381,9 @@ int isx_ivfpq_describe(isx_ivfpq *ix, isx_header *hd, isx_section_out *secs, uin
     secs[1] = (isx_section_out){ISX_SEC_IVF_COARSE, ix->coarse, ix->trained ? ix->nlist * ix->dim * 4 : 0};
     secs[2] = (isx_section_out){ISX_SEC_IVF_PQ, ix->pq.centroids, ix->trained ? ix->dim * ksub * 4 : 0};
     secs[3] = (isx_section_out){ISX_SEC_IVF_SIZES, sizes, ix->nlist * 8};
-    secs[4] = (isx_section_out){ISX_SEC_IVF_CODES, codes, ncodes};
-    secs[5] = (isx_section_out){ISX_SEC_IDS, ids, ix->count * 8};
-    secs[6] = (isx_section_out){ISX_SEC_IVF_SLOTS, slots, ix->refine ? ix->count * 4 : 0};
-    secs[7] = (isx_section_out){ISX_SEC_IVF_REFINE, ix->rows, ix->refine ? ix->nslots * ix->row_bytes : 0};
+    secs[4] = (isx_section_out){ISX_SEC_IVF_CODES, NULL, ncodes, codes, ix->nlist};
+    secs[5] = (isx_section_out){ISX_SEC_IDS, NULL, ix->count * 8, ids, ix->nlist};
+    secs[6] = (isx_section_out){ISX_SEC_IVF_REFINE, NULL, ix->refine ? ix->count * ix->row_bytes : 0, rows, ix->nlist};
     *nsecs = ISX_IVFPQ_SECTIONS;
     *bufs = buf;
     return ISX_OK;
@@ -1457,11 +1410,10 @@ int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out)
     *out = NULL;
     isx_ivfpq *ix = NULL;
     const isx_header *hd = &file->header;
-    const isx_section_in *parm, *sz, *cq, *pqs, *cd, *ids, *sl, *rf;
+    const isx_section_in *parm, *sz, *cq, *pqs, *cd, *ids, *rf;
     isx_param p[ISX_MAX_PARAMS];
     uint32_t np = 0;
-    int64_t nlist, m, nbits, refine, seed, nprobe, k_factor, next_id, trained, nslots;
-    uint8_t *used = NULL;
+    int64_t nlist, m, nbits, refine, seed, nprobe, k_factor, next_id, trained;
     int rc;
     if (hd->kind != ISX_KIND_IVFPQ) {
         rc = isx_error(ISX_EFORMAT, "expected an IVF-PQ index (kind %d), found kind %u", ISX_KIND_IVFPQ, hd->kind);
@@ -1479,8 +1431,7 @@ int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out)
         (rc = get_param(p, np, "nprobe", 1, nlist, &nprobe)) ||
         (rc = get_param(p, np, "k_factor", 1, ISX_IVFPQ_MAX_K_FACTOR, &k_factor)) ||
         (rc = get_param(p, np, "next_id", 0, INT64_MAX, &next_id)) ||
-        (rc = get_param(p, np, "trained", 0, 1, &trained)) ||
-        (rc = get_param(p, np, "slots", 0, refine ? UINT32_MAX : 0, &nslots)))
+        (rc = get_param(p, np, "trained", 0, 1, &trained)))
         goto fail;
     if ((nbits != 4 && nbits != 8) ||
         (hd->dtype != (refine == ISX_DTYPE_F16 ? ISX_DTYPE_F16 : ISX_DTYPE_F32))) {
@@ -1488,9 +1439,8 @@ int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out)
                        (long long)nbits, (long long)refine, hd->dtype);
         goto fail;
     }
-    if ((!trained && hd->count) || (refine && hd->count > (uint64_t)nslots)) {
-        rc = isx_error(ISX_EFORMAT, "IVF-PQ index: %llu vectors in %s", (unsigned long long)hd->count,
-                       trained ? "fewer refine slots" : "an untrained index");
+    if (!trained && hd->count) {
+        rc = isx_error(ISX_EFORMAT, "IVF-PQ index: %llu vectors in an untrained index", (unsigned long long)hd->count);
         goto fail;
     }
     /* the list sizes prove nlist against the file before nlist sizes anything */
@@ -1521,8 +1471,7 @@ int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out)
         (rc = isx_format_require(file, ISX_SEC_IVF_PQ, trained ? (uint64_t)hd->dim * ksub * 4 : 0, &pqs)) ||
         (rc = isx_format_require(file, ISX_SEC_IVF_CODES, ncodes, &cd)) ||
         (rc = isx_format_require(file, ISX_SEC_IDS, (uint64_t)n * 8, &ids)) ||
-        (rc = isx_format_require(file, ISX_SEC_IVF_SLOTS, refine ? (uint64_t)n * 4 : 0, &sl)) ||
-        (rc = isx_format_require(file, ISX_SEC_IVF_REFINE, refine ? (uint64_t)nslots * ix->row_bytes : 0, &rf))) {
+        (rc = isx_format_require(file, ISX_SEC_IVF_REFINE, refine ? (uint64_t)n * ix->row_bytes : 0, &rf))) {
         rc = isx_error(ISX_EFORMAT, "IVF-PQ index of %zu vectors: %s", n, isx_last_error());
         goto fail;
     }
@@ -1550,10 +1499,6 @@ int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out)
     }
     if ((rc = isx_idmap_reserve(&ix->map, n)))
         goto fail;
-    if (refine && !(used = calloc((size_t)nslots / 8 + 1, 1))) {
-        rc = isx_error(ISX_ENOMEM, "cannot allocate a slot bitmap");
-        goto fail;
-    }
     size_t at = 0, cat = 0;
     for (size_t l = 0; l < ix->nlist; l++) {
         isx_ivf_list *L = &ix->lists[l];
@@ -1562,15 +1507,9 @@ int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out)
         L->size = L->cap = (size_t)s;
         L->codes = (uint8_t *)cd->data + cat;
         L->ids = (int64_t *)(ids->data + at * 8);
+        L->rows = refine ? (uint8_t *)rf->data + at * ix->row_bytes : NULL;
         L->owned = 0;
         cat += codes_bytes(ix, L->size);
-        if (refine && L->size) {
-            if (!(L->slots = malloc(L->size * sizeof(uint32_t)))) {
-                rc = isx_error(ISX_ENOMEM, "cannot allocate the slots of a list");
-                goto fail;
-            }
-            memcpy(L->slots, sl->data + at * 4, L->size * sizeof(uint32_t));
-        }
         for (size_t i = 0; i < L->size; i++) {
             int64_t id = L->ids[i];
             if (id < 0 || isx_idmap_get(&ix->map, id) >= 0) {
@@ -1582,14 +1521,7 @@ int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out)
             if (id >= next_id)
                 next_id = id == INT64_MAX ? id : id + 1;
             if (refine) {
-                uint32_t slot = L->slots[i];
-                if (slot >= (uint64_t)nslots || ((used[slot >> 3] >> (slot & 7)) & 1)) {
-                    rc = isx_error(ISX_EFORMAT, "IVF-PQ index: refine slot %u is %s", slot,
-                                   slot >= (uint64_t)nslots ? "out of range" : "used twice");
-                    goto fail;
-                }
-                used[slot >> 3] |= (uint8_t)(1u << (slot & 7));
-                const uint8_t *row = rf->data + (size_t)slot * ix->row_bytes;
+                const uint8_t *row = L->rows + i * ix->row_bytes;
                 for (size_t t = 0; t < ix->dim; t++) {
                     int ok;
                     if (refine == ISX_DTYPE_F32) {
@@ -1602,7 +1534,8 @@ int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out)
                         ok = half_finite(h);
                     }
                     if (!ok) {
-                        rc = isx_error(ISX_EFORMAT, "IVF-PQ index: the refine row of slot %u is not finite", slot);
+                        rc = isx_error(ISX_EFORMAT, "IVF-PQ index: the refine row of id %lld is not finite",
+                                       (long long)id);
                         goto fail;
                     }
                 }
@@ -1612,20 +1545,6 @@ int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out)
     }
     ix->count = n;
     ix->next_id = next_id;
-    if (refine) {
-        ix->nslots = ix->slots_cap = (size_t)nslots;
-        ix->rows = (void *)rf->data;
-        ix->rows_owned = 0;
-        if (!(ix->free_slots = malloc(((size_t)nslots ? (size_t)nslots : 1) * sizeof(uint32_t)))) {
-            rc = isx_error(ISX_ENOMEM, "cannot allocate the free-slot list");
-            goto fail;
-        }
-        for (size_t s = (size_t)nslots; s-- > 0;)
-            if (!((used[s >> 3] >> (s & 7)) & 1))
-                ix->free_slots[ix->nfree++] = (uint32_t)s;
-    }
-    free(used);
-    used = NULL;
     if ((rc = build_tables(ix, 0)))
         goto fail;
     ix->file = file;
@@ -1633,21 +1552,17 @@ int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out)
     *out = ix;
     return ISX_OK;
 fail:
-    free(used);
     if (ix) { /* nothing may free what points into the file, closed below */
         for (size_t l = 0; l < ix->nlist; l++)
             if (!ix->lists[l].owned) {
                 ix->lists[l].codes = NULL;
                 ix->lists[l].ids = NULL;
+                ix->lists[l].rows = NULL;
                 ix->lists[l].owned = 1;
             }
         if (!ix->coarse_owned) {
             ix->coarse = NULL;
             ix->coarse_owned = 1;
-        }
-        if (!ix->rows_owned) {
-            ix->rows = NULL;
-            ix->rows_owned = 1;
         }
     }
     isx_ivfpq_destroy(ix);

@@ -20,7 +20,9 @@
  *          vector i + 16 in its high nibble -- the layout one AVX2 vpshufb
  *          looks up 32 vectors' sub-codes from (see pqscan.h).
  *   ids    size int64.
- *   slots  size uint32, with refine only: where each vector's original row is.
+ *   rows   with refine: size rows of dim float32 / float16, the vectors as
+ *          added (unit length for cosine), so that a candidate's row is found
+ *          from its list position without another indirection.
  * An id map sends id -> (list << 32 | position); removal swaps the list's
  * last vector into the hole.
  *
@@ -46,9 +48,9 @@
 typedef struct {
     uint8_t *codes;
     int64_t *ids;
-    uint32_t *slots;
+    uint8_t *rows;      /* refine only */
     size_t size, cap;   /* vectors; cap is a multiple of ISX_IVFPQ_BLOCK for 4-bit */
-    int owned;          /* 0: codes / ids point into the loaded file (slots are always owned) */
+    int owned;          /* 0: codes / ids / rows point into the loaded file */
 } isx_ivf_list;
 
 typedef struct isx_ivfpq {
@@ -75,12 +77,7 @@ typedef struct isx_ivfpq {
     isx_idmap map;          /* id -> list << 32 | position */
     int64_t next_id;
 
-    void *rows;             /* refine: nslots_cap x dim elements, in slot order */
-    int rows_owned;
     size_t row_bytes;       /* bytes per refine row */
-    size_t nslots, slots_cap;
-    uint32_t *free_slots;   /* a stack of slots freed by remove */
-    size_t nfree;
 
     isx_file *file;         /* a loaded file the arrays above may point into */
     isx_dist_fn refine_dist;
@@ -120,17 +117,22 @@ size_t isx_ivfpq_memory(isx_ivfpq *ix, size_t *lists);
  * per byte for 4-bit (pq.h's layout), and their lists; for tests of the ADC. */
 int isx_ivfpq_codes(isx_ivfpq *ix, const int64_t *ids, size_t n, uint8_t *codes, int64_t *lists);
 
-/* Serialisation (docs/FORMAT.md, kind ISX_KIND_IVFPQ): the lists are
- * concatenated into *bufs (malloc'd; free with free() after writing). */
-#define ISX_IVFPQ_SECTIONS 8
+/* Serialisation (docs/FORMAT.md, kind ISX_KIND_IVFPQ): the lists' arrays are
+ * written in place as the parts of their sections; *bufs holds the sizes and
+ * the part tables (free with isx_ivfpq_save_buf_free after writing). */
+#define ISX_IVFPQ_SECTIONS 7
 #define ISX_SEC_IVF_COARSE ISX_TAG('I', 'V', 'C', 'Q')
 #define ISX_SEC_IVF_PQ ISX_TAG('I', 'V', 'P', 'Q')
 #define ISX_SEC_IVF_SIZES ISX_TAG('I', 'V', 'L', 'S')
 #define ISX_SEC_IVF_CODES ISX_TAG('I', 'V', 'C', 'D')
-#define ISX_SEC_IVF_SLOTS ISX_TAG('I', 'V', 'S', 'L')
 #define ISX_SEC_IVF_REFINE ISX_TAG('I', 'V', 'R', 'F')
+typedef struct {
+    uint64_t *sizes;
+    isx_span *spans;
+} isx_ivfpq_save_buf;
 int isx_ivfpq_describe(isx_ivfpq *ix, isx_header *hd, isx_section_out *secs, uint32_t *nsecs, uint8_t *parm,
-                       size_t parm_cap, void **bufs);
+                       size_t parm_cap, isx_ivfpq_save_buf **bufs);
+void isx_ivfpq_save_buf_free(isx_ivfpq_save_buf *b);
 void isx_ivfpq_lock_read(isx_ivfpq *ix);
 void isx_ivfpq_unlock(isx_ivfpq *ix);
 int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out);

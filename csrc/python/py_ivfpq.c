@@ -293,13 +293,13 @@ static int ivfpq_core_describe(void *index, isx_py_writer *w)
     isx_section_out secs[ISX_IVFPQ_SECTIONS + 1];
     uint32_t nsecs;
     uint8_t parm[1024];
-    void *bufs = NULL;
+    isx_ivfpq_save_buf *bufs = NULL;
     isx_ivfpq_lock_read(ix);
     int rc = isx_ivfpq_describe(ix, &hd, secs, &nsecs, parm, sizeof(parm), &bufs);
     if (rc == ISX_OK)
         rc = isx_py_write(w, &hd, secs, nsecs);
     isx_ivfpq_unlock(ix);
-    free(bufs);
+    isx_ivfpq_save_buf_free(bufs);
     return rc;
 }
 
