@@ -21,12 +21,20 @@
  *     insert and queries at search, then is inner product.  Lists are probed
  *     by the metric (largest q.c for ip / cosine); vectors are assigned to
  *     the nearest centroid in L2, which keeps residuals small.
+ *   - The coarse step is one sgemm per block of 32 queries (l2 as |q|^2 -
+ *     2 q.c + |c|^2); a query's own table comes from the pq_lut_ip kernel
+ *     over transposed codebooks (codewords in the vector lanes).
  *   - 8 bits: the float table is scanned by the pq8 kernel.  4 bits: the
  *     table is quantised to uint8 per list (a bias per sub-quantizer, one
  *     scale per list, so that the uint16 sums of pq4 are an affine image of
  *     the float ones) and the fast-scan kernel yields each block's sums and
  *     a mask of those under the current k-th best, turned into a threshold in
- *     the list's integer scale; only masked vectors reach the heap.
+ *     the list's integer scale; only masked vectors are candidates.
+ *   - Candidates go to a reservoir with a threshold (see below), not a heap;
+ *     a 4-bit chunk that passes far more than it can keep (the first list,
+ *     while nothing bounds it) first takes a threshold from a histogram of
+ *     its own sums.  The two together took the 4-bit search from 0.75x to
+ *     1.05x faiss's IVFPQFastScan (200k x 128, nprobe 4, refine).
  *
  * Where it departs:
  *   - Reported distances are never the quantised ones: the 4-bit scan keeps
@@ -34,9 +42,15 @@
  *     float tables (exact ADC) before the k best are chosen; with refine the
  *     same candidates (k_factor x k of them for both code sizes) are ranked by
  *     their exact distance to the stored rows.
+ *   - Refine rows live in their lists beside the codes, so a candidate's
+ *     row is one address computation away (a slot array cost a dependent
+ *     cache miss per candidate); the rows of all candidates are prefetched
+ *     before the first exact distance, so their misses overlap.
  *   - Dynamic: add after a load copies only the lists it touches (a list
  *     points into the file until it changes); remove swaps the list's last
- *     vector into the hole, through an id -> (list, position) map.
+ *     vector (code, id, row) into the hole, through an id -> (list,
+ *     position) map.  Saving writes the lists' arrays in place as parts of
+ *     their sections, compacted to their sizes.
  *   - Filters are tested only for candidates that would enter the heap, so
  *     a filter costs nothing for the vectors the distances already reject.
  *
