@@ -642,6 +642,12 @@ static int add_nolock(isx_ivfpq *ix, const float *X, size_t n, const int64_t *id
     for (size_t i = 0; i < n; i++)
         need[assign[i]]++;
     for (size_t l = 0; l < ix->nlist; l++)
+        if (ix->lists[l].size + need[l] > UINT32_MAX) { /* positions are 32 bits in the id map */
+            rc = isx_error(ISX_EINVAL, "inverted list %zu would hold more than %u vectors: use a larger nlist", l,
+                           UINT32_MAX);
+            goto cleanup;
+        }
+    for (size_t l = 0; l < ix->nlist; l++)
         if (need[l] && (rc = list_reserve(ix, &ix->lists[l], ix->lists[l].size + need[l])))
             goto cleanup;
     if ((rc = isx_idmap_reserve(&ix->map, ix->count + n)))
@@ -1469,7 +1475,7 @@ int isx_ivfpq_from_file(isx_file *file, isx_ivfpq **out)
     for (size_t l = 0; l < ix->nlist; l++) {
         uint64_t s;
         memcpy(&s, sz->data + l * 8, 8); /* little-endian hosts only (format.c refuses others) */
-        if (s > n - total) {
+        if (s > n - total || s > UINT32_MAX) {
             rc = isx_error(ISX_EFORMAT, "IVF-PQ index: the list sizes add up to more than the %zu vectors the "
                                         "header counts", n);
             goto fail;
