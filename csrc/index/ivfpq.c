@@ -81,6 +81,7 @@
 #define IVFPQ_ADD_CHUNK 8192              /* rows encoded per step of add: bounds its scratch memory */
 #define IVFPQ_SCAN_CHUNK 1024             /* codes per kernel call (a multiple of ISX_PQ4_BLOCK) */
 #define IVFPQ_GROWTH_DIV 4                /* a list that grows takes at least 1/4 more room */
+#define IVFPQ_PREFETCH_AHEAD 8            /* refine rows requested ahead of their exact distance */
 #define IVFPQ_QUERY_BLOCK 32              /* queries per coarse sgemm (a fixed size: results do not depend on threads) */
 
 /* ======================================================================
@@ -1030,7 +1031,8 @@ static void scan_list8(const search_ctx *c, scratch *w, size_t p, size_t l, cons
     for (size_t off = 0; off < L->size; off += IVFPQ_SCAN_CHUNK) {
         size_t cn = L->size - off < IVFPQ_SCAN_CHUNK ? L->size - off : IVFPQ_SCAN_CHUNK;
         ix->kern->pq8_scan(lut, L->codes + off * ix->m, cn, ix->m, w->scan);
-        resv_shrink(h);
+        if (h->n > h->keep + h->keep / 4)
+            resv_shrink(h);
         for (size_t i = 0; i < cn; i++) {
             float d = cst + w->scan[i];
             if (d <= h->bound && (!c->filter || id_allowed(c, L->ids[off + i])))
@@ -1054,7 +1056,8 @@ static void scan_list4(const search_ctx *c, scratch *w, size_t p, size_t l, cons
     const size_t chunk_blocks = IVFPQ_SCAN_CHUNK / ISX_PQ4_BLOCK;
     for (size_t b0 = 0; b0 < nblocks; b0 += chunk_blocks) {
         size_t nb = nblocks - b0 < chunk_blocks ? nblocks - b0 : chunk_blocks;
-        resv_shrink(h); /* the bound as tight as the candidates so far allow, for the mask */
+        if (h->n > h->keep + h->keep / 4) /* a tighter bound for the mask, when it is worth a quickselect */
+            resv_shrink(h);
         uint16_t thresh = 65535;
         if (h->bound < INFINITY) {
             float x = (h->bound - bias) * scale;
@@ -1118,6 +1121,14 @@ static float adc_distance4(const isx_ivfpq *ix, const scratch *w, size_t p, size
     return s;
 }
 
+static inline void prefetch_row(const isx_ivfpq *ix, const scratch *w, int64_t label)
+{
+    const isx_ivf_list *L = &ix->lists[(size_t)w->probe_l[loc_list(label)]];
+    const char *row = (const char *)L->rows + loc_pos(label) * ix->row_bytes;
+    for (size_t b = 0; b < ix->row_bytes; b += 64)
+        __builtin_prefetch(row + b);
+}
+
 /* Query qi, whose coarse distances (l2, or -q.c for ip / cosine) are coarse_d
  * and whose prepared vector is w->q. */
 static void search_one(search_ctx *c, scratch *w, size_t qi, const float *coarse_d)
@@ -1166,19 +1177,19 @@ static void search_one(search_ctx *c, scratch *w, size_t qi, const float *coarse
     isx_topk out;
     isx_topk_init(&out, w->out_d, w->out_l, k);
     float add = ix->metric == ISX_METRIC_L2 ? 0.0f : 1.0f; /* ADC sums give -dot: report 1 - dot */
-    /* the candidates' rows are scattered over the lists: ask for all of them
-     * before the first is needed, so that their misses overlap */
-    for (size_t i = 0; ix->refine && i < h.n; i++) {
-        const isx_ivf_list *L = &ix->lists[(size_t)w->probe_l[loc_list(h.a[i].l)]];
-        const char *row = (const char *)L->rows + loc_pos(h.a[i].l) * ix->row_bytes;
-        for (size_t b = 0; b < ix->row_bytes; b += 64)
-            __builtin_prefetch(row + b);
-    }
+    /* the candidates' rows are scattered over the lists: each is asked for
+     * IVFPQ_PREFETCH_AHEAD candidates before it is needed, so that misses
+     * overlap without flooding the line-fill buffers (all at once stalled
+     * the loop once k_factor * k ran into the hundreds) */
+    for (size_t i = 0; ix->refine && i < h.n && i < IVFPQ_PREFETCH_AHEAD; i++)
+        prefetch_row(ix, w, h.a[i].l);
     for (size_t i = 0; i < h.n; i++) {
         int64_t lab = h.a[i].l;
         size_t p = loc_list(lab), pos = loc_pos(lab);
         float dist;
         if (ix->refine) {
+            if (i + IVFPQ_PREFETCH_AHEAD < h.n)
+                prefetch_row(ix, w, h.a[i + IVFPQ_PREFETCH_AHEAD].l);
             const isx_ivf_list *L = &ix->lists[(size_t)w->probe_l[p]];
             ix->refine_dist(w->q, L->rows + pos * ix->row_bytes, 1, d, &dist);
         } else if (ix->nbits == 4) {
