@@ -1079,8 +1079,9 @@ static void scan_list4(const search_ctx *c, scratch *w, size_t p, size_t l, cons
              * the keep-th of all, so a 256-bin histogram of the sums gives a
              * tighter threshold before anything reaches the reservoir.  (Not with
              * a filter: the disallowed would count.) */
-            unsigned shift = 0, cum = 0, hist[256] = {0};
-            while (((unsigned)thresh >> shift) > 255)
+            unsigned top = 2 * (unsigned)ix->npairs * 255, shift = 0, cum = 0, hist[256] = {0};
+            top = thresh < top ? thresh : top; /* no sum is above either: bins over [0, top] */
+            while ((top >> shift) > 255)
                 shift++;
             for (size_t i = 0; i < valid; i++)
                 if (w->sums[i] <= thresh)
