@@ -424,3 +424,31 @@ def test_bad_inputs_raise_clear_errors(rng):
     with pytest.raises(TypeError):
         index.search(X[:1], k=1.5)
     assert "IVFPQIndex(dim=16" in repr(index)
+
+
+def test_searches_run_while_another_thread_adds_and_removes(rng):
+    import threading
+    index, X = trained("l2", 4, "f32", rng=rng)
+    Q = clustered(20, 32, rng)
+    errors, stop = [], threading.Event()
+
+    def searcher():
+        while not stop.is_set():
+            try:
+                D, I = index.search(Q, k=5, threads=1)
+                assert np.all((I >= 0) & ((I < len(X)) | (I >= 100_000)))
+                assert np.all(np.diff(D, axis=1) >= -1e-6)
+            except Exception as e:  # noqa: BLE001 -- reported below
+                errors.append(e)
+
+    workers = [threading.Thread(target=searcher) for _ in range(2)]
+    for t in workers:
+        t.start()
+    for r in range(5):
+        index.add(X[:200], ids=np.arange(200) + 100_000 + 200 * r)
+        index.remove(np.arange(50 * r, 50 * r + 50))
+    stop.set()
+    for t in workers:
+        t.join()
+    assert not errors, errors[:1]
+    assert len(index) == len(X) + 1000 - 250
