@@ -81,7 +81,7 @@
 #define IVFPQ_ADD_CHUNK 8192              /* rows encoded per step of add: bounds its scratch memory */
 #define IVFPQ_SCAN_CHUNK 1024             /* codes per kernel call (a multiple of ISX_PQ4_BLOCK) */
 #define IVFPQ_GROWTH_DIV 4                /* a list that grows takes at least 1/4 more room */
-#define IVFPQ_PREFETCH_AHEAD 8            /* refine rows requested ahead of their exact distance */
+#define IVFPQ_PREFETCH_BYTES 4096         /* refine rows requested ahead of their exact distance: 64 lines */
 #define IVFPQ_QUERY_BLOCK 32              /* queries per coarse sgemm (a fixed size: results do not depend on threads) */
 
 /* ======================================================================
@@ -1179,18 +1179,20 @@ static void search_one(search_ctx *c, scratch *w, size_t qi, const float *coarse
     isx_topk_init(&out, w->out_d, w->out_l, k);
     float add = ix->metric == ISX_METRIC_L2 ? 0.0f : 1.0f; /* ADC sums give -dot: report 1 - dot */
     /* the candidates' rows are scattered over the lists: each is asked for
-     * IVFPQ_PREFETCH_AHEAD candidates before it is needed, so that misses
-     * overlap without flooding the line-fill buffers (all at once stalled
-     * the loop once k_factor * k ran into the hundreds) */
-    for (size_t i = 0; ix->refine && i < h.n && i < IVFPQ_PREFETCH_AHEAD; i++)
+     * about IVFPQ_PREFETCH_BYTES ahead of its use (8 rows of 128 floats, 1 of
+     * 784), so that misses overlap without flooding the line-fill buffers (all
+     * at once stalled the loop once k_factor * k ran into the hundreds) */
+    size_t ahead = ix->refine ? IVFPQ_PREFETCH_BYTES / ix->row_bytes : 0;
+    ahead = ahead < 1 ? 1 : ahead > 8 ? 8 : ahead;
+    for (size_t i = 0; ix->refine && i < h.n && i < ahead; i++)
         prefetch_row(ix, w, h.a[i].l);
     for (size_t i = 0; i < h.n; i++) {
         int64_t lab = h.a[i].l;
         size_t p = loc_list(lab), pos = loc_pos(lab);
         float dist;
         if (ix->refine) {
-            if (i + IVFPQ_PREFETCH_AHEAD < h.n)
-                prefetch_row(ix, w, h.a[i + IVFPQ_PREFETCH_AHEAD].l);
+            if (i + ahead < h.n)
+                prefetch_row(ix, w, h.a[i + ahead].l);
             const isx_ivf_list *L = &ix->lists[(size_t)w->probe_l[p]];
             ix->refine_dist(w->q, L->rows + pos * ix->row_bytes, 1, d, &dist);
         } else if (ix->nbits == 4) {
