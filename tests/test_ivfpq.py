@@ -452,3 +452,11 @@ def test_searches_run_while_another_thread_adds_and_removes(rng):
         t.join()
     assert not errors, errors[:1]
     assert len(index) == len(X) + 1000 - 250
+
+
+def test_the_serial_kernels_give_the_same_answers():
+    """The index at the serial level (IMGSEARCH_SIMD=serial, a child process):
+    the exactness and ADC-oracle tests pass there too."""
+    from conftest import run_tests_in_child
+    run_tests_in_child("test_ivfpq.py", "full_probe_with_refine or distances_without_refine",
+                       {"IMGSEARCH_SIMD": "serial"})
