@@ -46,7 +46,7 @@ def test_the_type_hints_cover_the_c_core():
     def members(name):  # a stub class's names, with its bases' (stub-only helper classes)
         return classes[name].union(*(members(b.id) for b in hinted[name].bases if b.id in classes))
 
-    for cls in (core.FlatIndex, core.KDTreeIndex, core.HNSWIndex):
+    for cls in (core.FlatIndex, core.KDTreeIndex, core.HNSWIndex, core.IVFPQIndex):
         assert sorted(n for n in dir(cls) if not n.startswith("_") and n not in members(cls.__name__)) == [], cls.__name__
     assert os.path.exists(os.path.join(REPO, "imgsearch", "py.typed"))
     pyproject = open(os.path.join(REPO, "pyproject.toml")).read()
