@@ -11,15 +11,15 @@ The core imports with NumPy alone; torch, Pillow, pandas and matplotlib are
 optional and imported only by the features that need them.
 """
 from . import _core, distance  # noqa: F401  (_core: imgsearch._core for users)
-from ._core import (FlatIndex, HNSWIndex, ImageDecodeError, IndexFormatError, KDTreeIndex, capabilities,
-                    load)
+from ._core import (FlatIndex, HNSWIndex, ImageDecodeError, IndexFormatError, IVFPQIndex, KDTreeIndex,
+                    capabilities, load)
 from . import features, image  # noqa: E402  (after _core: they import from it)
 from . import evaluate  # noqa: E402
 from .engine import ImageSearch  # noqa: E402  (torch, PIL, pandas stay unimported until used)
 from .results import SearchResults  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["FlatIndex", "HNSWIndex", "KDTreeIndex", "ImageSearch", "SearchResults", "ImageDecodeError",
+__all__ = ["FlatIndex", "HNSWIndex", "IVFPQIndex", "KDTreeIndex", "ImageSearch", "SearchResults", "ImageDecodeError",
            "IndexFormatError", "capabilities", "distance", "evaluate", "features", "image", "load", "serve",
            "__version__"]
 

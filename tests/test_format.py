@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import imgsearch
-from imgsearch import FlatIndex, HNSWIndex, IndexFormatError, KDTreeIndex
+from imgsearch import FlatIndex, HNSWIndex, IndexFormatError, IVFPQIndex, KDTreeIndex
 from conftest import METRICS, make_data
 
 HEADER = 64
@@ -257,7 +257,12 @@ def one_of_each_kind():
     hnsw = HNSWIndex(12, M=8, ef_construction=40)
     hnsw.add(X)
     hnsw.remove([3, 4])  # free slots: the slot count and the live count differ
-    return {"flat": small_index(n=60), "kdtree": KDTreeIndex.from_array(X, leaf_size=8), "hnsw": hnsw}
+    ivfpq = IVFPQIndex(12, nlist=4, m=3, nbits=4, refine="f32")
+    ivfpq.train(X)
+    ivfpq.add(X)
+    ivfpq.remove([3, 4])  # swap-removed: lists of uneven sizes
+    return {"flat": small_index(n=60), "kdtree": KDTreeIndex.from_array(X, leaf_size=8), "hnsw": hnsw,
+            "ivfpq": ivfpq}
 
 
 def lying_files():
@@ -280,6 +285,10 @@ def lying_files():
                                ("ef_construction", (1 << 20) + 1), ("ef_search", 1 << 40), ("entry", slots),
                                ("max_level", 32), ("quant_ready", 7)):
                 out[f"hnsw {key}={value}"] = set_param(raw, key, value)
+        if kind == "ivfpq":
+            for key, value in (("nlist", 1 << 20), ("nlist", 5), ("m", 1 << 20), ("m", 6), ("nbits", 8),
+                               ("refine", 0), ("refine", 2), ("trained", 0), ("nprobe", 1 << 40)):
+                out[f"ivfpq {key}={value}"] = set_param(raw, key, value)
     return out
 
 

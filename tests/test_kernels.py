@@ -330,3 +330,86 @@ def test_sqnorm_and_dot_kernels_match_oracle(isa, length, rng):
     scale = (np.abs(X64) * (np.abs(X64) + np.abs(q64))).sum(1)
     assert np.all(np.abs(_core._kernel("sqnorm", isa, q, X) - (X64 * X64).sum(1)) <= 2e-6 * scale + 1e-6)
     assert np.all(np.abs(_core._kernel("dot", isa, q, X) - X64 @ q64) <= 2e-6 * scale + 1e-6)
+
+
+# ---------------------------------------------------------------------------
+# PQ scan kernels (csrc/simd/pqscan.h): each level alone against NumPy
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("m", [1, 7, 8, 16, 97])
+def test_pq8_scan_matches_oracle(isa, m, rng):
+    for n in (1, 7, 8, 16, 97):
+        lut = rng.normal(size=(m, 256)).astype(np.float32)
+        codes = rng.integers(0, 256, size=(n, m), dtype=np.uint8)
+        got = _core._pq8_scan(isa, lut, codes)
+        ref = lut.astype(np.float64)[np.arange(m)[None, :], codes].sum(1)
+        assert got.dtype == np.float32 and got.shape == (n,)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(lut).max() * m + 1e-6)
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("m,dsub,ksub", [(1, 1, 16), (3, 7, 16), (16, 8, 256), (7, 97, 256)])
+def test_pq_lut_ip_matches_oracle(isa, m, dsub, ksub, rng):
+    books = rng.normal(size=(m, ksub, dsub)).astype(np.float32)
+    q = rng.normal(size=m * dsub).astype(np.float32)
+    books_t = np.ascontiguousarray(books.transpose(0, 2, 1).reshape(m * dsub, ksub))
+    got = _core._pq_lut_ip(isa, q, books_t, m)
+    ref = -np.einsum("jcd,jd->jc", books.astype(np.float64), q.reshape(m, dsub).astype(np.float64))
+    scale = np.einsum("jcd,jd->jc", np.abs(books.astype(np.float64)), np.abs(q.reshape(m, dsub)))
+    assert got.shape == (m, ksub) and np.all(np.abs(got - ref) <= 2e-6 * scale + 1e-6)
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("m", [1, 3, 16, 32, 256])
+def test_pq4_quantize_matches_oracle(isa, m, rng):
+    lut = (rng.normal(size=(m, 16)) * rng.uniform(0.1, 10, size=(m, 1)) + rng.normal(size=(m, 1))).astype(np.float32)
+    lut[0, 5] = lut[0].max() + 3  # the widest table sets the scale
+    qtab, sum_min, scale = _core._pq4_quantize(isa, lut)
+    lo = lut.astype(np.float64).min(1, keepdims=True)
+    ref_scale = 255 / (lut.astype(np.float64).max(1, keepdims=True) - lo).max()
+    assert scale == pytest.approx(ref_scale, rel=1e-6) and sum_min == pytest.approx(lo.sum(), rel=1e-5, abs=1e-5)
+    ref = np.floor((lut - lo) * ref_scale + 0.5)
+    got = np.zeros(((m + 1) // 2 * 2, 16), np.uint8)
+    got[:] = qtab.reshape(-1, 2, 16).reshape(-1, 16)
+    assert np.abs(got[:m].astype(int) - ref).max() <= 1 and (got[:m] == ref).mean() > 0.99
+    assert got[:m].max() == 255 and got[:m].min(1).max() == 0
+    if m % 2:
+        assert np.all(got[m] == 0)  # the padding half is left as it was
+    flat = np.full((2, 16), 7.0, np.float32)  # flat tables: scale 1, all entries 0
+    qtab, sum_min, scale = _core._pq4_quantize(isa, flat)
+    assert scale == 1 and sum_min == 14 and not qtab.any()
+
+
+def pq4_pack(sub_codes):
+    """(nblocks * 32, 2 * npairs) 4-bit sub-codes -> the block layout of pqscan.h, written independently."""
+    nv, mm = sub_codes.shape
+    npairs = mm // 2
+    out = np.zeros((nv // 32, npairs * 32), np.uint8)
+    for b in range(nv // 32):
+        for j in range(mm):
+            for i in range(16):
+                lo, hi = sub_codes[32 * b + i, j], sub_codes[32 * b + 16 + i, j]
+                out[b, (j // 2) * 32 + (j % 2) * 16 + i] = lo | (hi << 4)
+    return out
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("npairs", [1, 3, 8, 16, 128])
+def test_pq4_scan_matches_oracle(isa, npairs, rng):
+    for nblocks in (1, 3):
+        sub = rng.integers(0, 16, size=(nblocks * 32, 2 * npairs), dtype=np.uint8)
+        tables = rng.integers(0, 256, size=(2 * npairs, 16), dtype=np.uint8)
+        tables[0] = 255  # the largest entries everywhere: the uint16 sums must not wrap
+        lut = tables.reshape(npairs, 2, 16).reshape(-1).copy()
+        ref = tables.astype(np.int64)[np.arange(2 * npairs)[None, :], sub].sum(1)
+        for thresh in (0, int(np.median(ref)), 65535):
+            sums, masks = _core._pq4_scan(isa, pq4_pack(sub), lut, thresh)
+            assert sums.dtype == np.uint16
+            np.testing.assert_array_equal(sums.astype(np.int64), ref)
+            bits = (masks[:, None] >> np.arange(32, dtype=np.uint32)) & 1
+            np.testing.assert_array_equal(bits.reshape(-1).astype(bool), ref <= thresh)
+    # all entries 255 with the most pairs: the largest sum there is
+    sub = np.full((32, 256), 15, np.uint8)
+    sums, masks = _core._pq4_scan(isa, pq4_pack(sub), np.full(128 * 32, 255, np.uint8), 65535)
+    assert np.all(sums == 256 * 255) and masks[0] == 0xFFFFFFFF

@@ -103,6 +103,19 @@ uint32_t isx_crc32c(uint32_t crc, const void *data, size_t n)
 {
     return n ? isx_kernels_active()->crc32c(crc, data, n) : crc;
 }
+
+/* A section's bytes as spans: its parts, or the one span at data. */
+static const isx_span *section_spans(const isx_section_out *s, isx_span *one, size_t *n)
+{
+    if (s->parts) {
+        *n = s->nparts;
+        return s->parts;
+    }
+    one->data = s->data;
+    one->size = s->size;
+    *n = s->size ? 1 : 0;
+    return one;
+}
 /* The header CRC: bytes 0..59, four zero bytes for the CRC field, the table. */
 static uint32_t header_crc(const uint8_t *bytes, uint32_t nsec)
 {
@@ -158,9 +171,23 @@ static int make_plan(const isx_header *h, const isx_section_out *secs, uint32_t 
     memset(pl->head, 0, pl->head_size);
     for (uint32_t i = 0; i < nsecs; i++) {
         const isx_section_out *s = &secs[i];
-        if (s->size && !s->data)
+        if (s->size && !s->data && !s->parts)
             return isx_error(ISX_EINVAL, "section '%s' has %llu bytes but no data", tag_str(s->tag, t1),
                              (unsigned long long)s->size);
+        isx_span one;
+        size_t nsp;
+        const isx_span *sp = section_spans(s, &one, &nsp);
+        uint64_t total = 0;
+        uint32_t crc = 0;
+        for (size_t k = 0; k < nsp; k++) {
+            if (sp[k].size && !sp[k].data)
+                return isx_error(ISX_EINVAL, "section '%s': part %zu has no data", tag_str(s->tag, t1), k);
+            total += sp[k].size;
+            crc = isx_crc32c(crc, sp[k].data, (size_t)sp[k].size);
+        }
+        if (total != s->size)
+            return isx_error(ISX_EINVAL, "section '%s': its parts hold %llu bytes, not %llu", tag_str(s->tag, t1),
+                             (unsigned long long)total, (unsigned long long)s->size);
         for (uint32_t j = 0; j < i; j++)
             if (secs[j].tag == s->tag)
                 return isx_error(ISX_EINVAL, "section '%s' is given twice", tag_str(s->tag, t1));
@@ -175,7 +202,7 @@ static int make_plan(const isx_header *h, const isx_section_out *secs, uint32_t 
         put32(e + 4, 0);
         put64(e + 8, off);
         put64(e + 16, s->size);
-        put32(e + 24, isx_crc32c(0, s->data, (size_t)s->size));
+        put32(e + 24, crc);
         put32(e + 28, 0);
     }
     pl->file_size = pos;
@@ -225,9 +252,14 @@ int isx_format_write_memory(const isx_header *h, const isx_section_out *secs, ui
     for (uint32_t i = 0; i < nsecs; i++) {
         memset(buf + pos, 0, (size_t)pl->offset[i] - pos);
         pos = (size_t)pl->offset[i];
-        if (secs[i].size)
-            memcpy(buf + pos, secs[i].data, (size_t)secs[i].size);
-        pos += (size_t)secs[i].size;
+        isx_span one;
+        size_t nsp;
+        const isx_span *sp = section_spans(&secs[i], &one, &nsp);
+        for (size_t k = 0; k < nsp; k++) {
+            if (sp[k].size)
+                memcpy(buf + pos, sp[k].data, (size_t)sp[k].size);
+            pos += (size_t)sp[k].size;
+        }
     }
     *out = buf;
     *out_size = (size_t)pl->file_size;
@@ -364,8 +396,13 @@ int isx_format_write_file(const char *path, const isx_header *h, const isx_secti
     }
     uint64_t pos = pl->head_size;
     for (uint32_t i = 0; i < nsecs; i++) {
-        if (write_all(fd, zeros, (size_t)(pl->offset[i] - pos)) ||
-            (secs[i].size && write_all(fd, secs[i].data, (size_t)secs[i].size))) {
+        isx_span one;
+        size_t nsp;
+        const isx_span *sp = section_spans(&secs[i], &one, &nsp);
+        int bad = write_all(fd, zeros, (size_t)(pl->offset[i] - pos)) != 0;
+        for (size_t k = 0; !bad && k < nsp; k++)
+            bad = sp[k].size && write_all(fd, sp[k].data, (size_t)sp[k].size);
+        if (bad) {
             rc = isx_error_errno(errno, "cannot write index file '%s'", path);
             goto cleanup;
         }

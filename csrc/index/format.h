@@ -36,8 +36,9 @@ typedef enum {
     ISX_KIND_FLAT = 1,
     ISX_KIND_KDTREE = 2,
     ISX_KIND_HNSW = 3,
+    ISX_KIND_IVFPQ = 4,
 } isx_index_kind;
-#define ISX_KIND_MAX 3
+#define ISX_KIND_MAX 4
 
 /* Four-character section tags, stored as a little-endian uint32. */
 #define ISX_TAG(a, b, c, d) \
@@ -57,9 +58,20 @@ typedef struct {
 } isx_header;
 
 typedef struct {
+    const void *data;
+    uint64_t size;
+} isx_span;
+
+/* A section to write: `size` bytes at `data`, or -- when parts is not NULL --
+ * the nparts spans one after the other (their sizes add up to `size`), so an
+ * index whose data lies in many blocks (IVF-PQ's lists) writes them without
+ * first copying them into one. */
+typedef struct {
     uint32_t tag;
     const void *data;
     uint64_t size;
+    const isx_span *parts;
+    size_t nparts;
 } isx_section_out;
 
 typedef struct {

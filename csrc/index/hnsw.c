@@ -53,6 +53,7 @@
 #include <string.h>
 
 #include "hnsw.h"
+#include "../common/rows.h"
 #include "../common/topk.h"
 
 #define HNSW_EXACT_COST 4          /* see above: scan the allowed set when a^2 < 4 ef n */
@@ -268,46 +269,6 @@ static inline void visited_next(isx_hnsw_visited *v)
  * Vectors: encoding, decoding, prepared queries, distances
  * ====================================================================== */
 
-/* float -> IEEE half, round to nearest even (values are finite here). */
-static uint16_t float_to_half(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint32_t sign = (x >> 16) & 0x8000;
-    int32_t e = (int32_t)((x >> 23) & 0xff) - 127 + 15;
-    uint32_t m = x & 0x7fffff;
-    if (e >= 31)
-        return (uint16_t)(sign | 0x7c00); /* overflow: inf (beyond 65504) */
-    if (e <= 0) {
-        if (e < -10)
-            return (uint16_t)sign;
-        m |= 0x800000;
-        uint32_t shift = (uint32_t)(14 - e);
-        uint32_t h = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (h & 1)))
-            h++;
-        return (uint16_t)(sign | h);
-    }
-    uint32_t h = ((uint32_t)e << 10) | (m >> 13);
-    uint32_t rem = m & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
-        h++; /* may carry into the exponent: still correct */
-    return (uint16_t)(sign | h);
-}
-
-/* Scale a float row to unit length in place (cosine); a zero row stays zero. */
-static void normalise(float *x, size_t dim)
-{
-    double s = 0;
-    for (size_t i = 0; i < dim; i++)
-        s += (double)x[i] * x[i];
-    if (s > 0) {
-        float inv = (float)(1.0 / sqrt(s));
-        for (size_t i = 0; i < dim; i++)
-            x[i] *= inv;
-    }
-}
-
 /* Store row x (float dim, or bytes for hamming) in slot's code area. */
 static void encode(isx_hnsw *h, const void *x, size_t slot, float *tmp)
 {
@@ -323,7 +284,7 @@ static void encode(isx_hnsw *h, const void *x, size_t slot, float *tmp)
     else
         memcpy(tmp, x, h->dim * sizeof(float));
     if (h->metric == ISX_METRIC_COSINE)
-        normalise(tmp, h->dim);
+        isx_normalise(tmp, h->dim);
     if (h->refine) /* no element order without `bounded`: tmp is the row as given */
         memcpy(h->refine_rows + slot * h->dim, tmp, h->dim * sizeof(float));
     if (h->dtype == ISX_DTYPE_F32) {
@@ -331,7 +292,7 @@ static void encode(isx_hnsw *h, const void *x, size_t slot, float *tmp)
     } else if (h->dtype == ISX_DTYPE_F16) {
         uint16_t *o = (uint16_t *)dst;
         for (size_t i = 0; i < h->dim; i++)
-            o[i] = float_to_half(tmp[i]);
+            o[i] = isx_float_to_half(tmp[i]);
     } else {
         int8_t *o = (int8_t *)dst;
         for (size_t i = 0; i < h->dim; i++) {
@@ -385,7 +346,7 @@ static void query_prepare(const isx_hnsw *h, const void *x, float *buf, int stor
     if (x != buf)
         memcpy(buf, x, h->dim * sizeof(float));
     if (h->metric == ISX_METRIC_COSINE && !stored)
-        normalise(buf, h->dim);
+        isx_normalise(buf, h->dim);
     q->vec = buf;
     if (h->dtype != ISX_DTYPE_I8)
         return;
@@ -1185,7 +1146,7 @@ static void train_quantiser(isx_hnsw *h, const float *X, size_t n, float *tmp)
     for (size_t r = 0; r < n; r++) {
         memcpy(tmp, X + r * h->dim, h->dim * sizeof(float));
         if (h->metric == ISX_METRIC_COSINE)
-            normalise(tmp, h->dim);
+            isx_normalise(tmp, h->dim);
         for (size_t i = 0; i < h->dim; i++) {
             lo = tmp[i] < lo ? tmp[i] : lo;
             hi = tmp[i] > hi ? tmp[i] : hi;
@@ -1462,7 +1423,7 @@ static int task_search(void *ctx, size_t qi, int wk)
     if (h->refine) {
         memcpy(w->pbuf, c->Q + qi * c->q_bytes, h->dim * sizeof(float));
         if (h->metric == ISX_METRIC_COSINE)
-            normalise(w->pbuf, h->dim);
+            isx_normalise(w->pbuf, h->dim);
         r = w->pbuf;
     }
     query_prepare(h, c->Q + qi * c->q_bytes, w->qbuf, 0, &q);

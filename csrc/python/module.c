@@ -113,6 +113,15 @@ static PyObject *index_from_file(isx_file *f)
             return isx_py_raise(rc);
         return isx_py_hnsw_wrap(hnsw);
     }
+    case ISX_KIND_IVFPQ: {
+        isx_ivfpq *ix;
+        Py_BEGIN_ALLOW_THREADS
+        rc = isx_ivfpq_from_file(f, &ix);
+        Py_END_ALLOW_THREADS
+        if (rc)
+            return isx_py_raise(rc);
+        return isx_py_ivfpq_wrap(ix);
+    }
     case ISX_KIND_KDTREE: {
         isx_kdtree *kd;
         Py_BEGIN_ALLOW_THREADS
@@ -223,6 +232,10 @@ static PyMethodDef module_methods[] = {
     {"_f16_to_f32", isx_py_f16_to_f32, METH_VARARGS, NULL},
     {"_crc32c", isx_py_crc32c, METH_VARARGS, NULL},
     {"_kernel_table", isx_py_kernel_table, METH_VARARGS, NULL},
+    {"_pq_lut_ip", isx_py_pq_lut_ip, METH_VARARGS, NULL},
+    {"_pq4_quantize", isx_py_pq4_quantize, METH_VARARGS, NULL},
+    {"_pq8_scan", isx_py_pq8_scan, METH_VARARGS, NULL},
+    {"_pq4_scan", isx_py_pq4_scan, METH_VARARGS, NULL},
     {"_set_simd", isx_py_set_simd, METH_VARARGS, NULL},
     {"_kmeans", (PyCFunction)(void (*)(void))isx_py_kmeans, METH_VARARGS | METH_KEYWORDS, NULL},
     {"_kmeans_assign", (PyCFunction)(void (*)(void))isx_py_kmeans_assign, METH_VARARGS | METH_KEYWORDS, NULL},
@@ -263,6 +276,13 @@ PyMODINIT_FUNC PyInit__core(void)
     Py_INCREF(&isx_HNSWType);
     if (PyModule_AddObject(m, "HNSWIndex", (PyObject *)&isx_HNSWType) < 0) {
         Py_DECREF(&isx_HNSWType);
+        goto error;
+    }
+    if (PyType_Ready(&isx_IVFPQType) < 0)
+        goto error;
+    Py_INCREF(&isx_IVFPQType);
+    if (PyModule_AddObject(m, "IVFPQIndex", (PyObject *)&isx_IVFPQType) < 0) {
+        Py_DECREF(&isx_IVFPQType);
         goto error;
     }
     if (PyType_Ready(&isx_KDTreeType) < 0)

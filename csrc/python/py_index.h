@@ -14,6 +14,7 @@
 #include "py_common.h"
 #include "../index/flat.h"
 #include "../index/hnsw.h"
+#include "../index/ivfpq.h"
 #include "../index/kdtree.h"
 
 extern PyTypeObject isx_FlatType;
@@ -23,6 +24,10 @@ PyObject *isx_py_flat_wrap(isx_flat *f);
 extern PyTypeObject isx_HNSWType;
 /* A new HNSWIndex object owning h (destroyed on failure). */
 PyObject *isx_py_hnsw_wrap(isx_hnsw *h);
+
+extern PyTypeObject isx_IVFPQType;
+/* A new IVFPQIndex object owning ix (destroyed on failure). */
+PyObject *isx_py_ivfpq_wrap(isx_ivfpq *ix);
 
 extern PyTypeObject isx_KDTreeType;
 /* A new KDTreeIndex object owning kd (destroyed on failure). */

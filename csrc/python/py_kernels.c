@@ -15,6 +15,11 @@
  *   _kdleaf(isa, metric, q, X, perm, ptrs)     kd_dists / kd_dists_ptrs
  *   _f16_to_f32(isa, halves)                   f16_to_f32
  *   _crc32c(isa, data, crc=0)                  crc32c
+ *   _pq_lut_ip(isa, q, books_t, m)             pq_lut_ip: books_t (m*dsub, ksub) f32 -> (m, ksub)
+ *   _pq4_quantize(isa, lut)                    pq4_quantize: lut (m, 16) f32 -> (qtab, sum_min, scale)
+ *   _pq8_scan(isa, lut, codes)                 pq8_scan: lut (m, 256) f32, codes (n, m) u8
+ *   _pq4_scan(isa, codes, lut, thresh)         pq4_scan: codes (nblocks, npairs*32) u8,
+ *                                              lut (npairs*32,) u8 -> (sums u16, masks u32)
  *   _kernel_table(isa)                         {slot: level it comes from}
  *   _set_simd(isa)                             the level in use (returns the old)
  */
@@ -443,4 +448,123 @@ PyObject *isx_py_set_simd(PyObject *mod, PyObject *args)
     if (isx_simd_set_level(level))
         return isx_py_raise(ISX_EINVAL);
     return PyUnicode_FromString(isx_isa_name(old));
+}
+
+PyObject *isx_py_pq8_scan(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    const char *isa_name;
+    PyObject *lut_obj, *codes_obj;
+    if (!PyArg_ParseTuple(args, "sOO:_pq8_scan", &isa_name, &lut_obj, &codes_obj))
+        return NULL;
+    const isx_kernels *k = table_named(isa_name, NULL);
+    if (!k)
+        return NULL;
+    PyArrayObject *lut = exact(lut_obj, NPY_FLOAT32, 2, "lut"), *codes = NULL, *out = NULL;
+    if (!lut || !(codes = exact(codes_obj, NPY_UINT8, 2, "codes")))
+        goto done;
+    npy_intp m = PyArray_DIM(codes, 1), n = PyArray_DIM(codes, 0);
+    if (PyArray_DIM(lut, 0) != m || PyArray_DIM(lut, 1) != 256) {
+        PyErr_SetString(PyExc_ValueError, "lut must be (m, 256) for codes of m bytes");
+        goto done;
+    }
+    if ((out = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32)))
+        k->pq8_scan(PyArray_DATA(lut), PyArray_DATA(codes), (size_t)n, (size_t)m, PyArray_DATA(out));
+done:
+    Py_XDECREF(lut);
+    Py_XDECREF(codes);
+    return (PyObject *)out;
+}
+
+PyObject *isx_py_pq4_scan(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    const char *isa_name;
+    PyObject *lut_obj, *codes_obj;
+    unsigned int thresh;
+    if (!PyArg_ParseTuple(args, "sOOI:_pq4_scan", &isa_name, &codes_obj, &lut_obj, &thresh))
+        return NULL;
+    const isx_kernels *k = table_named(isa_name, NULL);
+    if (!k)
+        return NULL;
+    PyArrayObject *lut = exact(lut_obj, NPY_UINT8, 1, "lut"), *codes = NULL, *sums = NULL, *masks = NULL;
+    PyObject *r = NULL;
+    if (!lut || !(codes = exact(codes_obj, NPY_UINT8, 2, "codes")))
+        goto done;
+    npy_intp nb = PyArray_DIM(codes, 0), bytes = PyArray_DIM(codes, 1), nsum = nb * 32;
+    if (bytes % 32 || bytes == 0 || bytes / 32 > 128 || PyArray_DIM(lut, 0) != bytes || thresh > 65535) {
+        PyErr_SetString(PyExc_ValueError, "codes (nblocks, npairs*32), lut (npairs*32,), npairs <= 128, thresh <= 65535");
+        goto done;
+    }
+    sums = (PyArrayObject *)PyArray_SimpleNew(1, &nsum, NPY_UINT16);
+    masks = (PyArrayObject *)PyArray_SimpleNew(1, &nb, NPY_UINT32);
+    if (!sums || !masks)
+        goto done;
+    k->pq4_scan(PyArray_DATA(codes), (size_t)nb, (size_t)(bytes / 32), PyArray_DATA(lut), (uint16_t)thresh,
+                PyArray_DATA(sums), PyArray_DATA(masks));
+    r = Py_BuildValue("(OO)", sums, masks);
+done:
+    Py_XDECREF(lut);
+    Py_XDECREF(codes);
+    Py_XDECREF(sums);
+    Py_XDECREF(masks);
+    return r;
+}
+
+PyObject *isx_py_pq_lut_ip(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    const char *isa_name;
+    PyObject *q_obj, *b_obj;
+    Py_ssize_t m;
+    if (!PyArg_ParseTuple(args, "sOOn:_pq_lut_ip", &isa_name, &q_obj, &b_obj, &m))
+        return NULL;
+    const isx_kernels *k = table_named(isa_name, NULL);
+    if (!k)
+        return NULL;
+    PyArrayObject *q = exact(q_obj, NPY_FLOAT32, 1, "q"), *b = NULL, *out = NULL;
+    if (!q || !(b = exact(b_obj, NPY_FLOAT32, 2, "books_t")))
+        goto done;
+    npy_intp d = PyArray_DIM(q, 0), ksub = PyArray_DIM(b, 1);
+    if (m < 1 || d % m || PyArray_DIM(b, 0) != d || ksub % 16 || ksub == 0) {
+        PyErr_SetString(PyExc_ValueError, "q (d,), books_t (d, ksub) with m | d and 16 | ksub");
+        goto done;
+    }
+    npy_intp shape[2] = {(npy_intp)m, ksub};
+    if ((out = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32)))
+        k->pq_lut_ip(PyArray_DATA(q), PyArray_DATA(b), (size_t)m, (size_t)(d / m), (size_t)ksub, PyArray_DATA(out));
+done:
+    Py_XDECREF(q);
+    Py_XDECREF(b);
+    return (PyObject *)out;
+}
+
+PyObject *isx_py_pq4_quantize(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    const char *isa_name;
+    PyObject *lut_obj;
+    if (!PyArg_ParseTuple(args, "sO:_pq4_quantize", &isa_name, &lut_obj))
+        return NULL;
+    const isx_kernels *k = table_named(isa_name, NULL);
+    if (!k)
+        return NULL;
+    PyArrayObject *lut = exact(lut_obj, NPY_FLOAT32, 2, "lut"), *qtab = NULL;
+    PyObject *r = NULL;
+    if (!lut)
+        return NULL;
+    npy_intp m = PyArray_DIM(lut, 0), nbytes = (m + 1) / 2 * 32;
+    if (PyArray_DIM(lut, 1) != 16 || m < 1 || m > 256) {
+        PyErr_SetString(PyExc_ValueError, "lut must be (m, 16) with 1 <= m <= 256");
+        goto done;
+    }
+    if (!(qtab = (PyArrayObject *)PyArray_ZEROS(1, &nbytes, NPY_UINT8, 0)))
+        goto done;
+    float scale;
+    float sum_min = k->pq4_quantize(PyArray_DATA(lut), (size_t)m, PyArray_DATA(qtab), &scale);
+    r = Py_BuildValue("(Odd)", qtab, (double)sum_min, (double)scale);
+done:
+    Py_XDECREF(lut);
+    Py_XDECREF(qtab);
+    return r;
 }

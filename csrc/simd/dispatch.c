@@ -58,6 +58,10 @@ static const slot_desc slots[] = {
     SLOT(kd_dists_ptrs, "kdleaf_ptrs_f32"),
     SLOT(f16_to_f32, "f16_to_f32"),
     SLOT(crc32c, "crc32c_u8"),
+    SLOT(pq_lut_ip, "pq_lut_ip_f32"),
+    SLOT(pq8_scan, "pq8_scan_f32"),
+    SLOT(pq4_scan, "pq4_scan_u8"),
+    SLOT(pq4_quantize, "pq4_quantize_f32"),
 };
 #define NSLOTS (sizeof(slots) / sizeof(slots[0]))
 

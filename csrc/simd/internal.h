@@ -35,6 +35,15 @@ void isx_kd_dists_avx2(const float *rows, const uint32_t *perm, size_t s, size_t
                        size_t dim, int l1, float *out);
 void isx_kd_dists_ptrs_avx2(const float *const *rows, size_t n, const float *q, size_t dim, int l1,
                             float *out);
+void isx_pq_lut_ip_serial(const float *q, const float *books_t, size_t m, size_t dsub, size_t ksub, float *lut);
+void isx_pq_lut_ip_avx2(const float *q, const float *books_t, size_t m, size_t dsub, size_t ksub, float *lut);
+float isx_pq4_quantize_serial(const float *lut, size_t m, uint8_t *qtab, float *scale);
+float isx_pq4_quantize_avx2(const float *lut, size_t m, uint8_t *qtab, float *scale);
+void isx_pq8_scan_serial(const float *lut, const uint8_t *codes, size_t n, size_t m, float *out);
+void isx_pq4_scan_serial(const uint8_t *codes, size_t nblocks, size_t npairs, const uint8_t *lut, uint16_t thresh,
+                         uint16_t *out, uint32_t *masks);
+void isx_pq4_scan_avx2(const uint8_t *codes, size_t nblocks, size_t npairs, const uint8_t *lut, uint16_t thresh,
+                       uint16_t *out, uint32_t *masks);
 
 /* Elements between two looks at a bounded kernel's partial sum: a horizontal
  * sum costs about as much as 16 elements of work, so looking more often does

@@ -425,6 +425,9 @@ const isx_kernels isx_raw_avx2 = {
     .kd_dists_ptrs = kd_dists_ptrs_avx2,
     .f16_to_f32 = f16_to_f32_f16c,
     .crc32c = isx_crc32c_sse42,
+    .pq4_scan = isx_pq4_scan_avx2,
+    .pq4_quantize = isx_pq4_quantize_avx2,
+    .pq_lut_ip = isx_pq_lut_ip_avx2,
 };
 
 #else

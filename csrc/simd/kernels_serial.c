@@ -379,4 +379,8 @@ const isx_kernels isx_raw_serial = {
     .kd_dists_ptrs = isx_kd_dists_ptrs_serial,
     .f16_to_f32 = f16_to_f32_serial,
     .crc32c = isx_crc32c_serial,
+    .pq8_scan = isx_pq8_scan_serial,
+    .pq4_scan = isx_pq4_scan_serial,
+    .pq4_quantize = isx_pq4_quantize_serial,
+    .pq_lut_ip = isx_pq_lut_ip_serial,
 };

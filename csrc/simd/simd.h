@@ -36,6 +36,12 @@
  *   select             v = row[j] * scale[j] + bias[j] offered to one heap.
  *   kd_dists(_ptrs)    the KD-tree's leaf scans (see kdleaf.h).
  *   f16_to_f32         widen n halves.
+ *   pq_lut_ip          a query's inner-product PQ table from transposed codebooks.
+ *   pq8_scan           ADC sums of 8-bit PQ codes from a float lookup table.
+ *   pq4_quantize       the uint8 tables of pq4_scan from float ones.
+ *   pq4_scan           4-bit fast-scan: uint8 lookup tables, blocks of 32
+ *                      codes with transposed nibbles, uint16 sums and a
+ *                      threshold mask (pqscan.h describes both layouts).
  *   crc32c             CRC-32C (Castagnoli) of n bytes, continuing from crc.
  */
 #ifndef ISX_SIMD_H
@@ -65,6 +71,26 @@ typedef void (*isx_kd_ptrs_fn)(const float *const *rows, size_t n, const float *
                                float *out);
 typedef void (*isx_f16_fn)(const uint16_t *in, float *out, size_t n);
 typedef uint32_t (*isx_crc_fn)(uint32_t crc, const void *data, size_t n);
+/* lut[j * ksub + c] = -sum_{t < dsub} q[j * dsub + t] * books_t[(j * dsub + t) * ksub + c]:
+ * the inner-product table of q against codebooks stored transposed (element-
+ * major within each sub-quantizer, so the codewords are the vector lanes);
+ * ksub is a multiple of 16. */
+typedef void (*isx_pq_lut_fn)(const float *q, const float *books_t, size_t m, size_t dsub, size_t ksub, float *lut);
+/* The uint8 tables of pq4 from m float tables of 16 entries (lut, m x 16):
+ * entry e of table j becomes round((lut[j][e] - min_j) * scale) in the
+ * pqscan.h table layout, with one scale = 255 / max_j (max_j - min_j) (1 when
+ * every table is flat); returns sum_j min_j, so that a pq4 sum S stands for
+ * the float sum  returned + S / scale.  Bytes of an odd m's padding half are
+ * not written. */
+typedef float (*isx_pq4_quant_fn)(const float *lut, size_t m, uint8_t *qtab, float *scale);
+/* out[i] = sum_{j < m} lut[j * 256 + codes[i * m + j]] for i < n. */
+typedef void (*isx_pq8_fn)(const float *lut, const uint8_t *codes, size_t n, size_t m, float *out);
+/* For each of nblocks blocks of 32 codes (npairs x 32 bytes each, pqscan.h):
+ * out[32 b + i] = the uint16 sum of the block's vector i over the npairs x 2
+ * uint8 tables of lut (npairs x 32 bytes), and bit i of masks[b] set when
+ * that sum <= thresh.  npairs <= 128, so no sum can overflow. */
+typedef void (*isx_pq4_fn)(const uint8_t *codes, size_t nblocks, size_t npairs, const uint8_t *lut,
+                           uint16_t thresh, uint16_t *out, uint32_t *masks);
 
 #define ISX_FUSED_MIN_PANEL 16 /* every fused kernel's panel holds at least this many queries */
 
@@ -101,6 +127,10 @@ typedef struct {
     isx_kd_ptrs_fn kd_dists_ptrs;
     isx_f16_fn f16_to_f32;
     isx_crc_fn crc32c;
+    isx_pq_lut_fn pq_lut_ip;
+    isx_pq8_fn pq8_scan;
+    isx_pq4_fn pq4_scan;
+    isx_pq4_quant_fn pq4_quantize;
 } isx_kernels;
 
 /* Detect the CPU once (idempotent, thread-safe after the first call). */
