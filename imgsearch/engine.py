@@ -240,7 +240,9 @@ class ImageSearch:
 
     extractor   "colorhist", "lbp", "colorhist+lbp", "phash", "dhash", a model name ("mobilenet_v2",
                 "resnet50", ...), a TorchScript file path, or any Extractor object.
-    index       "hnsw" (default), "flat" (exact) or "kdtree", or an index object.
+    index       "hnsw" (default), "flat" (exact), "kdtree", or "ivfpq" (compressed: PQ codes in
+                an inverted file, exact until the collection reaches train_at=10,000 vectors,
+                then trained on it; see imgsearch/ivf.py), or an index object.
     weights     weights file for a named model (nothing is downloaded).
     extractor_params  passed to the extractor (e.g. mean/std/size for a TorchScript file).
     index_params      passed to the index (e.g. M=16, ef_construction=200).
@@ -266,7 +268,8 @@ class ImageSearch:
             if index_params:
                 raise ValueError("index parameters go with an index name, not with an index object")
             self.index = index
-            self.index_kind = type(index).__name__.replace("Index", "").lower()
+            self.index_kind = "ivfpq" if type(index).__name__ == "AutoIVFPQ" else \
+                type(index).__name__.replace("Index", "").lower()
             self.index_params = {}
             if index.dim != self.extractor.dim:
                 raise ValueError(f"the index has dim {index.dim} but the extractor gives {self.extractor.dim}")
@@ -284,7 +287,10 @@ class ImageSearch:
 
     def _make_index(self, kind, params):
         import imgsearch
-        classes = {"flat": "FlatIndex", "hnsw": "HNSWIndex", "kdtree": "KDTreeIndex"}
+        if kind == "ivfpq":  # trains itself once the collection is large enough (imgsearch/ivf.py)
+            from .ivf import AutoIVFPQ
+            return AutoIVFPQ(self.extractor.dim, metric=self._index_metric(kind), **params)
+        classes = {"flat": "FlatIndex", "hnsw": "HNSWIndex", "kdtree": "KDTreeIndex", "ivfpq": None}
         if kind not in classes:
             raise ValueError(f"index: expected one of {sorted(classes)} or an index object, found {kind!r}")
         cls = getattr(imgsearch, classes[kind], None)
@@ -703,6 +709,9 @@ class ImageSearch:
         self.index = index
         self.index_kind = meta.get("index_kind", "flat")
         self.index_params = meta.get("index_params", {})
+        if self.index_kind == "ivfpq":  # a FlatIndex saved before training, or the trained IVFPQIndex
+            from .ivf import AutoIVFPQ
+            self.index = index = AutoIVFPQ.from_index(index, self.index_params)
         self._next_id = int(meta["next_id"])
         self._paths, self._meta, self._by_path = {}, {}, {}
         for i, p, m in meta["items"]:
