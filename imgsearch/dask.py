@@ -76,7 +76,9 @@ __all__ = ["Embedding", "ShardedIndex", "embed", "merge_topk"]
 DEFAULT_BATCH_SIZE = 64  # images per task: ~0.1-0.3 s of colorhist, so tasks balance over workers
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "imgsearch.sharded/1"
-KINDS = {"flat": "FlatIndex", "hnsw": "HNSWIndex"}  # no "ivfpq": the C core has no IVF-PQ index yet
+# no "ivfpq": every shard would need the one trained model (train once, ship the
+# codebooks to each shard), which ShardedIndex does not do yet
+KINDS = {"flat": "FlatIndex", "hnsw": "HNSWIndex"}
 WORKER_CHECK_SECONDS = 1.0  # while waiting on shard tasks, check this often that their workers are alive
 SCATTER_QUERY_BYTES = 1 << 20  # larger query batches are scattered once instead of sent with each task
 
@@ -433,7 +435,8 @@ def merge_topk(results: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tupl
 
 def _check_kind(kind):
     if kind not in KINDS:
-        extra = (" (imgsearch has no IVF-PQ index yet; 'hnsw' is the approximate one)"
+        extra = (" (no IVF-PQ shards yet: they would need one trained model shared by every shard; "
+                 "'hnsw' is the approximate one, or use IVFPQIndex in one process)"
                  if kind == "ivfpq" else "")
         raise ValueError(f"kind: expected one of {sorted(KINDS)}, found {kind!r}{extra}")
 

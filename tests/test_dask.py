@@ -297,7 +297,7 @@ def test_load_refuses_a_broken_folder(client, tmp_path):
 
 
 def test_sharded_index_refuses_bad_input_saying_what_was_expected(client):
-    with pytest.raises(ValueError, match="kind: expected one of \\['flat', 'hnsw'\\], found 'ivfpq'.*no IVF-PQ"):
+    with pytest.raises(ValueError, match="kind: expected one of \\['flat', 'hnsw'\\], found 'ivfpq'.*no IVF-PQ shards"):
         isx.dask.ShardedIndex(kind="ivfpq", dim=8)
     with pytest.raises(ValueError, match="Expected dim > 0"):
         isx.dask.ShardedIndex(kind="flat")
