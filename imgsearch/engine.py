@@ -31,9 +31,13 @@ vectors beside it (``vectors()``), so that the derived ones can be recomputed:
   whitened the same way, so search never changes the engine (searches are safe
   to run concurrently, as before).
 - ``dba=n``: every database vector is replaced by alpha-DBA over its n nearest
-  (imgsearch.rerank), recomputed over the whole collection at the end of each
-  ``add()``, ``add_vectors()`` and ``remove()`` (a batch search of every vector
-  and an index rebuild: add in bulk).
+  (imgsearch.rerank), computed over the whole collection (a batch search of
+  every vector and an index rebuild) on the same schedule: when the whitening is
+  fitted, when the collection has doubled since the last pass, and by
+  ``fit_whitening()``.  Vectors added between passes are augmented as they come,
+  over their nearest in the index as it is (whose vectors are augmented
+  already); removed vectors stay in their former neighbours' sums until the
+  next pass.  So the work is amortised: about two passes per doubling.
 - ``expand=n``: alpha-QE at search time (``search(..., expand=n)`` overrides it).
 
 Cost: with whitening or DBA the engine holds the extractor's vectors twice
@@ -351,6 +355,8 @@ class ImageSearch:
         self._raw = _core.FlatIndex(self.extractor.dim, metric=self.extractor.metric) \
             if whitening is not None or self.dba else None
         self._fitted_at = 0  # collection size at the last whitening fit (0: none, or given fitted)
+        self._dba_at = 0     # collection size at the last full DBA pass
+        self._pending: list[int] = []  # ids added since the last refresh (augmented at the next one)
 
     def _to_index_space(self, X):
         """Extractor vectors -> the vectors the index compares: whitened once fitted."""
@@ -371,20 +377,31 @@ class ImageSearch:
         return store.get(np.asarray(ids, dtype=np.int64))
 
     def fit_whitening(self) -> None:
-        """Learn the whitening on the engine's vectors now, and rebuild the index with it.
-        (It is also fitted by itself: see the module docstring.)"""
-        if self.whitening is None:
-            raise ValueError("this engine has no whitening: ImageSearch(..., whitening=PCAWhitening(...))")
+        """Learn the whitening on the engine's vectors now and recompute DBA over the
+        whole collection (whichever of the two the engine has), rebuilding the index.
+        (Both also happen by themselves: see the module docstring.)"""
+        if self.whitening is None and not self.dba:
+            raise ValueError("this engine has no whitening and no DBA: "
+                             "ImageSearch(..., whitening=PCAWhitening(...)) or dba=n")
         self._refresh(refit=True)
 
     def _refresh(self, refit=False):
-        """After a change: fit the whitening when due, recompute DBA, rebuild the index."""
+        """After a change: fit the whitening and make a full DBA pass when due (and
+        rebuild the index), else augment the vectors added since the last call."""
         if self._raw is None:
             return
         n, w = len(self._raw), self.whitening
+        pending, self._pending = self._pending, []
         fit = w is not None and n > 0 and (refit or (n >= w.min_samples and (
             not w.fitted or (self._fitted_at and n >= 2 * self._fitted_at))))
-        if not fit and not self.dba:
+        dba_pass = self.dba and n > 1 and (refit or fit or n >= 2 * max(self._dba_at, 1))
+        params = {"ef": max(64, 2 * (self.dba + 1))} if self.index_kind == "hnsw" else {}
+        if not fit and not dba_pass:
+            pending = np.asarray([i for i in pending if i in self._paths], dtype=np.int64)
+            if self.dba and len(pending) and n > 1:  # between passes: over the index as it is
+                V = _rerank.expand_queries(self.index, self.index.get(pending), self.dba, self.alpha,
+                                           own=pending, **params)
+                self.index.add(V, ids=pending)
             return
         ids = np.asarray(self._raw.ids, dtype=np.int64)
         X = self._raw.get(ids)
@@ -392,11 +409,11 @@ class ImageSearch:
             w.fit(X)
             self._fitted_at = n
         V = self._to_index_space(X)
-        params = {"ef": max(64, 2 * (self.dba + 1))} if self.index_kind == "hnsw" else {}
-        if self.dba and n > 1:
+        if dba_pass:
             base = self._make_index(self.index_kind, self.index_params, dim=V.shape[1])
             base.add(V, ids=ids)
             ids, V = _rerank.augment_database(base, self.dba, self.alpha, ids, **params)
+            self._dba_at = n
         index = self._make_index(self.index_kind, self.index_params, dim=V.shape[1])
         index.add(V, ids=ids)
         self.index = index
@@ -557,6 +574,7 @@ class ImageSearch:
         if self._raw is not None:
             self._raw.add(X, ids=ids[keep])
             X = self._to_index_space(X)  # DBA, if any, follows in _refresh
+            self._pending.extend(int(i) for i in ids[keep])
         self.index.add(X, ids=ids[keep])
         for j in keep:
             i = int(ids[j])
@@ -624,8 +642,6 @@ class ImageSearch:
             self._meta.pop(i, None)
             if p is not None:
                 self._by_path.pop(p, None)
-        if ids and self.dba:
-            self._refresh()
         return len(ids)
 
     # -- searching -------------------------------------------------------------------
@@ -701,9 +717,7 @@ class ImageSearch:
             Q = Q[None, :]
         if queries is None:
             queries = [f"<vector {i}>" for i in range(len(Q))]
-        if self._raw is not None or self.whitening is not None:
-            Q = self._to_index_space(Q)
-        return self._search(Q, k, filter, queries, None, search_params, expand)
+        return self._search(self._to_index_space(Q), k, filter, queries, None, search_params, expand)
 
     def _expanded(self, Q, expand, own, search_params):
         """alpha-QE of query vectors (index space) when ``expand`` (None: the engine's) asks for it."""
@@ -843,7 +857,7 @@ class ImageSearch:
         """The whitening / DBA / QE settings, as saved and shown by info()."""
         w = self.whitening
         return {"whitening": None if w is None else {**w.params(), "fitted_dim": w.dim, "fitted_at": self._fitted_at},
-                "dba": self.dba, "expand": self.expand, "alpha": self.alpha}
+                "dba": self.dba, "dba_at": self._dba_at, "expand": self.expand, "alpha": self.alpha}
 
     def _meta_bytes(self):
         """The META section: the JSON table, and with kept vectors a NUL byte and an .npz of them."""
@@ -928,6 +942,7 @@ class ImageSearch:
             raise ValueError(f"{path}: the saved whitening / DBA / expansion settings are invalid: {e}") from None
         if w is not None:
             self._fitted_at = int(w.get("fitted_at", 0))
+        self._dba_at = int(saved.get("dba_at", 0))
         if self._raw is not None:
             raw, raw_ids = arrays["raw"], arrays["raw_ids"]
             if (raw.ndim != 2 or raw.shape[1] != self.extractor.dim or raw_ids.shape != (len(raw),)
@@ -1027,9 +1042,13 @@ def read_info(path):
 
 
 _CONFIG_KEYS_IGNORED = ("source", "name")
+# torch extractor settings that configs saved before they existed lack: what those meant
+_TORCH_CONFIG_DEFAULTS = {"gem_p": 3.0, "scales": [1.0]}
 
 
 def _config_diff(a, b):
+    if a.get("kind") == "torch" and b.get("kind") == "torch":
+        a, b = {**_TORCH_CONFIG_DEFAULTS, **a}, {**_TORCH_CONFIG_DEFAULTS, **b}
     keys = sorted(set(a) | set(b))
     diffs = [f"{k}: {b.get(k)!r} saved, {a.get(k)!r} given" for k in keys
              if k not in _CONFIG_KEYS_IGNORED and _norm(a.get(k)) != _norm(b.get(k))]

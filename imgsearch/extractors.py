@@ -243,6 +243,9 @@ class TorchExtractor(Extractor):
     """
 
     kind = "torch"
+    # what ImageSearch(whitening="auto", dba="auto", expand="auto") -- its defaults -- uses
+    # with this extractor: set by build_extractor from the model's MODELS entry
+    engine_defaults: dict[str, Any] | None = None
 
     def __init__(self, model, *, size=224, resize=256, mean=_image.IMAGENET_MEAN, std=_image.IMAGENET_STD,
                  preprocess=None, pooling="avg", gem_p=3.0, scales=(1.0,), normalize=True, layer=None,
@@ -545,8 +548,15 @@ def _strip_head(name, model):
     return model
 
 
+# "defaults": extractor settings that replace TorchExtractor's own for this model;
+# "engine": what ImageSearch does with its vectors by default (whitening: the
+# PCAWhitening settings; dba, expand: neighbours).  MobileNetV2's are the best
+# combination measured on flowers17 within 1.5x the extraction time of average
+# pooling (benchmarks/README.md, "Retrieval quality").
 MODELS = {
-    "mobilenet_v2": {"build": lambda: _mobilenet_v2(), "hub": "mobilenet_v2-"},
+    "mobilenet_v2": {"build": lambda: _mobilenet_v2(), "hub": "mobilenet_v2-",
+                     "defaults": {"pooling": "gem", "gem_p": 3.0},
+                     "engine": {"whitening": {"dim_out": 128, "power": 0.0}, "dba": 5, "expand": 5}},
     "resnet18": {"build": _tv("resnet18"), "hub": "resnet18-"},
     "resnet50": {"build": _tv("resnet50"), "hub": "resnet50-"},
     "efficientnet_b0": {"build": _tv("efficientnet_b0"), "hub": "efficientnet_b0_"},
@@ -674,10 +684,14 @@ def build_extractor(name: str, weights: str | os.PathLike[str] | None = None,
 
     name     one of MODELS, or a timm model name when timm is importable.
     weights  a state_dict file, None (look in the torch hub cache), or "random".
+    Settings not given take the model's MODELS "defaults" (MobileNetV2: GeM pooling),
+    then TorchExtractor's.
     """
     torch = _torch()
+    spec = MODELS.get(name, {})
+    for key, value in spec.get("defaults", {}).items():
+        kwargs.setdefault(key, value)
     if name in MODELS:
-        spec = MODELS[name]
         model = spec["build"]()
         if weights is None:
             weights = _find_weights(name, spec["hub"])
@@ -703,7 +717,9 @@ def build_extractor(name: str, weights: str | os.PathLike[str] | None = None,
     src = {"builder": name, "weights": os.path.abspath(os.fspath(weights)) if weights != "random" else "random"}
     kwargs.setdefault("name", name)
     with torch.no_grad():
-        return TorchExtractor(trunk, source=src, **kwargs)
+        ex = TorchExtractor(trunk, source=src, **kwargs)
+    ex.engine_defaults = spec.get("engine")
+    return ex
 
 
 def get_extractor(spec: str | os.PathLike[str] | Extractor, **kwargs: Any) -> Extractor:

@@ -27,6 +27,13 @@ smallest axes of a covariance learned on few vectors.  Keeping fewer axes
 (``dim_out``) makes the vectors shorter: an index ``d / dim_out`` times
 smaller and faster to search.
 
+Whitening proper is not always a gain when it is learned on the collection
+being searched: on flowers17 (17 classes, 1,360 images; benchmarks/README.md)
+every power above 0 lowered mAP, since there the dominant axes are the classes
+themselves, while centring and projecting (``power=0``) onto 64-128 axes raised
+it.  So measure on your own data; ImageSearch's default for MobileNetV2 is
+``PCAWhitening(dim_out=128, power=0.0)``.
+
 Axes the training vectors do not span (fewer vectors than dimensions) carry
 no information and would only amplify noise: ``fit`` refuses a ``dim_out``
 above ``n - 1``, and ``dim_out=None`` keeps ``min(d, n - 1)`` axes.

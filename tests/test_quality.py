@@ -324,10 +324,33 @@ def test_engine_dba_and_qe_equal_brute_force_over_the_whitened_vectors():
     # evaluate goes through the same queries
     labels = {f"/virtual/{i}.png": i % 5 for i in range(250)}
     assert eng.evaluate(labels)["mAP"] != eng.evaluate(labels, expand=0)["mAP"]
-    # remove recomputes DBA without the removed vectors
-    eng.remove([f"/virtual/{i}.png" for i in range(200, 250)])
-    order, sims = brute_neighbours(W[:200], W[:200], 4, own=np.arange(200))
-    np.testing.assert_allclose(eng.index.get(np.arange(200)), brute_weighted(W[:200], W[:200], order, sims, 2.0),
+    # vectors added between full passes: augmented over the index as it is (old vectors augmented already)
+    extra = unit_rows(rng, 20, 128)
+    eng.add_vectors(extra, paths=[f"/virtual/x{i}.png" for i in range(20)])
+    assert eng._dba_at == 250 and eng._fitted_at == 250
+    We = eng.whitening.transform(extra)
+    M = np.concatenate([D, We])
+    order, sims = brute_neighbours(M, We, 4, own=np.arange(250, 270))
+    np.testing.assert_allclose(eng.index.get(np.arange(250, 270)), brute_weighted(M, We, order, sims, 2.0),
+                               rtol=1e-4, atol=1e-5)
+    # removed vectors leave the sums at the next full pass (fit_whitening makes one now)
+    eng.remove([f"/virtual/{i}.png" for i in range(200, 250)] + [f"/virtual/x{i}.png" for i in range(20)])
+    eng.fit_whitening()
+    W = PCAWhitening(dim_out=24).fit(X[:200]).transform(X[:200])
+    order, sims = brute_neighbours(W, W, 4, own=np.arange(200))
+    np.testing.assert_allclose(eng.index.get(np.arange(200)), brute_weighted(W, W, order, sims, 2.0),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_dba_without_whitening_makes_a_full_pass_each_time_the_collection_doubles():
+    rng = np.random.default_rng(10)
+    X = unit_rows(rng, 64, 128)
+    eng = ImageSearch(extractor="colorhist", index="flat", whitening=None, dba=2)
+    for s in range(0, 64, 8):
+        eng.add_vectors(X[s:s + 8], paths=[f"/v/{i}.png" for i in range(s, s + 8)])
+    assert eng._dba_at == 64  # passes at 8, 16, 32, 64
+    order, sims = brute_neighbours(X, X, 2, own=np.arange(64))
+    np.testing.assert_allclose(eng.index.get(np.arange(64)), brute_weighted(X, X, order, sims, 3.0),
                                rtol=1e-4, atol=1e-5)
 
 
@@ -390,10 +413,37 @@ def test_engine_options_refuse_bad_input():
     eng = engine_with(unit_rows(np.random.default_rng(0), 20, 128))
     with pytest.raises(ValueError, match="expand: expected"):
         eng.search_vectors(eng.vectors([0]), k=2, expand=-1)
-    with pytest.raises(ValueError, match="has no whitening"):
+    with pytest.raises(ValueError, match="has no whitening and no DBA"):
         eng.fit_whitening()
     with pytest.raises(KeyError, match="not in the engine"):
         eng.vectors(["/nowhere.png"])
     w = PCAWhitening(dim_out=4).fit(unit_rows(np.random.default_rng(1), 100, 16))
     with pytest.raises(ValueError, match="fitted on 16-d"):
         ImageSearch(extractor="colorhist", whitening=w)
+
+
+def test_the_default_mobilenet_v2_engine_uses_the_recommended_options(tmp_path):
+    pytest.importorskip("torch")
+    from imgsearch import extractors
+    params = {"size": 64, "resize": 64}
+    eng = ImageSearch(extractor="mobilenet_v2", weights="random", index="flat", extractor_params=params)
+    spec = extractors.MODELS["mobilenet_v2"]
+    assert (eng.extractor.pooling, eng.extractor.gem_p) == (spec["defaults"]["pooling"], spec["defaults"]["gem_p"])
+    rec = spec["engine"]
+    assert eng.whitening.params() == PCAWhitening(**rec["whitening"]).params()
+    assert (eng.dba, eng.expand) == (rec["dba"], rec["expand"])
+    # a small collection is searched with the extractor's vectors until min_samples of them
+    rng = np.random.default_rng(11)
+    X = unit_rows(rng, 40, 1280)
+    eng.add_vectors(X, paths=[f"/v/{i}.png" for i in range(40)])
+    assert not eng.whitening.fitted and eng.index.dim == 1280 and eng.whitening.min_samples > 40
+    assert eng.search_vectors(X[:3], k=5).ids.shape == (3, 5)
+    path = eng.save(str(tmp_path / "d.isx"))
+    back = ImageSearch.load(path)
+    np.testing.assert_array_equal(back.search_vectors(X[:3], k=5).ids, eng.search_vectors(X[:3], k=5).ids)
+    # each option can be turned off; other extractors get none of them
+    plain = ImageSearch(extractor="mobilenet_v2", weights="random", index="flat", extractor_params=params,
+                        whitening=None, dba=0, expand=0)
+    assert plain.whitening is None and plain._raw is None and not plain.expand
+    hist = ImageSearch(extractor="colorhist")
+    assert hist.whitening is None and (hist.dba, hist.expand) == (0, 0)
