@@ -980,8 +980,9 @@ class ImageSearch:
         return [p for _, p in sorted(self._paths.items())]
 
     def info(self) -> dict[str, Any]:
+        # as saved: only an engine that uses one of the options describes them
         return _info(len(self), self.index, self.index_kind, self.index_params, self.extractor.config(),
-                     self._postprocessing())
+                     self._postprocessing() if self._raw is not None or self.expand else None)
 
     def __repr__(self):
         extra = ""
