@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 C_SOURCES := $(shell find csrc -name '*.[ch]')
 IMAGES ?=
 
-.PHONY: demo test test-asan bench bench-kernels bench-flat bench-hnsw bench-quant bench-ivfpq bench-kdtree bench-image bench-texture bench-engine bench-serve bench-dask soak fuzz build deps venv clean check-install lint
+.PHONY: demo test test-asan bench bench-kernels bench-flat bench-hnsw bench-quant bench-ivfpq bench-kdtree bench-image bench-texture bench-engine bench-quality bench-serve bench-dask soak fuzz build deps venv clean check-install lint
 
 demo: build $(VENV)/.torch
 	$(PY) -m imgsearch._demo $(if $(IMAGES),--images "$(IMAGES)")
@@ -53,7 +53,7 @@ fuzz: deps venv
 	$(ASAN_RUN) $(PY) -m pytest -q -s -x tests/test_image.py -p no:cacheprovider; \
 	status=$$?; $(RESTORE_BUILD) && exit $$status
 
-bench: bench-kernels bench-flat bench-hnsw bench-quant bench-ivfpq bench-kdtree bench-image bench-texture bench-engine bench-serve bench-dask
+bench: bench-kernels bench-flat bench-hnsw bench-quant bench-ivfpq bench-kdtree bench-image bench-texture bench-engine bench-quality bench-serve bench-dask
 	$(PY) benchmarks/collect.py
 
 bench-kernels: build $(VENV)/.bench
@@ -82,6 +82,11 @@ bench-texture: build
 
 bench-engine: build $(VENV)/.bench $(VENV)/.torch
 	$(PY) benchmarks/bench_engine.py
+
+# Pooling, multi-scale, PCA-whitening, QE and DBA on flowers17 (about 15 minutes on
+# 2 shared cores; pooled features are cached in build/quality_cache, NO_CACHE=1 redoes them).
+bench-quality: build $(VENV)/.torch
+	$(PY) benchmarks/bench_quality.py $(if $(NO_CACHE),--no-cache)
 
 bench-serve: build $(VENV)/.bench $(VENV)/.torch $(VENV)/.serve
 	$(PY) benchmarks/bench_serve.py

@@ -25,6 +25,8 @@ SECTIONS = [
      "bench_texture.py", "make bench-texture"),
     ("engine", "End to end: ImageSearch with MobileNetV2 vs a Pillow + torch loop; retrieval quality",
      "bench_engine.py", "make bench-engine"),
+    ("quality", "Retrieval quality: pooling, multi-scale, PCA-whitening, alpha-QE, alpha-DBA on flowers17",
+     "bench_quality.py", "make bench-quality"),
     ("serve", "The HTTP service: search by uploaded JPEG, latency and throughput vs engine.search",
      "bench_serve.py", "make bench-serve"),
     ("dask", "On Dask: embed and ShardedIndex on LocalClusters of 1 and 2 workers vs the single-process engine",

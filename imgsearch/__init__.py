@@ -14,14 +14,15 @@ from . import _core, distance  # noqa: F401  (_core: imgsearch._core for users)
 from ._core import (FlatIndex, HNSWIndex, ImageDecodeError, IndexFormatError, IVFPQIndex, KDTreeIndex,
                     capabilities, load)
 from . import features, image  # noqa: E402  (after _core: they import from it)
-from . import evaluate  # noqa: E402
+from . import evaluate, rerank  # noqa: E402
+from .whitening import PCAWhitening  # noqa: E402  (NumPy only)
 from .engine import ImageSearch  # noqa: E402  (torch, PIL, pandas stay unimported until used)
 from .results import SearchResults  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["FlatIndex", "HNSWIndex", "IVFPQIndex", "KDTreeIndex", "ImageSearch", "SearchResults", "ImageDecodeError",
-           "IndexFormatError", "capabilities", "distance", "evaluate", "features", "image", "load", "serve",
-           "__version__"]
+__all__ = ["FlatIndex", "HNSWIndex", "IVFPQIndex", "KDTreeIndex", "ImageSearch", "PCAWhitening", "SearchResults",
+           "ImageDecodeError", "IndexFormatError", "capabilities", "distance", "evaluate", "features", "image", "load",
+           "rerank", "serve", "__version__"]
 
 
 def __getattr__(name):

@@ -84,6 +84,7 @@ def _triple(v, name):
 # ----------------------------------------------------------------------------
 
 POOLINGS = ("avg", "max", "gem")
+GEM_P_RANGE = (1.0, 64.0)  # GeM's p: 1 is average pooling; large p tends to max pooling
 
 
 def _pool(t, pooling, gem_p=3.0):
@@ -98,8 +99,37 @@ def _pool(t, pooling, gem_p=3.0):
         return t.mean(dim=(2, 3))
     if pooling == "max":
         return t.amax(dim=(2, 3))
-    # generalised mean (Radenovic et al.): (mean x^p)^(1/p) over positive activations
-    return t.clamp(min=1e-6).pow(gem_p).mean(dim=(2, 3)).pow(1.0 / gem_p)
+    # generalised mean (Radenovic et al.): (mean x^p)^(1/p) over positive activations,
+    # computed as m * (mean (x/m)^p)^(1/p) with m the map's maximum, so that x^p
+    # cannot overflow float32 for large p or large activations
+    t = t.clamp(min=1e-6)
+    m = t.amax(dim=(2, 3), keepdim=True)
+    return (t / m).pow(gem_p).mean(dim=(2, 3)).pow(1.0 / gem_p) * m[:, :, 0, 0]
+
+
+def _check_gem_p(gem_p):
+    lo, hi = GEM_P_RANGE
+    if isinstance(gem_p, bool) or not isinstance(gem_p, (int, float)) or not lo <= float(gem_p) <= hi:
+        raise ValueError(f"gem_p: expected a number from {lo:g} to {hi:g} (3 is the usual choice), found {gem_p!r}")
+    return float(gem_p)
+
+
+def _check_scales(scales):
+    """A tuple of positive floats; each scale resizes the model's input by that factor."""
+    if isinstance(scales, (int, float)) and not isinstance(scales, bool):
+        scales = (scales,)
+    try:
+        out = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(f"scales: expected a sequence of positive numbers such as (1.0, 0.7071), "
+                         f"found {scales!r}") from None
+    if not out or any(not (0.0 < s <= 4.0) for s in out):
+        raise ValueError(f"scales: expected one or more numbers in (0, 4] such as (1.0, 0.7071), found {scales!r}")
+    return out
+
+
+def _scaled_size(size, scale):
+    return max(1, int(round(size * scale)))
 
 
 # ----------------------------------------------------------------------------
@@ -188,7 +218,14 @@ class TorchExtractor(Extractor):
                 lacks keep the arguments' values.  Preprocessing runs in the C
                 batch loader (decode, resize, crop, normalise on native threads),
                 so it is described, not given as a Python transform.
-    pooling     "avg", "max" or "gem" (generalised mean, p=3).
+    pooling     "avg", "max" or "gem" (generalised mean of the activations,
+                (mean x^p)^(1/p); Radenovic et al.).
+    gem_p       GeM's exponent p, from 1 (average pooling) to 32 (about max pooling); 3 by default.
+    scales      multi-scale extraction: the preprocessed batch is resized by each
+                factor (bilinear, antialiased when shrinking), the model runs once per
+                scale, each pooled vector is L2-normalised (when ``normalize``) and the
+                vectors are summed, then L2-normalised.  (1.0,) by default: one pass;
+                (1.0, 1 / sqrt(2)) costs about 1.5 passes.
     normalize   L2-normalise each vector (then metric "cosine" and "l2" rank alike).
     layer       name of a sub-module whose output to take (a forward hook),
                 e.g. "features" or "layer4"; None: the model's output.
@@ -206,9 +243,13 @@ class TorchExtractor(Extractor):
     """
 
     kind = "torch"
+    # what ImageSearch(whitening="auto", dba="auto", expand="auto") -- its defaults -- uses
+    # with this extractor: set by build_extractor from the model's MODELS entry
+    engine_defaults: dict[str, Any] | None = None
 
     def __init__(self, model, *, size=224, resize=256, mean=_image.IMAGENET_MEAN, std=_image.IMAGENET_STD,
-                 preprocess=None, pooling="avg", normalize=True, layer=None, device="cpu", batch_size=32,
+                 preprocess=None, pooling="avg", gem_p=3.0, scales=(1.0,), normalize=True, layer=None,
+                 device="cpu", batch_size=32,
                  channels_last=None, freeze=None, threads=None, name=None, source=None, loader_threads=None):
         torch = _torch()
         if preprocess is not None:
@@ -217,6 +258,7 @@ class TorchExtractor(Extractor):
             raise TypeError(f"model: expected a torch.nn.Module (or TorchScript module), found {type(model).__name__}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling: expected one of {POOLINGS}, found {pooling!r}")
+        gem_p, scales = _check_gem_p(gem_p), _check_scales(scales)
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f"size: expected a positive int, found {size!r}")
         if resize is not None and (not isinstance(resize, int) or resize < size):
@@ -235,6 +277,7 @@ class TorchExtractor(Extractor):
         self.size, self.resize = size, resize
         self.mean, self.std = _triple(mean, "mean"), _triple(std, "std")
         self.pooling, self.normalize, self.layer = pooling, bool(normalize), layer
+        self.gem_p, self.scales = gem_p, scales
         self.device, self.batch_size = torch.device(device), batch_size
         self.threads, self.loader_threads = threads, loader_threads
         self.name = name or type(model).__name__
@@ -259,9 +302,28 @@ class TorchExtractor(Extractor):
         self._hooked = output
 
     # -- running the model ------------------------------------------------
+    def _run_model(self, x):
+        """The model's output (or the hooked layer's) for one NCHW tensor on the device."""
+        torch = _torch()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self._fuser:
+            with _onednn_graph(torch):
+                out = self.model(x)
+        else:
+            out = self.model(x)
+        if self.layer is not None:
+            out = self._hooked
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if isinstance(out, dict):
+            out = next(iter(out.values()))
+        return out
+
     def _forward(self, batch):
         """float32 NCHW numpy batch -> (n, dim) float32 numpy features."""
         torch = _torch()
+        F = torch.nn.functional
         t0 = time.perf_counter()
         if self.threads:
             torch.set_num_threads(int(self.threads))
@@ -269,22 +331,18 @@ class TorchExtractor(Extractor):
             x = torch.from_numpy(batch)
             if self.device.type != "cpu":
                 x = x.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if self._fuser:
-                with _onednn_graph(torch):
-                    out = self.model(x)
-            else:
-                out = self.model(x)
-            if self.layer is not None:
-                out = self._hooked
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            if isinstance(out, dict):
-                out = next(iter(out.values()))
-            v = _pool(out, self.pooling).float()
+            v = None
+            for s in self.scales:
+                xs = x
+                if s != 1.0:
+                    hw = (_scaled_size(x.shape[2], s), _scaled_size(x.shape[3], s))
+                    xs = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=s < 1.0)
+                vs = _pool(self._run_model(xs), self.pooling, self.gem_p).float()
+                if self.normalize and len(self.scales) > 1:
+                    vs = F.normalize(vs, dim=1)  # each scale weighs the same (as cirtorch's multi-scale)
+                v = vs if v is None else v + vs
             if self.normalize:
-                v = torch.nn.functional.normalize(v, dim=1)
+                v = F.normalize(v, dim=1)
             res = v.cpu().numpy()
         self.stats["model_seconds"] += time.perf_counter() - t0
         self.stats["images"] += len(batch)
@@ -374,12 +432,14 @@ class TorchExtractor(Extractor):
         return {
             "kind": "torch", "name": self.name, "dim": self.dim, "metric": self.metric,
             "size": self.size, "resize": self.resize, "mean": list(self.mean), "std": list(self.std),
-            "pooling": self.pooling, "normalize": self.normalize, "layer": self.layer,
-            "source": self.source,
+            "pooling": self.pooling, "gem_p": self.gem_p, "scales": list(self.scales),
+            "normalize": self.normalize, "layer": self.layer, "source": self.source,
         }
 
     def __repr__(self):
-        return (f"TorchExtractor({self.name!r}, dim={self.dim}, pooling={self.pooling!r}, size={self.size}, "
+        gem_p = f", gem_p={self.gem_p:g}" if self.pooling == "gem" else ""
+        scales = f", scales={self.scales}" if self.scales != (1.0,) else ""
+        return (f"TorchExtractor({self.name!r}, dim={self.dim}, pooling={self.pooling!r}{gem_p}{scales}, size={self.size}, "
                 f"resize={self.resize}, mean={self.mean}, std={self.std})")
 
     # -- constructors ------------------------------------------------------
@@ -488,8 +548,15 @@ def _strip_head(name, model):
     return model
 
 
+# "defaults": extractor settings that replace TorchExtractor's own for this model;
+# "engine": what ImageSearch does with its vectors by default (whitening: the
+# PCAWhitening settings; dba, expand: neighbours).  MobileNetV2's are the best
+# combination measured on flowers17 within 1.5x the extraction time of average
+# pooling (benchmarks/README.md, "Retrieval quality").
 MODELS = {
-    "mobilenet_v2": {"build": lambda: _mobilenet_v2(), "hub": "mobilenet_v2-"},
+    "mobilenet_v2": {"build": lambda: _mobilenet_v2(), "hub": "mobilenet_v2-",
+                     "defaults": {"pooling": "gem", "gem_p": 3.0},
+                     "engine": {"whitening": {"dim_out": 128, "power": 0.0}, "dba": 5, "expand": 5}},
     "resnet18": {"build": _tv("resnet18"), "hub": "resnet18-"},
     "resnet50": {"build": _tv("resnet50"), "hub": "resnet50-"},
     "efficientnet_b0": {"build": _tv("efficientnet_b0"), "hub": "efficientnet_b0_"},
@@ -617,10 +684,14 @@ def build_extractor(name: str, weights: str | os.PathLike[str] | None = None,
 
     name     one of MODELS, or a timm model name when timm is importable.
     weights  a state_dict file, None (look in the torch hub cache), or "random".
+    Settings not given take the model's MODELS "defaults" (MobileNetV2: GeM pooling),
+    then TorchExtractor's.
     """
     torch = _torch()
+    spec = MODELS.get(name, {})
+    for key, value in spec.get("defaults", {}).items():
+        kwargs.setdefault(key, value)
     if name in MODELS:
-        spec = MODELS[name]
         model = spec["build"]()
         if weights is None:
             weights = _find_weights(name, spec["hub"])
@@ -646,7 +717,9 @@ def build_extractor(name: str, weights: str | os.PathLike[str] | None = None,
     src = {"builder": name, "weights": os.path.abspath(os.fspath(weights)) if weights != "random" else "random"}
     kwargs.setdefault("name", name)
     with torch.no_grad():
-        return TorchExtractor(trunk, source=src, **kwargs)
+        ex = TorchExtractor(trunk, source=src, **kwargs)
+    ex.engine_defaults = spec.get("engine")
+    return ex
 
 
 def get_extractor(spec: str | os.PathLike[str] | Extractor, **kwargs: Any) -> Extractor:
@@ -675,7 +748,8 @@ def from_config(config: dict[str, Any], **overrides: Any) -> Extractor:
     if config.get("kind") != "torch":
         return _features.from_config(config)
     src = config.get("source") or {}
-    saved = ("size", "resize", "mean", "std", "pooling", "normalize")
+    # a config saved before gem_p / scales existed lacks them: the defaults then (3, one scale)
+    saved = ("size", "resize", "mean", "std", "pooling", "gem_p", "scales", "normalize")
     kw: dict[str, Any] = {k: config[k] for k in saved if k in config}
     kw.update(overrides)
     if "torchscript" in src:

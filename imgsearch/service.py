@@ -369,20 +369,20 @@ class _Service:
         if (q.vector is None) == (q.id is None):
             raise ServiceError(422, 'a query needs exactly one of "vector" (a list of numbers) or "id" (an '
                                     f'indexed id); found {"both" if q.vector is not None else "neither"}')
-        index = self.engine.index
+        ex = self.engine.extractor  # vectors are the extractor's (the engine whitens them, if it does)
         if q.id is not None:
             with self.lock.read():
                 if q.id not in self.engine._paths:
                     raise ServiceError(404, f"id {q.id} is not in the index")
-                v = index.get(np.asarray([q.id], dtype=np.int64))[0]
+                v = self.engine.vectors([q.id])[0]
             return v, f"id {q.id}", q.id
-        dim = index.dim // 8 if index.metric == "hamming" else index.dim
+        dim = ex.dim // 8 if ex.metric == "hamming" else ex.dim
         v = np.asarray(q.vector, dtype=np.float64)
         if v.shape != (dim,):
             raise ServiceError(422, f"vector: expected {dim} numbers (the engine's dimension), found {len(v)}")
         if not np.all(np.isfinite(v)):
             raise ServiceError(422, "vector: expected finite numbers, found NaN or infinity")
-        if index.metric == "hamming":
+        if ex.metric == "hamming":
             if np.any((v < 0) | (v > 255) | (v != np.round(v))):
                 raise ServiceError(422, "vector: a hamming engine takes packed bits, integers 0..255")
             return v.astype(np.uint8), "<vector>", None
@@ -439,7 +439,7 @@ class _Service:
             return [h for h in hits if h["id"] != own]
         if not hits:
             return hits
-        stored = self.engine.index.get(np.asarray([h["id"] for h in hits], dtype=np.int64))
+        stored = self.engine.vectors([h["id"] for h in hits])
         return [h for h, v in zip(hits, stored) if not np.array_equal(v, qvec)]
 
     # -- changes ---------------------------------------------------------------

@@ -123,11 +123,16 @@ def test_named_builder_loads_a_state_dict_and_refuses_to_guess(tmp_path, monkeyp
     path = str(tmp_path / "mnv2.pth")
     torch.save(net.state_dict(), path)
     ex = extractors.build_extractor("mobilenet_v2", weights=path, size=64, resize=64, mean=0.5, std=0.5)
-    assert ex.dim == 1280
+    assert ex.dim == 1280 and (ex.pooling, ex.gem_p) == ("gem", 3.0)  # the model's MODELS defaults
     x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
     with torch.no_grad():
-        ref = torch.nn.functional.normalize(net.eval().features(torch.from_numpy(x)).mean((2, 3)), dim=1).numpy()
+        fm = net.eval().features(torch.from_numpy(x))
+        ref = torch.nn.functional.normalize(fm.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3), dim=1).numpy()
+        ref_avg = torch.nn.functional.normalize(fm.mean((2, 3)), dim=1).numpy()
     np.testing.assert_allclose(ex._forward(x), ref, rtol=1e-4, atol=1e-5)
+    avg = extractors.build_extractor("mobilenet_v2", weights=path, size=64, resize=64, mean=0.5, std=0.5,
+                                     pooling="avg")  # what the caller gives wins
+    np.testing.assert_allclose(avg._forward(x), ref_avg, rtol=1e-4, atol=1e-5)
     # the hub cache is searched when no weights are given
     os.makedirs(tmp_path / "hub" / "checkpoints")
     os.rename(path, tmp_path / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth")
