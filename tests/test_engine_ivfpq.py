@@ -124,3 +124,19 @@ def test_explicit_train_and_errors():
         engine(refine="f64")
     with pytest.raises(ValueError, match="supports the l2, ip and cosine"):
         isx.ImageSearch("phash", index="ivfpq")
+
+
+def test_auto_postprocessing_keeps_no_float_rows_beside_the_compressed_index():
+    class Recommending(isx.features.ColorHistogram):
+        engine_defaults = {"whitening": {"dim_out": 16, "power": 0.0}, "dba": 5, "expand": 3}
+
+    flat = isx.ImageSearch(Recommending(), index="flat")
+    assert flat.whitening is not None and flat.dba == 5 and flat.expand == 3
+    small = isx.ImageSearch(Recommending(), index="ivfpq")
+    assert small.whitening is None and small.dba == 0 and small.expand == 3
+    # asked for by name, they are honoured
+    asked = isx.ImageSearch(Recommending(), index="ivfpq", dba=2, whitening=16)
+    assert asked.dba == 2 and asked.whitening is not None and asked.whitening.dim_out == 16
+    X = blobs(300, seed=8)
+    asked.add_vectors(X)
+    assert len(asked) == 300 and asked.search_vectors(X[:2], k=3).ids.shape == (2, 3)
