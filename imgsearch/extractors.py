@@ -468,17 +468,38 @@ class TorchExtractor(Extractor):
 # compiled ops must match torch's), so the architecture is written out here
 # with torchvision's parameter names: its state_dicts load unchanged.
 
-def _mobilenet_v2(num_classes=1000, width=1.0):
+def _mobilenet_v2(num_classes=1000, width=1.0, tf_padding=False):
+    """MobileNetV2 with torchvision's parameter names.  tf_padding: pad the stride-2
+    3x3 convolutions as TensorFlow's "SAME" does (the extra row and column at the
+    bottom and right when the input is even) instead of symmetrically -- what
+    weights trained in TensorFlow expect (models/README.md: features at cosine 0.90
+    to the original with symmetric padding, 0.9985 with TF's)."""
     torch = _torch()
     nn = torch.nn
+    F = torch.nn.functional
+
+    class SameConv2d(nn.Conv2d):
+        """A Conv2d (same parameters, same names) padded as TensorFlow's SAME."""
+
+        def forward(self, x):
+            kh, kw = self.kernel_size
+            sh, sw = self.stride
+            h, w = x.shape[-2], x.shape[-1]
+            ph = max(kh - (sh if h % sh == 0 else h % sh), 0)
+            pw = max(kw - (sw if w % sw == 0 else w % sw), 0)
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+            return self._conv_forward(x, self.weight, self.bias)
 
     def make_divisible(v, divisor=8):
         new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
         return new_v + divisor if new_v < 0.9 * v else new_v
 
     def conv_bn(inp, out, kernel, stride, groups=1, act=True):
-        layers = [nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-                  nn.BatchNorm2d(out)]
+        if tf_padding and stride > 1:
+            conv = SameConv2d(inp, out, kernel, stride, 0, groups=groups, bias=False)
+        else:
+            conv = nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False)
+        layers = [conv, nn.BatchNorm2d(out)]
         if act:
             layers.append(nn.ReLU6(inplace=True))
         return nn.Sequential(*layers)
@@ -554,7 +575,7 @@ def _strip_head(name, model):
 # combination measured on flowers17 within 1.5x the extraction time of average
 # pooling (benchmarks/README.md, "Retrieval quality").
 MODELS = {
-    "mobilenet_v2": {"build": lambda: _mobilenet_v2(), "hub": "mobilenet_v2-",
+    "mobilenet_v2": {"build": lambda tf_padding=False: _mobilenet_v2(tf_padding=tf_padding), "hub": "mobilenet_v2-",
                      "defaults": {"pooling": "gem", "gem_p": 3.0},
                      "engine": {"whitening": {"dim_out": 128, "power": 0.0}, "dba": 5, "expand": 5}},
     "resnet18": {"build": _tv("resnet18"), "hub": "resnet18-"},
@@ -618,6 +639,11 @@ KNOWN_WEIGHTS = {
     "18d9d28170fa9142e8f641b3d787413d297bd87d09c53b27f8a4d61025beedb7": {"mean": 0.5, "std": 0.5},  # state_dict
     "4cdb968a36d9c523a6e14a28879d5ac5fc86d63a9df4a0b45132d60de174834f": {"mean": 0.5, "std": 0.5},  # features.ts
     "7c6a6d220d573fba5e0ae2f9e574f22d3c2319fd4ef2c9adc0b8abe1133ad5a0": {"mean": 0.5, "std": 0.5},  # classifier.ts
+}
+# SHA-256 -> architecture settings the weights need: google-coral's MobileNetV2 was
+# trained in TensorFlow, with SAME padding (models/README.md, "Padding").
+KNOWN_ARCHITECTURE = {
+    "18d9d28170fa9142e8f641b3d787413d297bd87d09c53b27f8a4d61025beedb7": {"tf_padding": True},
 }
 TORCHVISION_FILE = re.compile(r"^[a-z0-9_]+-[0-9a-f]{8}\.pth$")  # e.g. mobilenet_v2-b0353104.pth
 
@@ -695,6 +721,10 @@ def build_extractor(name: str, weights: str | os.PathLike[str] | None = None,
         model = spec["build"]()
         if weights is None:
             weights = _find_weights(name, spec["hub"])
+        if weights != "random" and os.path.isfile(os.fspath(weights)):
+            arch = KNOWN_ARCHITECTURE.get(_sha256(os.fspath(weights)))
+            if arch:  # weights that need another variant of the architecture (TF padding)
+                model = spec["build"](**arch)
         if weights != "random":
             declared = _load_state_dict(model, os.fspath(weights))
             kwargs = _with_declared_preprocess(kwargs, os.fspath(weights), declared)
@@ -716,6 +746,15 @@ def build_extractor(name: str, weights: str | os.PathLike[str] | None = None,
         trunk = model
     src = {"builder": name, "weights": os.path.abspath(os.fspath(weights)) if weights != "random" else "random"}
     kwargs.setdefault("name", name)
+    if kwargs.get("layer") is None and kwargs.get("freeze") is not False:
+        # scripted, TorchExtractor freezes it: BatchNorm folded into the convolutions
+        # and oneDNN Graph's fusions, as for a TorchScript file (about 2x faster for
+        # MobileNetV2 on 2 cores than the eager module).  A model the JIT cannot
+        # script runs eagerly.
+        try:
+            trunk = torch.jit.script(trunk.eval())
+        except Exception:
+            pass
     with torch.no_grad():
         ex = TorchExtractor(trunk, source=src, **kwargs)
     ex.engine_defaults = spec.get("engine")

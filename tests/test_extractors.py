@@ -156,12 +156,40 @@ def test_real_mobilenet_v2_recognises_the_cat():
     assert labels[int(np.argmax(logits[1])) + 1] == "military uniform"
     # the torchvision-named state_dict through the named builder: same architecture family
     sd = os.path.join(MODELS, "mobilenet_v2_coral_imagenet.pt")
-    ex = extractors.build_extractor("mobilenet_v2", weights=sd, size=224, resize=None, mean=0.5, std=0.5)
+    ex = extractors.build_extractor("mobilenet_v2", weights=sd, size=224, resize=None, mean=0.5, std=0.5,
+                                    pooling="avg")
     ts = TorchExtractor.from_torchscript(os.path.join(MODELS, "mobilenet_v2_coral_features.ts.pt"),
                                          size=224, resize=None, mean=0.5, std=0.5)
-    a = ex.extract([os.path.join(MODELS, "cat.bmp")])
-    b = ts.extract([os.path.join(MODELS, "cat.bmp")])
-    assert float((a * b).sum()) > 0.8  # symmetric vs TF padding: README says about 0.90
+    a = ex.extract([os.path.join(MODELS, "cat.bmp"), os.path.join(MODELS, "grace_hopper.bmp")])
+    b = ts.extract([os.path.join(MODELS, "cat.bmp"), os.path.join(MODELS, "grace_hopper.bmp")])
+    # the file is known to come from TensorFlow: the builder pads as TF does, like the
+    # TorchScript trunk (with symmetric padding the cosine is about 0.90: models/README.md)
+    np.testing.assert_allclose((a * b).sum(1), 1.0, atol=2e-4)
+    assert isinstance(ex.model, torch.jit.ScriptModule)  # scripted and frozen, as a TorchScript file
+
+
+def test_tf_same_padding_equals_manual_padding():
+    """tf_padding: each stride-2 convolution sees the input padded as TF's SAME does
+    (even side: 0 before, 1 after; odd side: 1 and 1) -- checked against F.pad + conv."""
+    torch.manual_seed(1)
+    tf = extractors._mobilenet_v2(tf_padding=True).eval()
+    sym = extractors._mobilenet_v2().eval()
+    sym.load_state_dict(tf.state_dict())  # the same parameter names: one state_dict fits both
+    first_tf, first_sym = tf.features[0][0], sym.features[0][0]
+    F = torch.nn.functional
+    for h, w in ((32, 32), (33, 31), (64, 48)):
+        x = torch.randn(2, 3, h, w)
+        with torch.no_grad():
+            pads = [(1 if w % 2 else 0), 1, (1 if h % 2 else 0), 1]
+            ref = F.conv2d(F.pad(x, pads), first_sym.weight, None, stride=2)
+            np.testing.assert_allclose(first_tf(x).numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
+            assert tf.features(x).shape == sym.features(x).shape == (2, 1280, -(-h // 32), -(-w // 32))
+            same = torch.allclose(tf.features[:2](x), sym.features[:2](x))
+            assert same == (h % 2 == 1 and w % 2 == 1)  # odd sides: SAME pads 1 and 1, as PyTorch does
+    scripted = torch.jit.script(tf.features)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(scripted(x).numpy(), tf.features(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_a_weights_file_declares_its_preprocessing_or_is_refused(tmp_path):
