@@ -50,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../simd/nearest.h"
 #include "../simd/simd.h"
 #include "kmeans.h"
 
@@ -112,6 +113,22 @@ size_t isx_kmeans_block_scratch(size_t d)
     return gather + (ISX_ALIGN / sizeof(float)) + work;
 }
 
+/* Dimensions up to which the assignment runs the nearest_small slot (direct
+ * squared differences, arg-min in registers) instead of the fused kernel's
+ * heaps or sgemm + select; see small_path(). */
+#define KM_SMALL_MAX_D 16
+
+/* Whether points of dimension d against k centroids take the nearest_small
+ * kernel.  It depends on (d, k) only, never on the SIMD level (every level
+ * has the slot), so a test that changes the level mid-training cannot make
+ * two blocks of one pass take different paths; the transposed centroids
+ * must fit the work area of isx_kmeans_block_scratch. */
+static int small_path(size_t d, size_t k)
+{
+    return d <= KM_SMALL_MAX_D && k <= ISX_NEAREST_MAX_K &&
+           ISX_NEAREST_PAD(k) * d <= (size_t)ISX_KMEANS_BLOCK * KM_TILE;
+}
+
 #define KM_SENTINEL INT64_MAX /* slot of a seeded heap entry that no centroid replaced */
 
 /* The nb (1 or 2) best centroids of m points (see isx_kmeans_nearest_block).
@@ -132,6 +149,26 @@ static void nearest_core(const float *X, size_t m, size_t d, size_t ldx, const f
                          int32_t *second_c, const float *seed_v, const int32_t *fallback)
 {
     const isx_kernels *kern = isx_kernels_active();
+    size_t gather_floats = (size_t)ISX_KMEANS_BLOCK * d;
+    float *work = scratch + gather_floats + (ISX_ALIGN / sizeof(float) - gather_floats % (ISX_ALIGN / sizeof(float)));
+    if (small_path(d, k)) {
+        /* the direct distances need no seed: there is no heap to spare, and
+         * the runner-up's value is all the bounds take (second_c: the winner) */
+        size_t kp = ISX_NEAREST_PAD(k);
+        for (size_t t = 0; t < d; t++) {
+            float *row = work + t * kp;
+            for (size_t c = 0; c < k; c++)
+                row[c] = C[c * d + t];
+            for (size_t c = k; c < kp; c++)
+                row[c] = 0.0f;
+        }
+        float dd[ISX_KMEANS_BLOCK];
+        kern->nearest_small(X, m, ldx, d, work, k, assign, dist ? dist : dd, second_v);
+        if (second_c)
+            for (size_t i = 0; i < m; i++)
+                second_c[i] = assign[i];
+        return;
+    }
     float hd[2 * ISX_KMEANS_BLOCK];
     int64_t hs[2 * ISX_KMEANS_BLOCK];
     isx_topk heaps[ISX_KMEANS_BLOCK];
@@ -145,8 +182,6 @@ static void nearest_core(const float *X, size_t m, size_t d, size_t ldx, const f
             heaps[i].size = nb;
         }
     }
-    size_t gather_floats = (size_t)ISX_KMEANS_BLOCK * d;
-    float *work = scratch + gather_floats + (ISX_ALIGN / sizeof(float) - gather_floats % (ISX_ALIGN / sizeof(float)));
     if (kern->fused.fn && kern->fused.panel <= KM_MAX_PANEL) { /* a wider future kernel would not fit the scratch */
         const float *rows = X;
         if (ldx != d) { /* isx_fused_pack reads contiguous rows */
@@ -309,6 +344,7 @@ static int task_bounded(void *ctx, size_t task, int worker)
     float seed[ISX_KMEANS_BLOCK];
     int32_t fallback[ISX_KMEANS_BLOCK];
     size_t np = 0;
+    int small = small_path(d, b->k);
     for (size_t i = 0; i < m; i++) {
         size_t p = i0 + i;
         float du = INFINITY;
@@ -350,7 +386,7 @@ static int task_bounded(void *ctx, size_t task, int worker)
         /* seed the search with the winner and runner-up of the last one:
          * the best two now are at most as far as the farther of those */
         seed[np] = INFINITY;
-        int32_t a2 = b->shift ? b->second[p] : a;
+        int32_t a2 = b->shift && !small ? b->second[p] : a;
         if (a2 != a) {
             float d2;
             kern->dist[ISX_METRIC_L2](b->X + p * d, b->C + (size_t)a2 * d, 1, d, &d2);
@@ -379,7 +415,10 @@ static int task_bounded(void *ctx, size_t task, int worker)
         if (b->dist)
             b->dist[p] = du[j];
         float xn = b->xnorm[p];
-        float l2 = sv[j] + xn - KM_BOUND_SLACK * (xn + b->cnorm[sc[j]]);
+        /* the small path's sv is the direct distance, exact to a relative
+         * (d + 2) float32 roundings (< KM_BOUND_SLACK for d <= 32); the
+         * others' is v = |c|^2 - 2 x.c, off by up to the slack of the norms */
+        float l2 = small ? sv[j] * (1.0f - KM_BOUND_SLACK) : sv[j] + xn - KM_BOUND_SLACK * (xn + b->cnorm[sc[j]]);
         b->lower[p] = sv[j] == INFINITY ? INFINITY : sqrtf(l2 > 0.0f ? l2 : 0.0f);
     }
     return ISX_OK;
