@@ -129,6 +129,20 @@ static int small_path(size_t d, size_t k)
            ISX_NEAREST_PAD(k) * d <= (size_t)ISX_KMEANS_BLOCK * KM_TILE;
 }
 
+/* The layout nearest_small reads (simd/nearest.h) of the k x d centroids C:
+ * ISX_NEAREST_PAD(k) * d floats. */
+static void transpose_centroids(const float *C, size_t k, size_t d, float *Ct)
+{
+    size_t kp = ISX_NEAREST_PAD(k);
+    for (size_t t = 0; t < d; t++) {
+        float *row = Ct + t * kp;
+        for (size_t c = 0; c < k; c++)
+            row[c] = C[c * d + t];
+        for (size_t c = k; c < kp; c++)
+            row[c] = 0.0f;
+    }
+}
+
 #define KM_SENTINEL INT64_MAX /* slot of a seeded heap entry that no centroid replaced */
 
 /* The nb (1 or 2) best centroids of m points (see isx_kmeans_nearest_block).
@@ -144,8 +158,8 @@ static int small_path(size_t d, size_t k)
  * still leave a sentinel first, fallback[i] (a centroid whose v is about
  * seed_v[i]) is the answer; a sentinel second makes the runner-up's v the
  * winner's, which only loosens a bound. */
-static void nearest_core(const float *X, size_t m, size_t d, size_t ldx, const float *C, const float *cnorm,
-                         size_t k, size_t nb, float *scratch, int32_t *assign, float *dist, float *second_v,
+static void nearest_core(const float *X, size_t m, size_t d, size_t ldx, const float *C, const float *Ct,
+                         const float *cnorm, size_t k, size_t nb, float *scratch, int32_t *assign, float *dist, float *second_v,
                          int32_t *second_c, const float *seed_v, const int32_t *fallback)
 {
     const isx_kernels *kern = isx_kernels_active();
@@ -154,16 +168,12 @@ static void nearest_core(const float *X, size_t m, size_t d, size_t ldx, const f
     if (small_path(d, k)) {
         /* the direct distances need no seed: there is no heap to spare, and
          * the runner-up's value is all the bounds take (second_c: the winner) */
-        size_t kp = ISX_NEAREST_PAD(k);
-        for (size_t t = 0; t < d; t++) {
-            float *row = work + t * kp;
-            for (size_t c = 0; c < k; c++)
-                row[c] = C[c * d + t];
-            for (size_t c = k; c < kp; c++)
-                row[c] = 0.0f;
+        if (!Ct) {
+            transpose_centroids(C, k, d, work);
+            Ct = work;
         }
         float dd[ISX_KMEANS_BLOCK];
-        kern->nearest_small(X, m, ldx, d, work, k, assign, dist ? dist : dd, second_v);
+        kern->nearest_small(X, m, ldx, d, Ct, k, assign, dist ? dist : dd, second_v);
         if (second_c)
             for (size_t i = 0; i < m; i++)
                 second_c[i] = assign[i];
@@ -227,7 +237,7 @@ static void nearest_core(const float *X, size_t m, size_t d, size_t ldx, const f
 void isx_kmeans_nearest_block(const float *X, size_t m, size_t d, size_t ldx, const float *C, const float *cnorm,
                               size_t k, float *scratch, int32_t *assign, float *dist)
 {
-    nearest_core(X, m, d, ldx, C, cnorm, k, 1, scratch, assign, dist, NULL, NULL, NULL, NULL);
+    nearest_core(X, m, d, ldx, C, NULL, cnorm, k, 1, scratch, assign, dist, NULL, NULL, NULL, NULL);
 }
 
 /* Workspace of the assignment step, allocated once per call or training. */
@@ -276,6 +286,7 @@ typedef struct {
     const float *X, *C;
     size_t n, d, k;
     const float *cnorm;
+    const float *Ct;      /* C transposed for nearest_small (small_path), else NULL */
     float **scratch;
     int32_t *assign;
     float *dist;          /* NULL: not wanted */
@@ -286,7 +297,7 @@ static int task_assign(void *ctx, size_t task, int worker)
     assign_ctx *a = ctx;
     size_t i0 = task * ISX_KMEANS_BLOCK;
     size_t m = a->n - i0 < ISX_KMEANS_BLOCK ? a->n - i0 : ISX_KMEANS_BLOCK;
-    nearest_core(a->X + i0 * a->d, m, a->d, a->d, a->C, a->cnorm, a->k, 1, a->scratch[worker], a->assign + i0,
+    nearest_core(a->X + i0 * a->d, m, a->d, a->d, a->C, a->Ct, a->cnorm, a->k, 1, a->scratch[worker], a->assign + i0,
                  a->dist ? a->dist + i0 : NULL, NULL, NULL, NULL, NULL);
     return ISX_OK;
 }
@@ -324,6 +335,7 @@ typedef struct {
     int32_t movers[KM_MOVERS]; /* the centroids that moved most, and how many */
     size_t nmovers;
     float *mover_rows;         /* their rows, side by side: one kernel call measures them all */
+    const float *Ct;           /* C transposed for nearest_small (small_path), once per pass; else NULL */
     float shift_rest;          /* the largest move of the others */
     float **scratch;
     size_t gather_at;
@@ -406,7 +418,7 @@ static int task_bounded(void *ctx, size_t task, int worker)
     }
     int32_t a[ISX_KMEANS_BLOCK], sc[ISX_KMEANS_BLOCK];
     float du[ISX_KMEANS_BLOCK], sv[ISX_KMEANS_BLOCK];
-    nearest_core(Xb, np, d, d, b->C, b->cnorm, b->k, 2, b->scratch[worker], a, du, sv, sc, seed, fallback);
+    nearest_core(Xb, np, d, d, b->C, b->Ct, b->cnorm, b->k, 2, b->scratch[worker], a, du, sv, sc, seed, fallback);
     for (size_t j = 0; j < np; j++) {
         size_t p = i0 + pick[j];
         b->assign[p] = a[j];
@@ -520,8 +532,12 @@ int isx_kmeans_assign(const float *X, size_t n, size_t d, const float *centroids
     if ((rc = assign_ws_init(&w, n, d, k, nthreads)))
         return rc;
     isx_kernels_active()->sqnorm(NULL, centroids, k, d, w.cnorm);
-    assign_ctx a = {X, centroids, n, d, k, w.cnorm, w.scratch, assign, dist};
+    float *Ct = NULL; /* transposed once here rather than once per block */
+    if (small_path(d, k) && (Ct = malloc(ISX_NEAREST_PAD(k) * d * sizeof(float))))
+        transpose_centroids(centroids, k, d, Ct);
+    assign_ctx a = {X, centroids, n, d, k, w.cnorm, Ct, w.scratch, assign, dist};
     rc = isx_parallel_for(w.nthreads, (n + ISX_KMEANS_BLOCK - 1) / ISX_KMEANS_BLOCK, task_assign, &a);
+    free(Ct);
     assign_ws_free(&w);
     return rc;
 }
@@ -645,7 +661,7 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
     float *dist = NULL, *xnorm = NULL, *upper = NULL, *lower = NULL, *shift = NULL, *prev = NULL;
     int32_t *origin = NULL, *second = NULL;
     uint8_t *split = NULL;
-    float *mover_rows = NULL;
+    float *mover_rows = NULL, *Ct = NULL;
     double **acc = NULL;
     assign_ws w = {0};
     int nthreads = isx_resolve_threads(p->nthreads);
@@ -689,6 +705,8 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
         goto nomem;
     if (obj && !(dist = malloc(ns * sizeof(float))))
         goto nomem;
+    if (small_path(d, k) && !(Ct = malloc(ISX_NEAREST_PAD(k) * d * sizeof(float))))
+        goto nomem;
     if ((rc = assign_ws_init(&w, ns, d, k, nthreads)))
         goto cleanup;
     if (!(acc = calloc((size_t)update_threads, sizeof(double *))))
@@ -711,6 +729,10 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
             break;
         b.dist = last ? dist : NULL;
         isx_kernels_active()->sqnorm(NULL, centroids, k, d, w.cnorm);
+        if (Ct) { /* once per pass: late passes search a few points per block */
+            transpose_centroids(centroids, k, d, Ct);
+            b.Ct = Ct;
+        }
         if ((rc = isx_parallel_for(w.nthreads, blocks, task_bounded, &b)))
             goto cleanup;
         if (last)
@@ -766,5 +788,6 @@ cleanup:
     free(split);
     free(second);
     free(mover_rows);
+    free(Ct);
     return rc;
 }

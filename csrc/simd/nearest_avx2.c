@@ -30,6 +30,12 @@
 #include "internal.h"
 #include "nearest.h"
 
+#ifndef P1
+#define P1 4
+#endif
+#ifndef P2
+#define P2 4
+#endif
 #define AVX2 __attribute__((target("avx2,fma")))
 #define INLINE static inline __attribute__((always_inline))
 
@@ -145,13 +151,13 @@ AVX2 INLINE void points(const float *X, size_t n, size_t ldx, size_t d, const fl
 {
     size_t i = 0;
     if (dist2) {
-        for (; i + 4 <= n; i += 4)
-            group(X + i * ldx, ldx, d, Ct, k, 4, 1, assign + i, dist + i, dist2 + i);
+        for (; i + P2 <= n; i += P2)
+            group(X + i * ldx, ldx, d, Ct, k, P2, 1, assign + i, dist + i, dist2 + i);
         for (; i < n; i++)
             group(X + i * ldx, ldx, d, Ct, k, 1, 1, assign + i, dist + i, dist2 + i);
     } else {
-        for (; i + 4 <= n; i += 4)
-            group(X + i * ldx, ldx, d, Ct, k, 4, 0, assign + i, dist + i, NULL);
+        for (; i + P1 <= n; i += P1)
+            group(X + i * ldx, ldx, d, Ct, k, P1, 0, assign + i, dist + i, NULL);
         for (; i < n; i++)
             group(X + i * ldx, ldx, d, Ct, k, 1, 0, assign + i, dist + i, NULL);
     }
