@@ -604,6 +604,37 @@ static int task_update(void *ctx, size_t task, int worker)
     return ISX_OK;
 }
 
+/* The update on one thread (PQ trains each sub-space on one): one pass over
+ * the points in index order, each added to its cluster's float64 row of acc
+ * (k x d).  Every cluster's sum is the same additions in the same order as
+ * task_update's (its points in increasing index order), so the model is bit
+ * for bit that of the parallel update -- but X is read front to back instead
+ * of through the counting sort's order[], which at d = 8 was a cache miss per
+ * point. */
+#define KM_SEQ_UPDATE_MAX_FLOATS ((size_t)1 << 21) /* k * d: 16 MiB of float64 at most */
+
+static void update_sequential(const float *X, size_t n, size_t d, size_t k, const int32_t *assign,
+                              const size_t *size, double *acc, float *C, int spherical)
+{
+    memset(acc, 0, k * d * sizeof(double));
+    for (size_t i = 0; i < n; i++) {
+        const float *x = X + i * d;
+        double *a = acc + (size_t)assign[i] * d;
+        for (size_t j = 0; j < d; j++)
+            a[j] += x[j];
+    }
+    for (size_t c = 0; c < k; c++) {
+        if (size[c] == 0)
+            continue; /* empty: split_empty() fills it */
+        double inv = 1.0 / (double)size[c];
+        float *out = C + c * d;
+        for (size_t j = 0; j < d; j++)
+            out[j] = (float)(acc[c * d + j] * inv);
+        if (spherical)
+            normalise_row(out, d);
+    }
+}
+
 /* Give every empty cluster half of the largest one (see the file comment).
  * size[] counts points per cluster and is kept up to date, so that a second
  * empty cluster does not split the same halves again.  origin[c] receives
@@ -671,7 +702,7 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
     int32_t *origin = NULL, *second = NULL;
     uint8_t *split = NULL;
     float *mover_rows = NULL, *Ct = NULL;
-    double **acc = NULL;
+    double **acc = NULL, *seq_acc = NULL;
     assign_ws w = {0};
     int nthreads = isx_resolve_threads(p->nthreads);
     size_t groups = (k + KM_UPDATE_GROUP - 1) / KM_UPDATE_GROUP;
@@ -723,6 +754,8 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
     for (int t = 0; t < update_threads; t++)
         if (!(acc[t] = malloc(d * sizeof(double))))
             goto nomem;
+    if (update_threads == 1 && k <= KM_SEQ_UPDATE_MAX_FLOATS / d && !(seq_acc = malloc(k * d * sizeof(double))))
+        goto nomem;
     isx_kernels_active()->sqnorm(NULL, pts, ns, d, xnorm);
     memset(assign, 0, ns * sizeof(int32_t)); /* read (as no seed) by the first, unbounded pass */
 
@@ -746,20 +779,25 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
             goto cleanup;
         if (last)
             break;
-        /* counting sort: cluster by cluster, points in increasing index order */
         memset(size, 0, k * sizeof(size_t));
         for (size_t i = 0; i < ns; i++)
             size[assign[i]]++;
+        memcpy(prev, centroids, k * d * sizeof(float));
+        if (seq_acc) {
+            update_sequential(pts, ns, d, k, assign, size, seq_acc, centroids, p->spherical);
+            goto updated;
+        }
+        /* counting sort: cluster by cluster, points in increasing index order */
         start[0] = 0;
         for (size_t c = 0; c < k; c++)
             start[c + 1] = start[c] + size[c];
         memcpy(idx, start, k * sizeof(size_t)); /* idx: next free position per cluster */
         for (size_t i = 0; i < ns; i++)
             order[idx[assign[i]]++] = i;
-        memcpy(prev, centroids, k * d * sizeof(float));
         update_ctx u = {pts, d, k, start, order, centroids, acc, p->spherical};
         if ((rc = isx_parallel_for(update_threads, groups, task_update, &u)))
             goto cleanup;
+    updated:
         split_empty(centroids, k, d, size, p->spherical, origin);
         centroid_shifts(centroids, prev, origin, k, d, shift, split, &b);
         b.split = split;
@@ -798,5 +836,6 @@ cleanup:
     free(second);
     free(mover_rows);
     free(Ct);
+    free(seq_acc);
     return rc;
 }
