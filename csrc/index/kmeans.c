@@ -28,7 +28,9 @@
  *               points in increasing index order), then clusters are summed
  *               in float64, in parallel over groups of clusters.  Each sum is
  *               taken in one fixed order whatever the thread count, so a seed
- *               gives one model, bit for bit, on 1 or 16 threads.
+ *               gives one model, bit for bit, on 1 or 16 threads.  On one
+ *               thread the same sums come from a single pass over the points
+ *               in index order (update_sequential), which reads X in order.
  *   Empty       a cluster left empty takes half of the largest one: a copy of
  *               its centroid, both perturbed by a relative 1/1024 in opposite
  *               directions, alternating by coordinate (as faiss does), so the
