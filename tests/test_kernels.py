@@ -413,3 +413,105 @@ def test_pq4_scan_matches_oracle(isa, npairs, rng):
     sub = np.full((32, 256), 15, np.uint8)
     sums, masks = _core._pq4_scan(isa, pq4_pack(sub), np.full(128 * 32, 255, np.uint8), 65535)
     assert np.all(sums == 256 * 255) and masks[0] == 0xFFFFFFFF
+
+
+def pad8_transposed(C, fill):
+    """Ct (d, pad8(k)) of nearest.h, the pad columns set to `fill` (a point's
+    own coordinates: a kernel that let a pad lane win would report 0)."""
+    k, d = C.shape
+    kp = (k + 7) // 8 * 8
+    Ct = np.empty((d, kp), np.float32)
+    Ct[:, :k] = C.T
+    Ct[:, k:] = np.asarray(fill, np.float32)[:, None]
+    return Ct
+
+
+def nearest_oracle(X, C):
+    D = ((X[:, None, :].astype(np.float64) - C[None, :, :].astype(np.float64)) ** 2).sum(-1)
+    return D
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+@pytest.mark.parametrize("d", range(1, 33))
+def test_nearest_small_matches_oracle(isa, d, rng):
+    for k in (1, 2, 5, 8, 13, 16, 24, 256, 257):
+        C = rng.normal(size=(k, d)).astype(np.float32)
+        for n in (0, 1, 3, 4, 7, 33):
+            wide = rng.normal(size=(n, d + 3)).astype(np.float32)   # row stride ldx = d + 3
+            X = wide[:, :d]
+            Ct = pad8_transposed(C, X[0] if n else np.zeros(d))
+            a, dist, dist2 = _core._nearest_small(isa, wide, d, Ct, k, True)
+            a1, dist1, none = _core._nearest_small(isa, wide, d, Ct, k, False)
+            assert none is None and a.dtype == np.int32 and dist.dtype == np.float32 and a.shape == (n,)
+            np.testing.assert_array_equal(a1, a)
+            np.testing.assert_array_equal(dist1, dist)
+            if n == 0:
+                continue
+            D = nearest_oracle(X, C)
+            S = np.sort(D, 1)
+            # direct sums: float32 rounding relative to each distance itself
+            np.testing.assert_allclose(dist, S[:, 0], rtol=1e-5, atol=1e-30)
+            if k > 1:
+                np.testing.assert_allclose(dist2, S[:, 1], rtol=1e-5, atol=1e-30)
+                clear = S[:, 1] - S[:, 0] > 1e-5 * S[:, 1]
+            else:
+                assert np.all(np.isinf(dist2))
+                clear = np.ones(n, bool)
+            np.testing.assert_array_equal(a[clear], D.argmin(1)[clear])
+            assert np.all(D[np.arange(n), a] <= S[:, 0] * (1 + 1e-5))
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+def test_nearest_small_ties_go_to_the_lower_index(isa, rng):
+    d = 8
+    for k in (3, 13, 40):
+        C = rng.normal(size=(k, d)).astype(np.float32)
+        # copies of one centroid in the same lane (c, c + 8), in other lanes
+        # and in the last, partly padded vector: the lowest index must win
+        for lo, hi in ((0, 1), (1, k - 1), (2, min(10, k - 1)), (k - 2, k - 1)):
+            if lo >= hi:
+                continue
+            Cd = C.copy()
+            Cd[hi] = Cd[lo]
+            X = np.vstack([Cd[lo], Cd[lo] + 0.01, rng.normal(size=(5, d))]).astype(np.float32)
+            a, dist, dist2 = _core._nearest_small(isa, X, d, pad8_transposed(Cd, np.full(d, 1e3)), k, True)
+            D = nearest_oracle(X, Cd)
+            np.testing.assert_array_equal(a, D.argmin(1))    # numpy's argmin takes the first too
+            assert a[0] == lo and dist[0] == 0 and dist2[0] == 0   # the copy is the runner-up, at 0
+            assert a[1] == lo and dist2[1] == dist[1]
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+def test_nearest_small_keeps_the_digits_of_near_points(isa, rng):
+    """Far from the origin, the |x|^2 - 2 x.c + |c|^2 identity cancels away a
+    near point's distance; the direct sum keeps it to float32 rounding."""
+    d, k = 16, 64
+    C = (1000 + rng.normal(size=(k, d))).astype(np.float32)
+    X = (C[rng.integers(0, k, 50)] + rng.normal(size=(50, d)) * 1e-3).astype(np.float32)
+    a, dist, dist2 = _core._nearest_small(isa, X, d, pad8_transposed(C, np.zeros(d)), k, True)
+    D = nearest_oracle(X, C)
+    np.testing.assert_array_equal(a, D.argmin(1))
+    np.testing.assert_allclose(dist, D.min(1), rtol=1e-5)
+    assert dist.min() > 0
+
+
+@pytest.mark.parametrize("isa", isa_levels())
+def test_nearest_small_answers_do_not_depend_on_the_batch(isa, rng):
+    """Points go through the kernel in groups (4 at a time on AVX2): a point's
+    answer must be bit for bit the same alone, which is what keeps k-means and
+    PQ the same on any thread count."""
+    for d in (4, 8, 11, 16, 32):
+        C = rng.normal(size=(100, d)).astype(np.float32)
+        X = rng.normal(size=(23, d)).astype(np.float32)
+        Ct = pad8_transposed(C, np.zeros(d))
+        a, dist, dist2 = _core._nearest_small(isa, X, d, Ct, 100, True)
+        for i in (0, 5, 22):
+            ai, di, d2i = _core._nearest_small(isa, X[i:i + 1], d, Ct, 100, True)
+            assert ai[0] == a[i] and di[0] == dist[i] and d2i[0] == dist2[i]
+
+
+def test_nearest_small_hook_checks_shapes():
+    with pytest.raises(ValueError, match="pad8"):
+        _core._nearest_small("serial", np.zeros((2, 4), np.float32), 4, np.zeros((4, 5), np.float32), 5, False)
+    with pytest.raises(ValueError, match="pad8"):
+        _core._nearest_small("serial", np.zeros((2, 40), np.float32), 33, np.zeros((33, 8), np.float32), 5, False)

@@ -17,12 +17,20 @@
  *               sub-spaces (d = 4 or 8), where sgemm's K is tiny and writing
  *               and rereading the product costs more than computing it.
  *               Without such a kernel (the serial level) sgemm tiles and the
- *               vectorised select do the job.
+ *               vectorised select do the job.  For d <= 32 (PQ sub-spaces)
+ *               both give way to the kernel table's nearest_small slot:
+ *               direct squared differences against transposed centroids with
+ *               the arg-min kept in registers, no heap and no |x|^2 identity,
+ *               so its distances (winner and runner-up) are exact to float32
+ *               rounding; at d = 8, k = 256 the heap updates had been most of
+ *               the cost.
  *   Update      a counting sort groups the points by cluster (each cluster's
  *               points in increasing index order), then clusters are summed
  *               in float64, in parallel over groups of clusters.  Each sum is
  *               taken in one fixed order whatever the thread count, so a seed
- *               gives one model, bit for bit, on 1 or 16 threads.
+ *               gives one model, bit for bit, on 1 or 16 threads.  On one
+ *               thread the same sums come from a single pass over the points
+ *               in index order (update_sequential), which reads X in order.
  *   Empty       a cluster left empty takes half of the largest one: a copy of
  *               its centroid, both perturbed by a relative 1/1024 in opposite
  *               directions, alternating by coordinate (as faiss does), so the
@@ -50,6 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../simd/nearest.h"
 #include "../simd/simd.h"
 #include "kmeans.h"
 
@@ -112,6 +121,39 @@ size_t isx_kmeans_block_scratch(size_t d)
     return gather + (ISX_ALIGN / sizeof(float)) + work;
 }
 
+/* Dimensions up to which the assignment runs the nearest_small slot (direct
+ * squared differences, arg-min in registers) instead of the fused kernel's
+ * heaps or sgemm + select; see small_path().  It won at every d it takes
+ * (50,000 points, k = 256, one thread, AVX2: 4.8 against 10.8 ms at d = 12,
+ * 6.2 / 11.6 at 16, 9.1 / 14.4 at 24, 12.5 / 17.0 at 32), so the bound is
+ * the kernel's own. */
+#define KM_SMALL_MAX_D ISX_NEAREST_MAX_D
+
+/* Whether points of dimension d against k centroids take the nearest_small
+ * kernel.  It depends on (d, k) only, never on the SIMD level (every level
+ * has the slot), so a test that changes the level mid-training cannot make
+ * two blocks of one pass take different paths; the transposed centroids
+ * must fit the work area of isx_kmeans_block_scratch. */
+static int small_path(size_t d, size_t k)
+{
+    return d <= KM_SMALL_MAX_D && k <= ISX_NEAREST_MAX_K &&
+           ISX_NEAREST_PAD(k) * d <= (size_t)ISX_KMEANS_BLOCK * KM_TILE;
+}
+
+/* The layout nearest_small reads (simd/nearest.h) of the k x d centroids C:
+ * ISX_NEAREST_PAD(k) * d floats. */
+static void transpose_centroids(const float *C, size_t k, size_t d, float *Ct)
+{
+    size_t kp = ISX_NEAREST_PAD(k);
+    for (size_t t = 0; t < d; t++) {
+        float *row = Ct + t * kp;
+        for (size_t c = 0; c < k; c++)
+            row[c] = C[c * d + t];
+        for (size_t c = k; c < kp; c++)
+            row[c] = 0.0f;
+    }
+}
+
 #define KM_SENTINEL INT64_MAX /* slot of a seeded heap entry that no centroid replaced */
 
 /* The nb (1 or 2) best centroids of m points (see isx_kmeans_nearest_block).
@@ -127,11 +169,27 @@ size_t isx_kmeans_block_scratch(size_t d)
  * still leave a sentinel first, fallback[i] (a centroid whose v is about
  * seed_v[i]) is the answer; a sentinel second makes the runner-up's v the
  * winner's, which only loosens a bound. */
-static void nearest_core(const float *X, size_t m, size_t d, size_t ldx, const float *C, const float *cnorm,
-                         size_t k, size_t nb, float *scratch, int32_t *assign, float *dist, float *second_v,
+static void nearest_core(const float *X, size_t m, size_t d, size_t ldx, const float *C, const float *Ct,
+                         const float *cnorm, size_t k, size_t nb, float *scratch, int32_t *assign, float *dist, float *second_v,
                          int32_t *second_c, const float *seed_v, const int32_t *fallback)
 {
     const isx_kernels *kern = isx_kernels_active();
+    size_t gather_floats = (size_t)ISX_KMEANS_BLOCK * d;
+    float *work = scratch + gather_floats + (ISX_ALIGN / sizeof(float) - gather_floats % (ISX_ALIGN / sizeof(float)));
+    if (small_path(d, k)) {
+        /* the direct distances need no seed: there is no heap to spare, and
+         * the runner-up's value is all the bounds take (second_c: the winner) */
+        if (!Ct) {
+            transpose_centroids(C, k, d, work);
+            Ct = work;
+        }
+        float dd[ISX_KMEANS_BLOCK];
+        kern->nearest_small(X, m, ldx, d, Ct, k, assign, dist ? dist : dd, second_v);
+        if (second_c)
+            for (size_t i = 0; i < m; i++)
+                second_c[i] = assign[i];
+        return;
+    }
     float hd[2 * ISX_KMEANS_BLOCK];
     int64_t hs[2 * ISX_KMEANS_BLOCK];
     isx_topk heaps[ISX_KMEANS_BLOCK];
@@ -145,8 +203,6 @@ static void nearest_core(const float *X, size_t m, size_t d, size_t ldx, const f
             heaps[i].size = nb;
         }
     }
-    size_t gather_floats = (size_t)ISX_KMEANS_BLOCK * d;
-    float *work = scratch + gather_floats + (ISX_ALIGN / sizeof(float) - gather_floats % (ISX_ALIGN / sizeof(float)));
     if (kern->fused.fn && kern->fused.panel <= KM_MAX_PANEL) { /* a wider future kernel would not fit the scratch */
         const float *rows = X;
         if (ldx != d) { /* isx_fused_pack reads contiguous rows */
@@ -192,7 +248,7 @@ static void nearest_core(const float *X, size_t m, size_t d, size_t ldx, const f
 void isx_kmeans_nearest_block(const float *X, size_t m, size_t d, size_t ldx, const float *C, const float *cnorm,
                               size_t k, float *scratch, int32_t *assign, float *dist)
 {
-    nearest_core(X, m, d, ldx, C, cnorm, k, 1, scratch, assign, dist, NULL, NULL, NULL, NULL);
+    nearest_core(X, m, d, ldx, C, NULL, cnorm, k, 1, scratch, assign, dist, NULL, NULL, NULL, NULL);
 }
 
 /* Workspace of the assignment step, allocated once per call or training. */
@@ -241,6 +297,7 @@ typedef struct {
     const float *X, *C;
     size_t n, d, k;
     const float *cnorm;
+    const float *Ct;      /* C transposed for nearest_small (small_path), else NULL */
     float **scratch;
     int32_t *assign;
     float *dist;          /* NULL: not wanted */
@@ -251,7 +308,7 @@ static int task_assign(void *ctx, size_t task, int worker)
     assign_ctx *a = ctx;
     size_t i0 = task * ISX_KMEANS_BLOCK;
     size_t m = a->n - i0 < ISX_KMEANS_BLOCK ? a->n - i0 : ISX_KMEANS_BLOCK;
-    nearest_core(a->X + i0 * a->d, m, a->d, a->d, a->C, a->cnorm, a->k, 1, a->scratch[worker], a->assign + i0,
+    nearest_core(a->X + i0 * a->d, m, a->d, a->d, a->C, a->Ct, a->cnorm, a->k, 1, a->scratch[worker], a->assign + i0,
                  a->dist ? a->dist + i0 : NULL, NULL, NULL, NULL, NULL);
     return ISX_OK;
 }
@@ -289,6 +346,7 @@ typedef struct {
     int32_t movers[KM_MOVERS]; /* the centroids that moved most, and how many */
     size_t nmovers;
     float *mover_rows;         /* their rows, side by side: one kernel call measures them all */
+    const float *Ct;           /* C transposed for nearest_small (small_path), once per pass; else NULL */
     float shift_rest;          /* the largest move of the others */
     float **scratch;
     size_t gather_at;
@@ -309,6 +367,7 @@ static int task_bounded(void *ctx, size_t task, int worker)
     float seed[ISX_KMEANS_BLOCK];
     int32_t fallback[ISX_KMEANS_BLOCK];
     size_t np = 0;
+    int small = small_path(d, b->k);
     for (size_t i = 0; i < m; i++) {
         size_t p = i0 + i;
         float du = INFINITY;
@@ -350,7 +409,7 @@ static int task_bounded(void *ctx, size_t task, int worker)
         /* seed the search with the winner and runner-up of the last one:
          * the best two now are at most as far as the farther of those */
         seed[np] = INFINITY;
-        int32_t a2 = b->shift ? b->second[p] : a;
+        int32_t a2 = b->shift && !small ? b->second[p] : a;
         if (a2 != a) {
             float d2;
             kern->dist[ISX_METRIC_L2](b->X + p * d, b->C + (size_t)a2 * d, 1, d, &d2);
@@ -370,7 +429,7 @@ static int task_bounded(void *ctx, size_t task, int worker)
     }
     int32_t a[ISX_KMEANS_BLOCK], sc[ISX_KMEANS_BLOCK];
     float du[ISX_KMEANS_BLOCK], sv[ISX_KMEANS_BLOCK];
-    nearest_core(Xb, np, d, d, b->C, b->cnorm, b->k, 2, b->scratch[worker], a, du, sv, sc, seed, fallback);
+    nearest_core(Xb, np, d, d, b->C, b->Ct, b->cnorm, b->k, 2, b->scratch[worker], a, du, sv, sc, seed, fallback);
     for (size_t j = 0; j < np; j++) {
         size_t p = i0 + pick[j];
         b->assign[p] = a[j];
@@ -379,7 +438,10 @@ static int task_bounded(void *ctx, size_t task, int worker)
         if (b->dist)
             b->dist[p] = du[j];
         float xn = b->xnorm[p];
-        float l2 = sv[j] + xn - KM_BOUND_SLACK * (xn + b->cnorm[sc[j]]);
+        /* the small path's sv is the direct distance, exact to a relative
+         * (d + 2) float32 roundings (< KM_BOUND_SLACK for d <= 32); the
+         * others' is v = |c|^2 - 2 x.c, off by up to the slack of the norms */
+        float l2 = small ? sv[j] * (1.0f - KM_BOUND_SLACK) : sv[j] + xn - KM_BOUND_SLACK * (xn + b->cnorm[sc[j]]);
         b->lower[p] = sv[j] == INFINITY ? INFINITY : sqrtf(l2 > 0.0f ? l2 : 0.0f);
     }
     return ISX_OK;
@@ -481,8 +543,12 @@ int isx_kmeans_assign(const float *X, size_t n, size_t d, const float *centroids
     if ((rc = assign_ws_init(&w, n, d, k, nthreads)))
         return rc;
     isx_kernels_active()->sqnorm(NULL, centroids, k, d, w.cnorm);
-    assign_ctx a = {X, centroids, n, d, k, w.cnorm, w.scratch, assign, dist};
+    float *Ct = NULL; /* transposed once here rather than once per block */
+    if (small_path(d, k) && (Ct = malloc(ISX_NEAREST_PAD(k) * d * sizeof(float))))
+        transpose_centroids(centroids, k, d, Ct);
+    assign_ctx a = {X, centroids, n, d, k, w.cnorm, Ct, w.scratch, assign, dist};
     rc = isx_parallel_for(w.nthreads, (n + ISX_KMEANS_BLOCK - 1) / ISX_KMEANS_BLOCK, task_assign, &a);
+    free(Ct);
     assign_ws_free(&w);
     return rc;
 }
@@ -538,6 +604,37 @@ static int task_update(void *ctx, size_t task, int worker)
             normalise_row(out, d);
     }
     return ISX_OK;
+}
+
+/* The update on one thread (PQ trains each sub-space on one): one pass over
+ * the points in index order, each added to its cluster's float64 row of acc
+ * (k x d).  Every cluster's sum is the same additions in the same order as
+ * task_update's (its points in increasing index order), so the model is bit
+ * for bit that of the parallel update -- but X is read front to back instead
+ * of through the counting sort's order[], which at d = 8 was a cache miss per
+ * point. */
+#define KM_SEQ_UPDATE_MAX_FLOATS ((size_t)1 << 21) /* k * d: 16 MiB of float64 at most */
+
+static void update_sequential(const float *X, size_t n, size_t d, size_t k, const int32_t *assign,
+                              const size_t *size, double *acc, float *C, int spherical)
+{
+    memset(acc, 0, k * d * sizeof(double));
+    for (size_t i = 0; i < n; i++) {
+        const float *x = X + i * d;
+        double *a = acc + (size_t)assign[i] * d;
+        for (size_t j = 0; j < d; j++)
+            a[j] += x[j];
+    }
+    for (size_t c = 0; c < k; c++) {
+        if (size[c] == 0)
+            continue; /* empty: split_empty() fills it */
+        double inv = 1.0 / (double)size[c];
+        float *out = C + c * d;
+        for (size_t j = 0; j < d; j++)
+            out[j] = (float)(acc[c * d + j] * inv);
+        if (spherical)
+            normalise_row(out, d);
+    }
 }
 
 /* Give every empty cluster half of the largest one (see the file comment).
@@ -606,8 +703,8 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
     float *dist = NULL, *xnorm = NULL, *upper = NULL, *lower = NULL, *shift = NULL, *prev = NULL;
     int32_t *origin = NULL, *second = NULL;
     uint8_t *split = NULL;
-    float *mover_rows = NULL;
-    double **acc = NULL;
+    float *mover_rows = NULL, *Ct = NULL;
+    double **acc = NULL, *seq_acc = NULL;
     assign_ws w = {0};
     int nthreads = isx_resolve_threads(p->nthreads);
     size_t groups = (k + KM_UPDATE_GROUP - 1) / KM_UPDATE_GROUP;
@@ -650,6 +747,8 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
         goto nomem;
     if (obj && !(dist = malloc(ns * sizeof(float))))
         goto nomem;
+    if (small_path(d, k) && !(Ct = malloc(ISX_NEAREST_PAD(k) * d * sizeof(float))))
+        goto nomem;
     if ((rc = assign_ws_init(&w, ns, d, k, nthreads)))
         goto cleanup;
     if (!(acc = calloc((size_t)update_threads, sizeof(double *))))
@@ -657,6 +756,8 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
     for (int t = 0; t < update_threads; t++)
         if (!(acc[t] = malloc(d * sizeof(double))))
             goto nomem;
+    if (update_threads == 1 && k <= KM_SEQ_UPDATE_MAX_FLOATS / d && !(seq_acc = malloc(k * d * sizeof(double))))
+        goto nomem;
     isx_kernels_active()->sqnorm(NULL, pts, ns, d, xnorm);
     memset(assign, 0, ns * sizeof(int32_t)); /* read (as no seed) by the first, unbounded pass */
 
@@ -672,24 +773,33 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
             break;
         b.dist = last ? dist : NULL;
         isx_kernels_active()->sqnorm(NULL, centroids, k, d, w.cnorm);
+        if (Ct) { /* once per pass: late passes search a few points per block */
+            transpose_centroids(centroids, k, d, Ct);
+            b.Ct = Ct;
+        }
         if ((rc = isx_parallel_for(w.nthreads, blocks, task_bounded, &b)))
             goto cleanup;
         if (last)
             break;
-        /* counting sort: cluster by cluster, points in increasing index order */
         memset(size, 0, k * sizeof(size_t));
         for (size_t i = 0; i < ns; i++)
             size[assign[i]]++;
+        memcpy(prev, centroids, k * d * sizeof(float));
+        if (seq_acc) {
+            update_sequential(pts, ns, d, k, assign, size, seq_acc, centroids, p->spherical);
+            goto updated;
+        }
+        /* counting sort: cluster by cluster, points in increasing index order */
         start[0] = 0;
         for (size_t c = 0; c < k; c++)
             start[c + 1] = start[c] + size[c];
         memcpy(idx, start, k * sizeof(size_t)); /* idx: next free position per cluster */
         for (size_t i = 0; i < ns; i++)
             order[idx[assign[i]]++] = i;
-        memcpy(prev, centroids, k * d * sizeof(float));
         update_ctx u = {pts, d, k, start, order, centroids, acc, p->spherical};
         if ((rc = isx_parallel_for(update_threads, groups, task_update, &u)))
             goto cleanup;
+    updated:
         split_empty(centroids, k, d, size, p->spherical, origin);
         centroid_shifts(centroids, prev, origin, k, d, shift, split, &b);
         b.split = split;
@@ -727,5 +837,7 @@ cleanup:
     free(split);
     free(second);
     free(mover_rows);
+    free(Ct);
+    free(seq_acc);
     return rc;
 }

@@ -10,8 +10,9 @@
  * the result depends only on (X, seed) and not on the thread count -- every
  * reduction is done in a fixed order -- so one seed gives one model.
  * (kmeans.c: the assignment runs the kernel table's fused dot-product + top-k
- * kernel where the CPU has one, sgemm otherwise, and training skips the
- * points that Hamerly's bounds prove cannot change cluster.)
+ * kernel where the CPU has one, sgemm otherwise -- or, for d <= 32, the
+ * nearest_small kernel of direct squared differences -- and training skips
+ * the points that Hamerly's bounds prove cannot change cluster.)
  */
 #ifndef ISX_KMEANS_H
 #define ISX_KMEANS_H
@@ -55,7 +56,9 @@ size_t isx_kmeans_block_scratch(size_t d);
  * points read with row stride ldx >= d.  assign[i] as for isx_kmeans_assign;
  * dist (may be NULL) the exact squared distance, recomputed for the chosen
  * centroid (the |x|^2 - 2 x.c + |c|^2 identity loses digits for near points).
- * Ties go to the lower centroid index. */
+ * Ties go to the lower centroid index.  For d <= 32 the arg-min itself is
+ * taken over direct squared differences (the nearest_small slot), so it is
+ * exact to float32 rounding too, and cnorm is not read. */
 void isx_kmeans_nearest_block(const float *X, size_t m, size_t d, size_t ldx, const float *C, const float *cnorm,
                               size_t k, float *scratch, int32_t *assign, float *dist);
 

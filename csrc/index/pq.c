@@ -12,8 +12,8 @@
  * isx_kmeans_nearest_block once per sub-space (the block's sub-vectors are
  * gathered into contiguous rows there), parallel over blocks.  With dsub as
  * small as 4 or 8 a BLAS product would spend more on writing and rereading
- * its n x ksub product than on the arithmetic; the fused kernel keeps it in
- * registers.
+ * its n x ksub product than on the arithmetic; for dsub <= 32 kmeans.c runs
+ * the nearest_small kernel, which keeps distances and arg-min in registers.
  *
  * Codes: nbits = 8 is one byte per sub-space; nbits = 4 packs sub-space 2i
  * in the low nibble of byte i and 2i + 1 in the high nibble (an odd m leaves

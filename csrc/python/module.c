@@ -236,6 +236,7 @@ static PyMethodDef module_methods[] = {
     {"_pq4_quantize", isx_py_pq4_quantize, METH_VARARGS, NULL},
     {"_pq8_scan", isx_py_pq8_scan, METH_VARARGS, NULL},
     {"_pq4_scan", isx_py_pq4_scan, METH_VARARGS, NULL},
+    {"_nearest_small", isx_py_nearest_small, METH_VARARGS, NULL},
     {"_set_simd", isx_py_set_simd, METH_VARARGS, NULL},
     {"_kmeans", (PyCFunction)(void (*)(void))isx_py_kmeans, METH_VARARGS | METH_KEYWORDS, NULL},
     {"_kmeans_assign", (PyCFunction)(void (*)(void))isx_py_kmeans_assign, METH_VARARGS | METH_KEYWORDS, NULL},

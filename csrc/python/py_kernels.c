@@ -20,11 +20,15 @@
  *   _pq8_scan(isa, lut, codes)                 pq8_scan: lut (m, 256) f32, codes (n, m) u8
  *   _pq4_scan(isa, codes, lut, thresh)         pq4_scan: codes (nblocks, npairs*32) u8,
  *                                              lut (npairs*32,) u8 -> (sums u16, masks u32)
+ *   _nearest_small(isa, X, d, Ct, k, second)   nearest_small: X (n, ldx) f32 read as n rows of
+ *                                              their first d floats, Ct (d, pad8(k)) f32 ->
+ *                                              (assign i32, dist f32, dist2 f32 or None)
  *   _kernel_table(isa)                         {slot: level it comes from}
  *   _set_simd(isa)                             the level in use (returns the old)
  */
 #include "py_common.h"
 #include "py_kernels.h"
+#include "../simd/nearest.h"
 #include "../simd/simd.h"
 
 #include <math.h>
@@ -566,5 +570,47 @@ PyObject *isx_py_pq4_quantize(PyObject *mod, PyObject *args)
 done:
     Py_XDECREF(lut);
     Py_XDECREF(qtab);
+    return r;
+}
+
+PyObject *isx_py_nearest_small(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    const char *isa_name;
+    PyObject *x_obj, *ct_obj;
+    Py_ssize_t d, k;
+    int second;
+    if (!PyArg_ParseTuple(args, "sOnOnp:_nearest_small", &isa_name, &x_obj, &d, &ct_obj, &k, &second))
+        return NULL;
+    const isx_kernels *kern = table_named(isa_name, NULL);
+    if (!kern)
+        return NULL;
+    PyArrayObject *X = exact(x_obj, NPY_FLOAT32, 2, "X"), *Ct = X ? exact(ct_obj, NPY_FLOAT32, 2, "Ct") : NULL;
+    PyArrayObject *a = NULL, *dist = NULL, *dist2 = NULL;
+    PyObject *r = NULL;
+    if (!Ct)
+        goto done;
+    npy_intp n = PyArray_DIM(X, 0), ldx = PyArray_DIM(X, 1);
+    if (d < 1 || d > ISX_NEAREST_MAX_D || d > ldx || (n > 0 && ldx < 1) || k < 1 ||
+        (size_t)k > ISX_NEAREST_MAX_K || PyArray_DIM(Ct, 0) != d ||
+        (size_t)PyArray_DIM(Ct, 1) != ISX_NEAREST_PAD((size_t)k)) {
+        PyErr_Format(PyExc_ValueError, "expected 1 <= d <= min(%d, X.shape[1]), 1 <= k and Ct of shape (d, pad8(k))",
+                     ISX_NEAREST_MAX_D);
+        goto done;
+    }
+    a = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT32);
+    dist = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32);
+    dist2 = second ? (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32) : NULL;
+    if (!a || !dist || (second && !dist2))
+        goto done;
+    kern->nearest_small(PyArray_DATA(X), (size_t)n, (size_t)ldx, (size_t)d, PyArray_DATA(Ct), (size_t)k,
+                        PyArray_DATA(a), PyArray_DATA(dist), dist2 ? PyArray_DATA(dist2) : NULL);
+    r = Py_BuildValue("(OOO)", a, dist, dist2 ? (PyObject *)dist2 : Py_None);
+done:
+    Py_XDECREF(X);
+    Py_XDECREF(Ct);
+    Py_XDECREF(a);
+    Py_XDECREF(dist);
+    Py_XDECREF(dist2);
     return r;
 }

@@ -20,6 +20,7 @@ PyObject *isx_py_pq_lut_ip(PyObject *mod, PyObject *args);
 PyObject *isx_py_pq4_quantize(PyObject *mod, PyObject *args);
 PyObject *isx_py_pq8_scan(PyObject *mod, PyObject *args);
 PyObject *isx_py_pq4_scan(PyObject *mod, PyObject *args);
+PyObject *isx_py_nearest_small(PyObject *mod, PyObject *args);
 PyObject *isx_py_set_simd(PyObject *mod, PyObject *args);
 /* {slot name: level its kernel comes from} for the table of `level`. */
 PyObject *isx_py_kernel_origins(isx_isa level);

@@ -62,6 +62,7 @@ static const slot_desc slots[] = {
     SLOT(pq8_scan, "pq8_scan_f32"),
     SLOT(pq4_scan, "pq4_scan_u8"),
     SLOT(pq4_quantize, "pq4_quantize_f32"),
+    SLOT(nearest_small, "nearest_small_f32"),
 };
 #define NSLOTS (sizeof(slots) / sizeof(slots[0]))
 

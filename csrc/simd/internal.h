@@ -44,6 +44,10 @@ void isx_pq4_scan_serial(const uint8_t *codes, size_t nblocks, size_t npairs, co
                          uint16_t *out, uint32_t *masks);
 void isx_pq4_scan_avx2(const uint8_t *codes, size_t nblocks, size_t npairs, const uint8_t *lut, uint16_t thresh,
                        uint16_t *out, uint32_t *masks);
+void isx_nearest_small_serial(const float *X, size_t n, size_t ldx, size_t d, const float *Ct, size_t k,
+                              int32_t *assign, float *dist, float *dist2);
+void isx_nearest_small_avx2(const float *X, size_t n, size_t ldx, size_t d, const float *Ct, size_t k,
+                            int32_t *assign, float *dist, float *dist2);
 
 /* Elements between two looks at a bounded kernel's partial sum: a horizontal
  * sum costs about as much as 16 elements of work, so looking more often does

@@ -428,6 +428,7 @@ const isx_kernels isx_raw_avx2 = {
     .pq4_scan = isx_pq4_scan_avx2,
     .pq4_quantize = isx_pq4_quantize_avx2,
     .pq_lut_ip = isx_pq_lut_ip_avx2,
+    .nearest_small = isx_nearest_small_avx2,
 };
 
 #else

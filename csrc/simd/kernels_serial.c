@@ -383,4 +383,5 @@ const isx_kernels isx_raw_serial = {
     .pq4_scan = isx_pq4_scan_serial,
     .pq4_quantize = isx_pq4_quantize_serial,
     .pq_lut_ip = isx_pq_lut_ip_serial,
+    .nearest_small = isx_nearest_small_serial,
 };

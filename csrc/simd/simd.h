@@ -43,6 +43,8 @@
  *                      codes with transposed nibbles, uint16 sums and a
  *                      threshold mask (pqscan.h describes both layouts).
  *   crc32c             CRC-32C (Castagnoli) of n bytes, continuing from crc.
+ *   nearest_small      nearest of k centroids for d <= 32 (k-means assignment
+ *                      and PQ encoding in small sub-spaces; nearest.h).
  */
 #ifndef ISX_SIMD_H
 #define ISX_SIMD_H
@@ -92,6 +94,17 @@ typedef void (*isx_pq8_fn)(const float *lut, const uint8_t *codes, size_t n, siz
 typedef void (*isx_pq4_fn)(const uint8_t *codes, size_t nblocks, size_t npairs, const uint8_t *lut,
                            uint16_t thresh, uint16_t *out, uint32_t *masks);
 
+/* For each of the n points X + i * ldx (d <= ISX_NEAREST_MAX_D floats): the
+ * nearest of the k (1 <= k <= ISX_NEAREST_MAX_K) centroids stored transposed
+ * in Ct (nearest.h), by squared L2 computed as the direct sum of squared
+ * differences -- exact to float32 rounding relative to the distance, where
+ * |x|^2 - 2 x.c + |c|^2 is not, so no norms are taken.  assign[i] the arg-min,
+ * ties to the lower index (0 if every distance overflows to +inf); dist[i]
+ * its distance; dist2 (may be NULL) the second smallest of the k distances
+ * (equal to dist[i] on a tie; +inf when k = 1). */
+typedef void (*isx_nearest_fn)(const float *X, size_t n, size_t ldx, size_t d, const float *Ct, size_t k,
+                               int32_t *assign, float *dist, float *dist2);
+
 #define ISX_FUSED_MIN_PANEL 16 /* every fused kernel's panel holds at least this many queries */
 
 typedef struct {
@@ -131,6 +144,7 @@ typedef struct {
     isx_pq8_fn pq8_scan;
     isx_pq4_fn pq4_scan;
     isx_pq4_quant_fn pq4_quantize;
+    isx_nearest_fn nearest_small;
 } isx_kernels;
 
 /* Detect the CPU once (idempotent, thread-safe after the first call). */
