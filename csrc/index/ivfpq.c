@@ -82,7 +82,34 @@
 #define IVFPQ_SCAN_CHUNK 1024             /* codes per kernel call (a multiple of ISX_PQ4_BLOCK) */
 #define IVFPQ_GROWTH_DIV 4                /* a list that grows takes at least 1/4 more room */
 #define IVFPQ_PREFETCH_BYTES 4096         /* refine rows requested ahead of their exact distance: 64 lines */
-#define IVFPQ_QUERY_BLOCK 32              /* queries per coarse sgemm (a fixed size: results do not depend on threads) */
+/* Queries per coarse sgemm: a size fixed by the index alone, so that results
+ * do not depend on threads.  OpenBLAS packs the nlist x dim centroids on
+ * every call, which 32 queries did not amortise (nlist 1024, dim 128: the
+ * coarse step cost about as much as scanning a list at nprobe 1); 128 keep
+ * the block's distances (128 x nlist floats) at 2 MiB up to nlist 4096. */
+#define IVFPQ_QUERY_BLOCK(ix) ((ix)->nlist <= 4096 ? (size_t)128 : (size_t)32)
+
+/* -DIVFPQ_PROFILE: cycle counters per search phase, printed at exit (one
+ * thread only: the counters are shared and unsynchronised).  The machine has
+ * no PMU for perf, so this is how the phases were measured. */
+#ifdef IVFPQ_PROFILE
+#include <stdio.h>
+#include <x86intrin.h>
+enum { PF_COARSE, PF_PROBE, PF_TABLE, PF_QUANT, PF_KERNEL, PF_CAND, PF_FINAL, PF_N };
+static unsigned long long pf_cyc[PF_N], pf_cnt[PF_N];
+static const char *pf_name[PF_N] = {"coarse", "probe+qlut", "table", "quant", "kernel", "cand", "final"};
+__attribute__((destructor)) static void pf_report(void)
+{
+    for (int i = 0; i < PF_N; i++)
+        if (pf_cnt[i])
+            fprintf(stderr, "ivfpq profile %-10s %14llu cycles %10llu calls\n", pf_name[i], pf_cyc[i], pf_cnt[i]);
+}
+#define PF_START(v) unsigned long long v = __rdtsc()
+#define PF_STOP(v, ph) (pf_cyc[ph] += __rdtsc() - (v), pf_cnt[ph]++)
+#else
+#define PF_START(v) ((void)0)
+#define PF_STOP(v, ph) ((void)0)
+#endif
 
 /* ======================================================================
  * Small pieces
@@ -948,8 +975,8 @@ static int scratch_init(const isx_ivfpq *ix, scratch *s, size_t nprobe, size_t k
     memset(s, 0, sizeof(*s));
     size_t tab = ix->m * ksub_of(ix);
     size_t nluts = ix->nbits == 4 ? nprobe : 1;
-    s->qblock = malloc(IVFPQ_QUERY_BLOCK * ix->dim * sizeof(float));
-    s->cblock = malloc(IVFPQ_QUERY_BLOCK * ix->nlist * sizeof(float));
+    s->qblock = malloc(IVFPQ_QUERY_BLOCK(ix) * ix->dim * sizeof(float));
+    s->cblock = malloc(IVFPQ_QUERY_BLOCK(ix) * ix->nlist * sizeof(float));
     s->resid = malloc(ix->dim * sizeof(float));
     s->probe_d = malloc(nprobe * sizeof(float));
     s->probe_l = malloc(nprobe * sizeof(int64_t));
@@ -1051,7 +1078,9 @@ static void scan_list4(const search_ctx *c, scratch *w, size_t p, size_t l, cons
     if (!L->size)
         return;
     float scale;
+    PF_START(t_quant);
     float bias = cst + ix->kern->pq4_quantize(lut, ix->m, w->qtab, &scale), inv = 1.0f / scale;
+    PF_STOP(t_quant, PF_QUANT);
     size_t nblocks = (L->size + ISX_IVFPQ_BLOCK - 1) / ISX_IVFPQ_BLOCK;
     const size_t chunk_blocks = IVFPQ_SCAN_CHUNK / ISX_PQ4_BLOCK;
     for (size_t b0 = 0; b0 < nblocks; b0 += chunk_blocks) {
@@ -1065,7 +1094,10 @@ static void scan_list4(const search_ctx *c, scratch *w, size_t p, size_t l, cons
                 return; /* nothing in this list can enter the heap */
             thresh = x >= 65535.0f ? 65535 : (uint16_t)x;
         }
+        PF_START(t_kernel);
         ix->kern->pq4_scan(L->codes + b0 * ix->block_bytes, nb, ix->npairs, w->qtab, thresh, w->sums, w->masks);
+        PF_STOP(t_kernel, PF_KERNEL);
+        PF_START(t_cand);
         size_t valid = L->size - b0 * ISX_PQ4_BLOCK < nb * ISX_PQ4_BLOCK ? L->size - b0 * ISX_PQ4_BLOCK
                                                                             : nb * ISX_PQ4_BLOCK;
         if (valid % ISX_PQ4_BLOCK) /* the last block's padding codes are no candidates */
@@ -1079,19 +1111,35 @@ static void scan_list4(const search_ctx *c, scratch *w, size_t p, size_t l, cons
              * the keep-th of all, so a 256-bin histogram of the sums gives a
              * tighter threshold before anything reaches the reservoir.  (Not with
              * a filter: the disallowed would count.) */
-            unsigned top = 2 * (unsigned)ix->npairs * 255, shift = 0, cum = 0, hist[256] = {0};
+            unsigned top = 2 * (unsigned)ix->npairs * 255, shift = 0, cum = 0, hist[4][256];
             top = thresh < top ? thresh : top; /* no sum is above either: bins over [0, top] */
             while ((top >> shift) > 255)
                 shift++;
-            for (size_t i = 0; i < valid; i++)
-                if (w->sums[i] <= thresh)
-                    hist[w->sums[i] >> shift]++;
+            /* four histograms, summed after: neighbouring codes often fall in
+             * one bin, and one table made each increment wait on the last */
+            memset(hist, 0, sizeof(hist));
+            size_t i = 0;
+            for (; i + 4 <= valid; i += 4)
+                for (unsigned u = 0; u < 4; u++)
+                    hist[u][w->sums[i + u] >> shift] += w->sums[i + u] <= thresh;
+            for (; i < valid; i++)
+                hist[0][w->sums[i] >> shift] += w->sums[i] <= thresh;
             for (unsigned bin = 0; bin < 256; bin++)
-                if ((cum += hist[bin]) >= h->keep) {
+                if ((cum += hist[0][bin] + hist[1][bin] + hist[2][bin] + hist[3][bin]) >= h->keep) {
                     unsigned t = ((bin + 1) << shift) - 1;
                     thresh = t < thresh ? (uint16_t)t : thresh;
                     break;
                 }
+            /* and the masks to match: the loop below then visits about keep
+             * codes, not every one of the chunk (a ctz, a load and a compare
+             * for each was the larger part of a query at nprobe 1) */
+            for (size_t b = 0; b < nb; b++) {
+                const uint16_t *sb = w->sums + b * ISX_PQ4_BLOCK;
+                uint32_t keep = 0;
+                for (unsigned i = 0; i < ISX_PQ4_BLOCK; i++)
+                    keep |= (uint32_t)(sb[i] <= thresh) << i;
+                w->masks[b] &= keep;
+            }
         }
         for (size_t b = 0; b < nb; b++) {
             uint32_t mk = w->masks[b];
@@ -1107,6 +1155,7 @@ static void scan_list4(const search_ctx *c, scratch *w, size_t p, size_t l, cons
                     resv_offer(h, d, pack_loc(p, pos));
             }
         }
+        PF_STOP(t_cand, PF_CAND);
     }
 }
 
@@ -1138,6 +1187,7 @@ static void search_one(search_ctx *c, scratch *w, size_t qi, const float *coarse
     size_t k = c->k, d = ix->dim, tab = ix->m * ksub_of(ix);
     float *dists = c->dists + qi * k;
     int64_t *labels = c->labels + qi * k;
+    PF_START(t_probe);
     isx_topk ph;
     isx_topk_init(&ph, w->probe_d, w->probe_l, c->nprobe);
     for (size_t l = 0; l < ix->nlist; l++)
@@ -1151,6 +1201,7 @@ static void search_one(search_ctx *c, scratch *w, size_t qi, const float *coarse
             for (size_t i = 0; i < tab; i++)
                 w->qlut[i] *= 2.0f;
     }
+    PF_STOP(t_probe, PF_PROBE);
     /* the scan: kk candidates by ADC (4-bit: by quantised ADC) */
     size_t kk = ix->nbits == 8 && !ix->refine ? k : c->kk;
     reservoir h = {w->cands, 0, kk, w->ncands, INFINITY};
@@ -1167,12 +1218,15 @@ static void search_one(search_ctx *c, scratch *w, size_t qi, const float *coarse
                 __builtin_prefetch((const char *)ix->lists[nx].codes + b);
         }
         float *lut = ix->nbits == 4 ? w->luts + p * tab : w->luts;
+        PF_START(t_table);
         list_table(ix, w, l, w->probe_d[p], lut, &w->consts[p]);
+        PF_STOP(t_table, PF_TABLE);
         if (ix->nbits == 8)
             scan_list8(c, w, p, l, lut, w->consts[p], &h);
         else
             scan_list4(c, w, p, l, lut, w->consts[p], &h);
     }
+    PF_START(t_final);
     resv_shrink(&h);
     /* the k best of the candidates by the distance reported */
     isx_topk out;
@@ -1212,6 +1266,7 @@ static void search_one(search_ctx *c, scratch *w, size_t qi, const float *coarse
         dists[j] = INFINITY;
         labels[j] = -1;
     }
+    PF_STOP(t_final, PF_FINAL);
 }
 
 /* A block of queries: the coarse step for all of them in one sgemm (l2 as
@@ -1221,13 +1276,14 @@ static int task_search(void *ctx, size_t block, int wk)
     search_ctx *c = ctx;
     isx_ivfpq *ix = c->ix;
     scratch *w = &c->ws[wk];
-    size_t d = ix->dim, nl = ix->nlist, q0 = block * IVFPQ_QUERY_BLOCK;
-    size_t nb = c->nq - q0 < IVFPQ_QUERY_BLOCK ? c->nq - q0 : IVFPQ_QUERY_BLOCK;
+    size_t d = ix->dim, nl = ix->nlist, qb = IVFPQ_QUERY_BLOCK(ix), q0 = block * qb;
+    size_t nb = c->nq - q0 < qb ? c->nq - q0 : qb;
     memcpy(w->qblock, c->Q + q0 * d, nb * d * sizeof(float));
     if (ix->metric == ISX_METRIC_COSINE)
         for (size_t i = 0; i < nb; i++)
             isx_normalise(w->qblock + i * d, d);
     int l2 = ix->metric == ISX_METRIC_L2;
+    PF_START(t_coarse);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)nl, (int)d, l2 ? -2.0f : -1.0f, w->qblock,
                 (int)d, ix->coarse, (int)d, 0.0f, w->cblock, (int)nl);
     for (size_t i = 0; i < nb; i++) {
@@ -1242,6 +1298,8 @@ static int task_search(void *ctx, size_t block, int wk)
                 row[l] = v > 0 ? v : 0; /* rounding can take a tiny distance below zero */
             }
         }
+        if (i == 0)
+            PF_STOP(t_coarse, PF_COARSE);
         w->q = w->qblock + i * d;
         search_one(c, w, q0 + i, row);
     }
@@ -1296,8 +1354,9 @@ int isx_ivfpq_search(isx_ivfpq *ix, const float *Q, size_t nq, size_t k, size_t 
         }
     }
     nt = isx_resolve_threads(nthreads);
-    if ((size_t)nt > (nq + IVFPQ_QUERY_BLOCK - 1) / IVFPQ_QUERY_BLOCK)
-        nt = (int)((nq + IVFPQ_QUERY_BLOCK - 1) / IVFPQ_QUERY_BLOCK);
+    size_t nblocks = (nq + IVFPQ_QUERY_BLOCK(ix) - 1) / IVFPQ_QUERY_BLOCK(ix);
+    if ((size_t)nt > nblocks)
+        nt = (int)nblocks;
     if (!(ws = calloc((size_t)nt, sizeof(scratch)))) {
         rc = isx_error(ISX_ENOMEM, "cannot allocate %d workers", nt);
         goto cleanup;
@@ -1306,7 +1365,7 @@ int isx_ivfpq_search(isx_ivfpq *ix, const float *Q, size_t nq, size_t k, size_t 
         if ((rc = scratch_init(ix, &ws[i], nprobe, ctx.kk, k)))
             goto cleanup;
     ctx.ws = ws;
-    rc = isx_parallel_for(nt, (nq + IVFPQ_QUERY_BLOCK - 1) / IVFPQ_QUERY_BLOCK, task_search, &ctx);
+    rc = isx_parallel_for(nt, nblocks, task_search, &ctx);
 cleanup:
     pthread_rwlock_unlock(&ix->lock);
     for (int i = 0; ws && i < nt; i++)
