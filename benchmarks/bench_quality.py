@@ -276,8 +276,8 @@ def markdown(out):
     lines = [f"## Retrieval quality: flowers17, {out['images']} images, leave-one-out (same class = relevant)", "",
              "MobileNetV2 (ImageNet weights of `../shared/data/models`, mean = std = 0.5, shorter side 256, centre "
              "crop 224). `ts` rows: the TorchScript trunk (TensorFlow padding, frozen, oneDNN Graph); `named` rows: "
-             "the same weights in the named builder (`ImageSearch(extractor=\"mobilenet_v2\")`, torchvision's "
-             "symmetric padding). mAP over the full ranking and precision@10 through `ImageSearch.evaluate` on a "
+             "the same weights in the named builder (`ImageSearch(extractor=\"mobilenet_v2\")`, which pads as "
+             "TensorFlow for these TensorFlow-trained weights and is scripted and frozen like the trunk). mAP over the full ranking and precision@10 through `ImageSearch.evaluate` on a "
              "flat (exact) index. Extraction time: each option extracted all images, interleaved in "
              f"{out['rounds']} rounds (torch {t['version']}, {t['threads']} threads, {out['machine']['cpus']} shared "
              "cores: the ratios are what to read), relative to average pooling at one scale with the same backbone; "
