@@ -139,3 +139,22 @@ int isx_idmap_del(isx_idmap *m, int64_t key)
     m->count--;
     return 1;
 }
+
+int isx_check_ids(const int64_t *ids, size_t n)
+{
+    isx_idmap seen;
+    isx_idmap_init(&seen);
+    int rc = isx_idmap_reserve(&seen, n);
+    for (size_t i = 0; rc == ISX_OK && i < n; i++) {
+        int64_t prev;
+        if (ids[i] < 0)
+            rc = isx_error(ISX_EINVAL, "ids must be >= 0, found ids[%zu] = %lld", i, (long long)ids[i]);
+        else if ((prev = isx_idmap_get(&seen, ids[i])) >= 0)
+            rc = isx_error(ISX_EINVAL, "ids must be unique within one call, found id %lld at positions %lld and %zu",
+                           (long long)ids[i], (long long)prev, i);
+        else
+            rc = isx_idmap_put(&seen, ids[i], (int64_t)i);
+    }
+    isx_idmap_free(&seen);
+    return rc;
+}

@@ -29,4 +29,8 @@ int64_t isx_idmap_get(const isx_idmap *m, int64_t key);
 int isx_idmap_del(isx_idmap *m, int64_t key);
 void isx_idmap_clear(isx_idmap *m);
 
+/* The ids a caller hands in: each >= 0 and none twice, else ISX_EINVAL naming
+ * the position (the check every index's add and load makes). */
+int isx_check_ids(const int64_t *ids, size_t n);
+
 #endif

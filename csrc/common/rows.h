@@ -51,4 +51,16 @@ static inline void isx_normalise(float *x, size_t dim)
     }
 }
 
+/* n rows of dim floats all finite, else ISX_EINVAL naming `what`, the row and the column. */
+static inline int isx_check_finite(const float *x, size_t n, size_t dim, const char *what)
+{
+    size_t total = n * dim;
+    for (size_t i = 0; i < total; i++)
+        if (!isfinite(x[i]))
+            return isx_error(ISX_EINVAL,
+                             "%s must be finite, found %s at row %zu, column %zu (drop or impute such rows first)",
+                             what, isnan(x[i]) ? "NaN" : "Inf", i / dim, i % dim);
+    return ISX_OK;
+}
+
 #endif

@@ -51,6 +51,7 @@
 #include <string.h>
 
 #include "../simd/simd.h"
+#include "../common/rows.h"
 #include "flat.h"
 #include "../common/topk.h"
 
@@ -224,39 +225,7 @@ static void compute_norms(isx_flat *f, size_t from, size_t to)
 
 static int check_finite(const isx_flat *f, const void *X, size_t n, const char *what)
 {
-    if (f->dtype != ISX_DTYPE_F32)
-        return ISX_OK;
-    const float *x = X;
-    size_t total = n * f->dim;
-    for (size_t i = 0; i < total; i++) {
-        if (!isfinite(x[i]))
-            return isx_error(ISX_EINVAL,
-                             "%s must be finite, found %s at row %zu, column %zu "
-                             "(drop or impute such rows first)",
-                             what, isnan(x[i]) ? "NaN" : "Inf", i / f->dim, i % f->dim);
-    }
-    return ISX_OK;
-}
-
-/* ids >= 0 and no id twice. */
-static int check_ids(const int64_t *ids, size_t n)
-{
-    isx_idmap seen;
-    isx_idmap_init(&seen);
-    int rc = isx_idmap_reserve(&seen, n);
-    for (size_t i = 0; rc == ISX_OK && i < n; i++) {
-        if (ids[i] < 0) {
-            rc = isx_error(ISX_EINVAL, "ids must be >= 0, found ids[%zu] = %lld", i, (long long)ids[i]);
-        } else if (isx_idmap_get(&seen, ids[i]) >= 0) {
-            rc = isx_error(ISX_EINVAL,
-                           "ids must be unique within one call, found id %lld at positions %lld and %zu",
-                           (long long)ids[i], (long long)isx_idmap_get(&seen, ids[i]), i);
-        } else {
-            rc = isx_idmap_put(&seen, ids[i], (int64_t)i);
-        }
-    }
-    isx_idmap_free(&seen);
-    return rc;
+    return f->dtype == ISX_DTYPE_F32 ? isx_check_finite(X, n, f->dim, what) : ISX_OK;
 }
 
 /* ======================================================================
@@ -269,7 +238,7 @@ int isx_flat_add(isx_flat *f, const void *X, size_t n, const int64_t *ids, int n
     int rc = check_finite(f, X, n, "added vectors");
     if (rc)
         return rc;
-    if (ids && (rc = check_ids(ids, n)))
+    if (ids && (rc = isx_check_ids(ids, n)))
         return rc;
     pthread_rwlock_wrlock(&f->lock);
     if ((uint64_t)f->count + n > ISX_MAX_COUNT) {
@@ -313,7 +282,7 @@ int isx_flat_borrow(isx_flat *f, const void *data, size_t n, const int64_t *ids,
 {
     (void)nthreads;
     int rc;
-    if (ids && (rc = check_ids(ids, n)))
+    if (ids && (rc = isx_check_ids(ids, n)))
         return rc;
     if ((rc = check_finite(f, data, n, "vectors")))
         return rc;
@@ -1271,7 +1240,7 @@ int isx_flat_from_file(isx_file *file, int nthreads, isx_flat **out)
         goto fail;
     }
     memcpy(idcopy, ids->data, h->count * sizeof(int64_t));
-    rc = check_ids(idcopy, (size_t)h->count);
+    rc = isx_check_ids(idcopy, (size_t)h->count);
     if (rc == ISX_OK)
         rc = isx_flat_borrow(f, vecs->data, (size_t)h->count, idcopy, nthreads);
     free(idcopy);

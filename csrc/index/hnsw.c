@@ -941,12 +941,9 @@ static int check_rows(const isx_hnsw *h, const void *X, size_t n, const char *wh
     if (h->dtype == ISX_DTYPE_BITS)
         return ISX_OK;
     const float *x = X;
-    for (size_t i = 0; i < n * h->dim; i++)
-        if (!isfinite(x[i]))
-            return isx_error(ISX_EINVAL,
-                             "%s must be finite, found %s at row %zu, column %zu "
-                             "(drop or impute such rows first)",
-                             what, isnan(x[i]) ? "NaN" : "Inf", i / h->dim, i % h->dim);
+    int rc = isx_check_finite(x, n, h->dim, what);
+    if (rc)
+        return rc;
     if (h->dtype == ISX_DTYPE_F16)
         for (size_t i = 0; i < n * h->dim; i++)
             if (fabsf(x[i]) > 65504.0f)
@@ -955,26 +952,6 @@ static int check_rows(const isx_hnsw *h, const void *X, size_t n, const char *wh
                                  "(scale the data or use dtype='float32')",
                                  (double)x[i], i / h->dim, i % h->dim);
     return ISX_OK;
-}
-
-/* ids >= 0 and no id twice. */
-static int check_ids(const int64_t *ids, size_t n)
-{
-    isx_idmap seen;
-    isx_idmap_init(&seen);
-    int rc = isx_idmap_reserve(&seen, n);
-    for (size_t i = 0; rc == ISX_OK && i < n; i++) {
-        int64_t prev;
-        if (ids[i] < 0)
-            rc = isx_error(ISX_EINVAL, "ids must be >= 0, found ids[%zu] = %lld", i, (long long)ids[i]);
-        else if ((prev = isx_idmap_get(&seen, ids[i])) >= 0)
-            rc = isx_error(ISX_EINVAL, "ids must be unique within one call, found id %lld at positions %lld and %zu",
-                           (long long)ids[i], (long long)prev, i);
-        else
-            rc = isx_idmap_put(&seen, ids[i], (int64_t)i);
-    }
-    isx_idmap_free(&seen);
-    return rc;
 }
 
 /* ======================================================================
@@ -1220,7 +1197,7 @@ static int task_insert(void *ctx, size_t task, int wk)
 int isx_hnsw_add(isx_hnsw *h, const void *X, size_t n, const int64_t *ids, int nthreads)
 {
     int rc = check_rows(h, X, n, "added vectors");
-    if (rc || (ids && (rc = check_ids(ids, n))))
+    if (rc || (ids && (rc = isx_check_ids(ids, n))))
         return rc;
     if (n == 0)
         return ISX_OK;

@@ -173,36 +173,6 @@ static inline unsigned packed_get(const isx_ivfpq *ix, const uint8_t *code, size
     return ix->nbits == 8 ? code[j] : (code[j >> 1] >> (4 * (j & 1))) & 15u;
 }
 
-static int check_finite(const float *x, size_t n, size_t dim, const char *what)
-{
-    for (size_t i = 0; i < n * dim; i++)
-        if (!isfinite(x[i]))
-            return isx_error(ISX_EINVAL,
-                             "%s must be finite, found %s at row %zu, column %zu (drop or impute such rows first)",
-                             what, isnan(x[i]) ? "NaN" : "Inf", i / dim, i % dim);
-    return ISX_OK;
-}
-
-/* ids >= 0 and no id twice. */
-static int check_ids(const int64_t *ids, size_t n)
-{
-    isx_idmap seen;
-    isx_idmap_init(&seen);
-    int rc = isx_idmap_reserve(&seen, n);
-    for (size_t i = 0; rc == ISX_OK && i < n; i++) {
-        int64_t prev;
-        if (ids[i] < 0)
-            rc = isx_error(ISX_EINVAL, "ids must be >= 0, found ids[%zu] = %lld", i, (long long)ids[i]);
-        else if ((prev = isx_idmap_get(&seen, ids[i])) >= 0)
-            rc = isx_error(ISX_EINVAL, "ids must be unique within one call, found id %lld at positions %lld and %zu",
-                           (long long)ids[i], (long long)prev, i);
-        else
-            rc = isx_idmap_put(&seen, ids[i], (int64_t)i);
-    }
-    isx_idmap_free(&seen);
-    return rc;
-}
-
 static int not_trained(void)
 {
     return isx_error(ISX_EINVAL, "IVFPQIndex is not trained: call train(X) with representative vectors first");
@@ -557,7 +527,7 @@ cleanup:
 
 int isx_ivfpq_train(isx_ivfpq *ix, const float *X, size_t n, int nthreads)
 {
-    int rc = check_finite(X, n, ix->dim, "training vectors");
+    int rc = isx_check_finite(X, n, ix->dim, "training vectors");
     if (rc)
         return rc;
     pthread_rwlock_wrlock(&ix->lock);
@@ -727,8 +697,8 @@ cleanup:
 
 int isx_ivfpq_add(isx_ivfpq *ix, const float *X, size_t n, const int64_t *ids, int nthreads)
 {
-    int rc = check_finite(X, n, ix->dim, "added vectors");
-    if (rc || (ids && (rc = check_ids(ids, n))))
+    int rc = isx_check_finite(X, n, ix->dim, "added vectors");
+    if (rc || (ids && (rc = isx_check_ids(ids, n))))
         return rc;
     pthread_rwlock_wrlock(&ix->lock);
     rc = n == 0 ? (ix->trained ? ISX_OK : not_trained()) : add_nolock(ix, X, n, ids, nthreads);
@@ -1313,7 +1283,7 @@ int isx_ivfpq_search(isx_ivfpq *ix, const float *Q, size_t nq, size_t k, size_t 
         return isx_error(ISX_EINVAL, "expected 1 <= k <= %u, found k=%zu", ISX_MAX_K, k);
     if (nprobe > ix->nlist)
         return isx_error(ISX_EINVAL, "expected 1 <= nprobe <= nlist = %zu, found nprobe=%zu", ix->nlist, nprobe);
-    int rc = check_finite(Q, nq, ix->dim, "queries");
+    int rc = isx_check_finite(Q, nq, ix->dim, "queries");
     if (rc)
         return rc;
     scratch *ws = NULL;

@@ -76,6 +76,7 @@
 #include <string.h>
 
 #include "../common/idmap.h"
+#include "../common/rows.h"
 #include "../simd/simd.h"
 #include "kdtree.h"
 #include "../common/topk.h"
@@ -542,37 +543,6 @@ int isx_kdtree_borrows(isx_kdtree *kd)
     return b;
 }
 
-static int check_finite(const float *x, size_t n, size_t dim, const char *what)
-{
-    size_t total = n * dim;
-    for (size_t i = 0; i < total; i++)
-        if (!isfinite(x[i]))
-            return isx_error(ISX_EINVAL,
-                             "%s must be finite, found %s at row %zu, column %zu (drop or impute such rows first)",
-                             what, isnan(x[i]) ? "NaN" : "Inf", i / dim, i % dim);
-    return ISX_OK;
-}
-
-/* ids >= 0 and no id twice. */
-static int check_ids(const int64_t *ids, size_t n)
-{
-    isx_idmap seen;
-    isx_idmap_init(&seen);
-    int rc = isx_idmap_reserve(&seen, n);
-    for (size_t i = 0; rc == ISX_OK && i < n; i++) {
-        int64_t at = ids[i] >= 0 ? isx_idmap_get(&seen, ids[i]) : -1;
-        if (ids[i] < 0)
-            rc = isx_error(ISX_EINVAL, "ids must be >= 0, found ids[%zu] = %lld", i, (long long)ids[i]);
-        else if (at >= 0)
-            rc = isx_error(ISX_EINVAL, "ids must be unique, found id %lld at positions %lld and %zu",
-                           (long long)ids[i], (long long)at, i);
-        else
-            rc = isx_idmap_put(&seen, ids[i], (int64_t)i);
-    }
-    isx_idmap_free(&seen);
-    return rc;
-}
-
 static inline int64_t loc_make(size_t tree, size_t pos)
 {
     return (int64_t)(((uint64_t)tree << KD_LOC_SHIFT) | (uint64_t)pos);
@@ -805,8 +775,8 @@ static int compact_all(isx_kdtree *kd, int nthreads)
 
 int isx_kdtree_add(isx_kdtree *kd, const float *X, size_t n, const int64_t *ids, int nthreads)
 {
-    int rc = check_finite(X, n, kd->dim, "added vectors");
-    if (rc || (ids && (rc = check_ids(ids, n))))
+    int rc = isx_check_finite(X, n, kd->dim, "added vectors");
+    if (rc || (ids && (rc = isx_check_ids(ids, n))))
         return rc;
     nthreads = isx_resolve_threads(nthreads);
     pthread_rwlock_wrlock(&kd->lock);
@@ -868,8 +838,8 @@ cleanup:
 
 int isx_kdtree_borrow(isx_kdtree *kd, const float *data, size_t n, const int64_t *ids, int nthreads)
 {
-    int rc = check_finite(data, n, kd->dim, "vectors");
-    if (rc || (ids && (rc = check_ids(ids, n))))
+    int rc = isx_check_finite(data, n, kd->dim, "vectors");
+    if (rc || (ids && (rc = isx_check_ids(ids, n))))
         return rc;
     nthreads = isx_resolve_threads(nthreads);
     pthread_rwlock_wrlock(&kd->lock);
@@ -1450,7 +1420,7 @@ cleanup:
 /* Shared by k-NN and range search: c->hits selects the mode. */
 static int run_search(isx_kdtree *kd, search_ctx *c, const isx_filter *filter, int nthreads)
 {
-    int rc = check_finite(c->Q, c->nq, kd->dim, "queries");
+    int rc = isx_check_finite(c->Q, c->nq, kd->dim, "queries");
     if (rc || c->nq == 0)
         return rc;
     nthreads = isx_resolve_threads(nthreads);

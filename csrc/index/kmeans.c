@@ -60,6 +60,7 @@
 
 #include "../simd/nearest.h"
 #include "../simd/simd.h"
+#include "../common/rows.h"
 #include "kmeans.h"
 
 #define KM_CHUNK_BYTES (384 * 1024)    /* centroids per fused call: kept in L2 with the packed block */
@@ -506,17 +507,6 @@ static void centroid_shifts(const float *C, const float *prev, const int32_t *or
  * Argument checks
  * ====================================================================== */
 
-static int check_finite(const float *X, size_t n, size_t d, const char *what)
-{
-    size_t total = n * d;
-    for (size_t i = 0; i < total; i++)
-        if (!isfinite(X[i]))
-            return isx_error(ISX_EINVAL,
-                             "%s must be finite, found %s at row %zu, column %zu (drop or impute such rows first)",
-                             what, isnan(X[i]) ? "NaN" : "Inf", i / d, i % d);
-    return ISX_OK;
-}
-
 static int check_shape(size_t n, size_t d, size_t k, const char *what)
 {
     size_t bytes;
@@ -534,8 +524,8 @@ int isx_kmeans_assign(const float *X, size_t n, size_t d, const float *centroids
                       int32_t *assign, float *dist)
 {
     int rc;
-    if ((rc = check_shape(n, d, k, "points")) || (rc = check_finite(centroids, k, d, "centroids")) ||
-        (rc = check_finite(X, n, d, "points")))
+    if ((rc = check_shape(n, d, k, "points")) || (rc = isx_check_finite(centroids, k, d, "centroids")) ||
+        (rc = isx_check_finite(X, n, d, "points")))
         return rc;
     if (n == 0)
         return ISX_OK;
@@ -692,7 +682,7 @@ int isx_kmeans_train(const float *X, size_t n, size_t d, const isx_kmeans_params
     if (max_points < k)
         return isx_error(ISX_EINVAL, "expected max_points >= k (or 0 for k * %d), found max_points=%zu for k=%zu",
                          KM_POINTS_PER_CENTROID, max_points, k);
-    if ((rc = check_finite(X, n, d, "training points")))
+    if ((rc = isx_check_finite(X, n, d, "training points")))
         return rc;
 
     uint64_t rng = p->seed;

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/rows.h"
 #include "../simd/simd.h"
 #include "kmeans.h"
 #include "pq.h"
@@ -97,17 +98,6 @@ static int check_ready(const isx_pq *pq)
     return ISX_OK;
 }
 
-static int check_finite(const float *X, size_t n, size_t d, const char *what)
-{
-    size_t total = n * d;
-    for (size_t i = 0; i < total; i++)
-        if (!isfinite(X[i]))
-            return isx_error(ISX_EINVAL,
-                             "%s must be finite, found %s at row %zu, column %zu (drop or impute such rows first)",
-                             what, isnan(X[i]) ? "NaN" : "Inf", i / d, i % d);
-    return ISX_OK;
-}
-
 /* ======================================================================
  * Training
  * ====================================================================== */
@@ -155,7 +145,7 @@ int isx_pq_train(isx_pq *pq, const float *X, size_t n, int niter, uint64_t seed,
                          "(train on more points or use nbits=4)", pq->ksub, n);
     if (niter < 0)
         return isx_error(ISX_EINVAL, "expected niter >= 0, found niter=%d", niter);
-    if ((rc = check_finite(X, n, pq->d, "training vectors")))
+    if ((rc = isx_check_finite(X, n, pq->d, "training vectors")))
         return rc;
     /* train into a block of our own: a failure leaves the quantizer as it was,
      * and borrowed centroids are never written */
@@ -235,7 +225,7 @@ static int task_encode(void *ctx, size_t task, int worker)
 int isx_pq_encode(const isx_pq *pq, const float *X, size_t n, uint8_t *codes, int nthreads)
 {
     int rc;
-    if ((rc = check_ready(pq)) || (rc = check_finite(X, n, pq->d, "vectors to encode")))
+    if ((rc = check_ready(pq)) || (rc = isx_check_finite(X, n, pq->d, "vectors to encode")))
         return rc;
     if (n == 0)
         return ISX_OK;
@@ -378,7 +368,7 @@ int isx_opq_train(isx_pq *pq, const float *X, size_t n, int niter, int niter_pq,
     if (n < pq->ksub)
         return isx_error(ISX_EINVAL, "OPQ training needs at least ksub = 2^nbits = %zu points, found n=%zu",
                          pq->ksub, n);
-    if ((rc = check_finite(X, n, pq->d, "training vectors")))
+    if ((rc = isx_check_finite(X, n, pq->d, "training vectors")))
         return rc;
     size_t d = pq->d, bytes;
     if ((rc = isx_mul_size(n, d * sizeof(float), &bytes, "OPQ training set")))
