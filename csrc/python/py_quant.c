@@ -40,6 +40,20 @@ static int parse_nthreads(int nthreads)
     return 0;
 }
 
+/* m sub-quantizers of nbits bits: what _pq_train and _opq_train take. */
+static int check_pq_shape(Py_ssize_t m, Py_ssize_t nbits)
+{
+    if (m < 1) {
+        PyErr_Format(PyExc_ValueError, "m: expected m >= 1 sub-quantizers, found m=%zd", m);
+        return -1;
+    }
+    if (nbits != 4 && nbits != 8) {
+        PyErr_Format(PyExc_ValueError, "nbits: expected 4 or 8, found %zd", nbits);
+        return -1;
+    }
+    return 0;
+}
+
 /* float32 (n, d) rows from any numeric array-like (a 1-D input is one row). */
 static PyArrayObject *float_rows(PyObject *obj, npy_intp ncols, const char *what)
 {
@@ -235,10 +249,8 @@ PyObject *isx_py_pq_train(PyObject *mod, PyObject *args, PyObject *kw)
         return NULL;
     if (parse_nthreads(nthreads) < 0)
         return NULL;
-    if (m < 1)
-        return PyErr_Format(PyExc_ValueError, "m: expected m >= 1 sub-quantizers, found m=%zd", m);
-    if (nbits != 4 && nbits != 8)
-        return PyErr_Format(PyExc_ValueError, "nbits: expected 4 or 8, found %zd", nbits);
+    if (check_pq_shape(m, nbits) < 0)
+        return NULL;
     PyArrayObject *X = float_rows(x_obj, 0, "X");
     if (!X)
         return NULL;
@@ -416,10 +428,8 @@ PyObject *isx_py_opq_train(PyObject *mod, PyObject *args, PyObject *kw)
         return NULL;
     if (parse_nthreads(nthreads) < 0)
         return NULL;
-    if (m < 1)
-        return PyErr_Format(PyExc_ValueError, "m: expected m >= 1 sub-quantizers, found m=%zd", m);
-    if (nbits != 4 && nbits != 8)
-        return PyErr_Format(PyExc_ValueError, "nbits: expected 4 or 8, found %zd", nbits);
+    if (check_pq_shape(m, nbits) < 0)
+        return NULL;
     PyArrayObject *X = float_rows(x_obj, 0, "X");
     if (!X)
         return NULL;
